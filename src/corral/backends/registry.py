@@ -1,0 +1,32 @@
+"""The table of backends, each imported only when a service asks for it.
+
+Local use never imports a cloud SDK: a backend's module is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from corral.backends.base import Backend
+
+BACKENDS: dict[str, str] = {
+    "fake": "corral.backends.fake:FakeBackend",
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def load_backend(name: str, options: dict[str, str], data_dir: Path) -> Backend:
+    """Import and build the backend `name`; raises ValueError for an unknown name or option."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r} (known: {', '.join(backend_names())})"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls.from_options(dict(options), data_dir)

@@ -1,0 +1,486 @@
+"""The typed cluster document: what a user asks for, checked and normalised.
+
+A document is built from plain data (what YAML or a converted Nimbus cluster.xml gives)
+by `check_document` / `validate_document`, which turn every pydantic error and every
+cross check (roles provided, `wait: ready` cycles, images) into a `Problem` naming the
+field and, given a locator, the line. Constructing the models directly runs the same
+checks and raises pydantic's ValidationError instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from corral.errors import DocumentError, Problem
+from corral.units import format_duration, format_size_mib, parse_duration, parse_size_mib
+
+Loc = tuple[str | int, ...]
+# Maps a location in the input (and whether the key rather than the value is meant)
+# to a 1-based line, or None when the source has no lines.
+LineOf = Callable[[Loc, bool], int | None]
+
+_CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+_GROUP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Set in the validation context by check_document, which runs the cross checks itself
+# so that each one becomes its own Problem with a line.
+_DEFER_CHECKS = "corral.defer_checks"
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        delta = value
+    elif isinstance(value, str | int | float):
+        delta = parse_duration(value)
+    else:
+        raise ValueError(f"not a duration: {value!r} (use forms like 90s, 30m, 12h, 2d)")
+    seconds = round(delta.total_seconds())
+    if seconds < 1:
+        raise ValueError(f"duration too short: {value!r} (at least 1s)")
+    return timedelta(seconds=seconds)
+
+
+def _size_mib(value: object) -> int:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r} (use a number with a unit, like 1GiB)")
+    return parse_size_mib(value)
+
+
+def _role(value: str) -> str:
+    if not _ROLE_NAME.match(value):
+        raise ValueError(
+            f"not a role name: {value!r} (letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Role = Annotated[str, AfterValidator(_role)]
+Count = Annotated[int, Strict(), Field(ge=1)]
+
+
+class Requirement(BaseModel):
+    """A role a group needs, and how long its nodes wait for the providers.
+
+    `wait: registered` lets the node configure once providers have registered (their
+    names, addresses and keys are known); `wait: ready` waits until they are ready.
+    In YAML a plain string means `{role: NAME, wait: registered}`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    wait: Literal["registered", "ready"] = "registered"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"role": value}
+        if isinstance(value, dict | Requirement):
+            return value
+        raise ValueError(
+            f"expected a role name or a mapping like {{role: NAME, wait: ready}}, got {value!r}"
+        )
+
+    def to_data(self) -> str | dict[str, str]:
+        """The shortest document form: the bare role name unless it waits for `ready`."""
+        return self.role if self.wait == "registered" else {"role": self.role, "wait": self.wait}
+
+
+class Policy(BaseModel):
+    """When a cluster counts as ready, and how long each phase may take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["all-or-nothing", "best-effort"] = "all-or-nothing"
+    boot_timeout: Duration = timedelta(minutes=5)
+    context_timeout: Duration = timedelta(minutes=10)
+
+    def to_data(self) -> dict[str, str]:
+        return {
+            "mode": self.mode,
+            "boot_timeout": format_duration(self.boot_timeout),
+            "context_timeout": format_duration(self.context_timeout),
+        }
+
+
+class NodeGroup(BaseModel):
+    """Nodes sharing one definition; they are named `<group>-<index>`.
+
+    `memory_mib` is written `memory` in documents, as a size (`1GiB`); a key
+    `memory_mib` (a number of MiB) is accepted too, for callers building groups in code.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str
+    count: Count = 1
+    min: Count | None = None
+    image: str | None = None
+    cores: Count = 1
+    memory_mib: Annotated[int, BeforeValidator(_size_mib)] = Field(1024, alias="memory")
+    login: bool = False
+    provides: list[Role] = []
+    requires: list[Requirement] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _memory_in_mib(cls, value: object) -> object:
+        if isinstance(value, dict) and "memory_mib" in value and "memory" not in value:
+            value = dict(value)
+            mib = value.pop("memory_mib")
+            value["memory"] = f"{mib}MiB" if isinstance(mib, int) else mib
+        return value
+
+    @field_validator("group")
+    @classmethod
+    def _group_name(cls, value: str) -> str:
+        if not _GROUP_NAME.match(value):
+            raise ValueError(
+                f"not a group name: {value!r} (lowercase letters, digits and '-', "
+                "starting with a letter, at most 31 characters)"
+            )
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("image name is empty")
+        return value
+
+    @property
+    def min_ready(self) -> int:
+        """How many nodes must be ready for the group to count (best-effort mode)."""
+        return self.min if self.min is not None else self.count
+
+    def node_names(self) -> list[str]:
+        """The names of the group's nodes: `worker-0`, `worker-1`, ..."""
+        return [f"{self.group}-{i}" for i in range(self.count)]
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"group": self.group, "count": self.count}
+        if self.min is not None:
+            data["min"] = self.min
+        if self.image is not None:
+            data["image"] = self.image
+        data.update(
+            cores=self.cores,
+            memory=format_size_mib(self.memory_mib),
+            login=self.login,
+            provides=list(self.provides),
+            requires=[r.to_data() for r in self.requires],
+        )
+        return data
+
+
+class ClusterDocument(BaseModel):
+    """A whole cluster request; every group's `image` is resolved after validation.
+
+    Building one directly raises pydantic's ValidationError when a cross check fails;
+    use `validate_document` to get a DocumentError with one Problem per fault.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    lease: Duration | None = None
+    image: str | None = None
+    pool: str | None = None
+    policy: Policy = Policy()
+    data: dict[str, str] = {}
+    nodes: list[NodeGroup] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _cluster_name(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_NAME.match(value):
+            raise ValueError(
+                f"not a cluster name: {value!r} (lowercase letters, digits and '-', "
+                "starting with a letter, at most 41 characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_and_check(self, info: ValidationInfo) -> ClusterDocument:
+        if self.image is not None:
+            resolved = [
+                g if g.image else g.model_copy(update={"image": self.image}) for g in self.nodes
+            ]
+            object.__setattr__(self, "nodes", resolved)  # frozen; this is still construction
+        if not (info.context or {}).get(_DEFER_CHECKS):
+            problems = [f"{format_loc(loc)}: {message}" for loc, message in self.cross_check()]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(g.count for g in self.nodes)
+
+    def cross_check(self) -> Iterator[tuple[Loc, str]]:
+        """Yield (location, message) for faults no single field shows on its own."""
+        yield from _check_groups(self.nodes)
+        yield from _check_roles(self.nodes)
+        yield from _check_ready_cycles(self.nodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical document as JSON-safe data (durations and sizes as text).
+
+        Validating it again gives an equal document.
+        """
+        data: dict[str, Any] = {}
+        if self.name is not None:
+            data["name"] = self.name
+        if self.lease is not None:
+            data["lease"] = format_duration(self.lease)
+        if self.image is not None:
+            data["image"] = self.image
+        if self.pool is not None:
+            data["pool"] = self.pool
+        data["policy"] = self.policy.to_data()
+        if self.data:
+            data["data"] = dict(self.data)
+        data["nodes"] = [g.to_data() for g in self.nodes]
+        return data
+
+    def to_yaml(self) -> str:
+        """The canonical document as YAML; `parse_yaml` of it gives an equal document."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    first_index: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        if group.group in first_index:
+            first = first_index[group.group]
+            yield (
+                ("nodes", i, "group"),
+                f"group {group.group!r} is defined twice (first at nodes[{first}])",
+            )
+        else:
+            first_index[group.group] = i
+        if group.min is not None and group.min > group.count:
+            yield ("nodes", i, "min"), f"min ({group.min}) is larger than count ({group.count})"
+        if group.image is None:
+            yield (
+                ("nodes", i, "image"),
+                f"group {group.group!r} has no image (set `image` on the group or the document)",
+            )
+
+
+def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    provided = {role for g in groups for role in g.provides}
+    for i, group in enumerate(groups):
+        for j, need in enumerate(group.requires):
+            if need.role not in provided:
+                hint = difflib.get_close_matches(need.role, sorted(provided), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                yield (
+                    ("nodes", i, "requires", j),
+                    (
+                        f"role {need.role!r} is required by group {group.group!r} "
+                        f"but no group provides it{suggestion}"
+                    ),
+                )
+
+
+def _check_ready_cycles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    """Refuse groups that wait (`wait: ready`) on each other: none could become ready."""
+    # edges[a] = [(b, index of a's requirement that makes a wait for b)]
+    edges: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(groups))}
+    for a, group in enumerate(groups):
+        for j, need in enumerate(group.requires):
+            if need.wait == "ready":
+                providers = [b for b, other in enumerate(groups) if need.role in other.provides]
+                edges[a] += [(b, j) for b in providers]
+    in_cycle: set[int] = set()
+    for start in range(len(groups)):
+        if start in in_cycle:
+            continue
+        cycle = _shortest_cycle(start, edges)
+        if cycle is None:
+            continue
+        in_cycle.update(step for step, _ in cycle)
+        route = " -> ".join([groups[step].group for step, _ in cycle] + [groups[start].group])
+        yield (
+            ("nodes", start, "requires", cycle[0][1]),
+            f"wait: ready cycle: {route} (these groups would wait for each other forever)",
+        )
+
+
+def _shortest_cycle(
+    start: int, edges: dict[int, list[tuple[int, int]]]
+) -> list[tuple[int, int]] | None:
+    """Breadth-first search back to `start`; returns [(group, requirement index), ...]."""
+    parents: dict[int, tuple[int, int]] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target, req in edges[node]:
+                if target == start:
+                    path = [(node, req)]
+                    while path[0][0] != start:
+                        path.insert(0, parents[path[0][0]])
+                    return path
+                if target not in parents:
+                    parents[target] = (node, req)
+                    following.append(target)
+        frontier = following
+    return None
+
+
+def format_loc(loc: Loc) -> str:
+    """Render a location as a field path: ("nodes", 1, "cores") -> `nodes[1].cores`."""
+    text = ""
+    for step in loc:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def check_document(
+    data: object, line_of: LineOf | None = None
+) -> tuple[ClusterDocument | None, list[Problem]]:
+    """Validate plain data; return the document (None if invalid) and every problem found.
+
+    Cross checks run only once the structure is valid, so that a typo in one group does
+    not also show up as a confusing missing role elsewhere.
+    """
+
+    def problem(loc: Loc, message: str, key: bool = False) -> Problem:
+        return Problem(format_loc(loc), message, line_of(loc, key) if line_of else None)
+
+    if data is None:
+        return None, [problem((), "the document is empty")]
+    if not isinstance(data, dict):
+        return None, [
+            problem(
+                (),
+                "a cluster document must be a mapping "
+                f"(name:, image:, nodes: ...), got {type(data).__name__}",
+            )
+        ]
+    try:
+        document = ClusterDocument.model_validate(data, context={_DEFER_CHECKS: True})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc, message, key = describe_error(error, ClusterDocument)
+            problems.append(problem(loc, message, key))
+        return None, problems
+    return document, [problem(loc, message) for loc, message in document.cross_check()]
+
+
+def validate_document(
+    data: object, source: str = "<document>", line_of: LineOf | None = None
+) -> ClusterDocument:
+    """Validate plain data into a ClusterDocument.
+
+    Raises DocumentError(source, problems) listing every problem, ordered by line.
+    """
+    document, problems = check_document(data, line_of)
+    if problems or document is None:
+        raise DocumentError(source, sort_problems(problems))
+    return document
+
+
+def sort_problems(problems: list[Problem]) -> list[Problem]:
+    """Problems in reading order; those without a line keep their place at the end."""
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+
+
+def describe_error(error: Any, root: type[BaseModel] = ClusterDocument) -> tuple[Loc, str, bool]:
+    """Turn one pydantic error into (location, message for a scientist, points-at-key)."""
+    loc: Loc = tuple(error["loc"])
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    on_key = bool(loc) and loc[-1] == "[key]"
+    if on_key:
+        loc = loc[:-1]
+    shown = _show(value)
+    if kind == "extra_forbidden":
+        known = _known_keys(root, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        if not hint and known:
+            suggestion = f" (known fields: {', '.join(known)})"
+        return loc, f"unknown field{suggestion}", True
+    if kind == "missing":
+        return loc, "required field is missing", False
+    if kind == "value_error":
+        return loc, str(ctx.get("error", error["msg"])), on_key
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        message = f"expected a whole number, got {shown}"
+    elif kind == "string_type":
+        message = f"expected text, got {shown}" + (
+            " (put it in quotes)" if isinstance(value, int | float | bool) else ""
+        )
+    elif kind in ("bool_type", "bool_parsing"):
+        message = f"expected true or false, got {shown}"
+    elif kind == "greater_than_equal":
+        message = f"must be at least {ctx['ge']}, got {shown}"
+    elif kind == "literal_error":
+        choices = [c.strip("'") for c in re.findall(r"'[^']*'", str(ctx.get("expected", "")))]
+        hint = difflib.get_close_matches(str(value), choices, n=1)
+        message = f"must be {ctx.get('expected')}, got {shown}" + (
+            f" (did you mean {hint[0]!r}?)" if hint else ""
+        )
+    elif kind == "list_type":
+        message = f"expected a list (like [a, b]), got {shown}"
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        message = f"expected a mapping (indented `key: value` lines), got {shown}"
+    elif kind == "too_short" and loc == ("nodes",):
+        message = "a cluster needs at least one group"
+    else:
+        message = error["msg"]
+    return loc, message, on_key
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _known_keys(root: type[BaseModel], path: Loc) -> list[str]:
+    """The field names a document may use at `path` (empty when not a model there)."""
+    model: type[BaseModel] | None = root
+    for step in path:
+        if isinstance(step, int) or model is None:
+            continue
+        field = next(
+            (f for name, f in model.model_fields.items() if (f.alias or name) == step), None
+        )
+        model = _model_in(field.annotation) if field else None
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

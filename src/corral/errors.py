@@ -1,0 +1,132 @@
+"""Every error corral raises on purpose, rooted in one class.
+
+    CorralError                      base; `message` is what a user reads
+    ├── DocumentError                a malformed cluster document (field and line)
+    ├── NotFoundError                no such cluster, node, user, host or image (or not yours)
+    ├── AuthError                    no token, or a token that matches no user
+    │   └── ForbiddenError           a known user asked for something only an admin may do
+    ├── ConflictError                clashes with what exists (duplicate name, busy host)
+    ├── RefusedError                 a request the service will not take; nothing was created
+    │   ├── QuotaExceededError       the user's quota would be exceeded (needed vs allowed)
+    │   ├── CapacityError            no placement fits on the hosts (needed vs available)
+    │   └── LeaseError               a lease outside policy (too long, already ended)
+    ├── IllegalTransitionError       a state machine was asked for a transition its table forbids
+    ├── BackendError                 a backend failed to boot, terminate or describe a machine
+    └── ServiceUnavailableError      the CLI cannot reach or start a service
+
+The HTTP layer maps each class to one status code (service/errors.py); the CLI maps them
+back from the JSON body, so a user sees the same message either side of the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CorralError(Exception):
+    """Base of every deliberate corral error; `message` is meant for the user."""
+
+    code = "error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a document: where (`field` as a dotted path, `line`) and what."""
+
+    field: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        field = f"{self.field}: " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+
+class DocumentError(CorralError):
+    """Raised by the document parsers when a cluster document is malformed."""
+
+    code = "invalid-document"
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        lines = "\n".join(f"  {source}: {p}" for p in problems)
+        super().__init__(
+            f"{source}: {len(problems)} problem(s)\n{lines}",
+            problems=[p.__dict__ for p in problems],
+        )
+        self.source = source
+        self.problems = problems
+
+
+class NotFoundError(CorralError):
+    """Raised when a named object does not exist or belongs to another user."""
+
+    code = "not-found"
+
+
+class AuthError(CorralError):
+    """Raised when a request carries no token or an unknown one."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(AuthError):
+    """Raised when a user asks for an admin-only action."""
+
+    code = "forbidden"
+
+
+class ConflictError(CorralError):
+    """Raised when a request clashes with existing records (a duplicate name, say)."""
+
+    code = "conflict"
+
+
+class RefusedError(CorralError):
+    """Raised before anything is created when the service will not take a request."""
+
+    code = "refused"
+
+
+class QuotaExceededError(RefusedError):
+    """Raised when a launch would take a user over one of their quotas."""
+
+    code = "quota-exceeded"
+
+
+class CapacityError(RefusedError):
+    """Raised when the scheduler cannot place every workspace of a request."""
+
+    code = "no-capacity"
+
+
+class LeaseError(RefusedError):
+    """Raised when a lease or an extension falls outside the service's policy."""
+
+    code = "lease-refused"
+
+
+class IllegalTransitionError(CorralError):
+    """Raised by a state machine when asked for a transition its table does not allow."""
+
+    code = "illegal-transition"
+
+
+class BackendError(CorralError):
+    """Raised by a backend when a machine cannot be booted, terminated or described."""
+
+    code = "backend-error"
+
+
+class ServiceUnavailableError(CorralError):
+    """Raised by the client when no service answers and none could be started."""
+
+    code = "service-unavailable"

@@ -1,0 +1,1 @@
+"""The workspace service: API, scheduler, leases, and the engine that drives backends."""

@@ -1,0 +1,74 @@
+"""Handing out subnets (one per cluster) and addresses (one per workspace) from a pool.
+
+The allocation tables' keys make handing one out twice impossible; releasing deletes the
+row, so the address is free for the next cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from corral.errors import CapacityError
+from corral.store.models import AddressAllocation, Pool, SubnetAllocation
+
+
+def gateway_of(subnet: str) -> str:
+    """The first address of a cluster subnet, kept for its bridge (where the service listens)."""
+    return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
+def allocate_subnet(session: Session, pool: Pool, cluster_id: str) -> str:
+    """Reserve a free subnet of the pool for a cluster; raises CapacityError when none is left."""
+    taken = set(
+        session.scalars(
+            select(SubnetAllocation.subnet).where(SubnetAllocation.pool_name == pool.name)
+        )
+    )
+    for subnet in ipaddress.ip_network(pool.address_range).subnets(new_prefix=pool.subnet_prefix):
+        if str(subnet) not in taken:
+            session.add(
+                SubnetAllocation(pool_name=pool.name, subnet=str(subnet), cluster_id=cluster_id)
+            )
+            return str(subnet)
+    raise CapacityError(
+        f"pool {pool.name}: every /{pool.subnet_prefix} subnet of {pool.address_range} is in use",
+        pool=pool.name,
+    )
+
+
+def allocate_addresses(
+    session: Session, pool: Pool, subnet: str, workspace_ids: list[str]
+) -> dict[str, str]:
+    """Give each workspace a free address of the cluster's subnet (never the gateway)."""
+    taken = set(
+        session.scalars(
+            select(AddressAllocation.address).where(AddressAllocation.pool_name == pool.name)
+        )
+    )
+    taken.add(gateway_of(subnet))
+    free = (str(a) for a in ipaddress.ip_network(subnet).hosts() if str(a) not in taken)
+    result: dict[str, str] = {}
+    for workspace_id in workspace_ids:
+        address = next(free, None)
+        if address is None:
+            raise CapacityError(
+                f"subnet {subnet} of pool {pool.name} has no address left for "
+                f"{len(workspace_ids)} node(s)",
+                pool=pool.name,
+            )
+        session.add(
+            AddressAllocation(pool_name=pool.name, address=address, workspace_id=workspace_id)
+        )
+        result[workspace_id] = address
+    return result
+
+
+def release_address(session: Session, workspace_id: str) -> None:
+    session.execute(delete(AddressAllocation).where(AddressAllocation.workspace_id == workspace_id))
+
+
+def release_subnet(session: Session, cluster_id: str) -> None:
+    session.execute(delete(SubnetAllocation).where(SubnetAllocation.cluster_id == cluster_id))

@@ -1,0 +1,277 @@
+"""The REST API under /v1; its OpenAPI description is served at /openapi.json.
+
+Handlers are thin: authenticate, call an operation, turn records into schemas. Writes
+hold the service's decision lock so they never race the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral import __version__
+from corral.errors import CorralError
+from corral.lifecycle import NodeState
+from corral.service import inventory, quotas
+from corral.service.auth import authenticate, require_admin
+from corral.service.clusters import LaunchRequest
+from corral.service.http_errors import status_for
+from corral.service.schemas import (
+    ClusterDetail,
+    ClusterSummary,
+    ErrorView,
+    EventView,
+    ExtendBody,
+    HealthView,
+    HostBody,
+    HostView,
+    LaunchBody,
+    NewUserView,
+    NodeView,
+    UserBody,
+    UserView,
+)
+from corral.store.models import Cluster, Event, User, Workspace, utcnow
+
+if TYPE_CHECKING:
+    from corral.service.app import Service
+
+ERROR_RESPONSES = {code: {"model": ErrorView} for code in (401, 403, 404, 409, 422)}
+
+
+router = APIRouter()
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="corral",
+        version=__version__,
+        description="One-click virtual clusters with leases and secure contextualization.",
+    )
+    app.state.service = service
+
+    @app.exception_handler(CorralError)
+    def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+
+    app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
+    return app
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with _service(request).store.session() as session:
+        yield session
+
+
+def _current_user(
+    db: Annotated[Session, Depends(_session)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> User:
+    token = None
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+    return authenticate(db, token)
+
+
+def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
+    require_admin(user)
+    return user
+
+
+# the Service type is only imported for checkers: app.py imports this module
+Svc = Annotated[Any, Depends(_service)]
+DB = Annotated[Session, Depends(_session)]
+Caller = Annotated[User, Depends(_current_user)]
+Admin = Annotated[User, Depends(_admin)]
+
+
+@router.get("/health")
+def health(
+    service: Svc,
+) -> HealthView:
+    return HealthView(
+        status="ok",
+        version=__version__,
+        backend=service.backend.name,
+        capabilities=sorted(service.backend.capabilities),
+    )
+
+
+@router.get("/whoami")
+def whoami(service: Svc, db: DB, user: Caller) -> UserView:
+    return _user_view(service, db, user)
+
+
+@router.post("/clusters", status_code=201)
+def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetail:
+    request = LaunchRequest(
+        document=body.document,
+        source=body.source,
+        name=body.name,
+        lease=timedelta(seconds=body.lease_seconds) if body.lease_seconds else None,
+        keep_on_failure=body.keep_on_failure,
+    )
+    with service.decisions:
+        cluster = service.clusters.launch(db, user, request)
+        db.commit()
+    service.engine.poke()
+    return _detail(db, cluster)
+
+
+@router.get("/clusters")
+def list_clusters(service: Svc, db: DB, user: Caller, all: bool = False) -> list[ClusterSummary]:
+    clusters = service.clusters.list(db, user, everyone=all)
+    counts = _node_counts(db, [c.id for c in clusters])
+    return [_summary(c, *counts.get(c.id, (0, 0))) for c in clusters]
+
+
+@router.get("/clusters/{ref}")
+def get_cluster(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
+    return _detail(db, service.clusters.find(db, user, ref, load_nodes=True))
+
+
+@router.get("/clusters/{ref}/events")
+def cluster_events(service: Svc, ref: str, db: DB, user: Caller, since: int = 0) -> list[EventView]:
+    cluster = service.clusters.find(db, user, ref)
+    events = db.scalars(
+        select(Event).where(Event.cluster_id == cluster.id, Event.id > since).order_by(Event.id)
+    )
+    return [EventView.model_validate(e, from_attributes=True) for e in events]
+
+
+@router.post("/clusters/{ref}/extend")
+def extend(service: Svc, ref: str, body: ExtendBody, db: DB, user: Caller) -> ClusterDetail:
+    with service.decisions:
+        cluster = service.clusters.extend(db, user, ref, timedelta(seconds=body.seconds))
+        db.commit()
+    return _detail(db, cluster)
+
+
+@router.delete("/clusters/{ref}", status_code=202)
+def destroy(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
+    with service.decisions:
+        cluster = service.clusters.destroy(db, user, ref)
+        db.commit()
+    service.engine.poke()
+    return _detail(db, cluster)
+
+
+@router.get("/users")
+def list_users(service: Svc, db: DB, _admin: Admin) -> list[UserView]:
+    users = db.scalars(select(User).where(~User.token_hash.startswith("removed:")))
+    return [_user_view(service, db, u) for u in users]
+
+
+@router.post("/users", status_code=201)
+def add_user(service: Svc, body: UserBody, db: DB, _admin: Admin) -> NewUserView:
+    user, token = inventory.add_user(db, body.name, body.admin, body.max_nodes, body.max_node_hours)
+    return NewUserView(**_user_view(service, db, user).model_dump(), token=token)
+
+
+@router.delete("/users/{name}", status_code=204)
+def remove_user(name: str, db: DB, _admin: Admin) -> None:
+    inventory.remove_user(db, name)
+
+
+@router.get("/hosts")
+def list_hosts(db: DB, _user: Caller) -> list[HostView]:
+    return [HostView(**asdict(h)) for h in inventory.host_capacities(db)]
+
+
+@router.post("/hosts", status_code=201)
+def add_host(service: Svc, body: HostBody, db: DB, _admin: Admin) -> HostView:
+    with service.decisions:
+        inventory.add_host(db, body.name, body.pool, body.cores, body.memory_mib)
+        db.flush()
+    (view,) = [h for h in inventory.host_capacities(db, body.pool) if h.name == body.name]
+    return HostView(**asdict(view))
+
+
+@router.delete("/hosts/{name}", status_code=204)
+def remove_host(service: Svc, name: str, db: DB, _admin: Admin) -> None:
+    with service.decisions:
+        inventory.remove_host(db, name)
+        db.commit()
+
+
+def _node_counts(db: Session, cluster_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """(live or all nodes, ready nodes) per cluster, in one query."""
+    counts: dict[str, list[int]] = {}
+    rows = db.execute(
+        select(Workspace.cluster_id, Workspace.state).where(Workspace.cluster_id.in_(cluster_ids))
+    )
+    for cluster_id, state in rows:
+        entry = counts.setdefault(cluster_id, [0, 0])
+        entry[0] += 1
+        entry[1] += state == NodeState.READY.value
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
+    return ClusterSummary(
+        id=cluster.id,
+        name=cluster.name,
+        owner=cluster.owner.name,
+        state=cluster.state,
+        node_count=nodes,
+        ready_count=ready,
+        lease_start=cluster.lease_start,
+        lease_end=cluster.lease_end,
+        lease_left_seconds=max(0.0, (cluster.lease_end - utcnow()).total_seconds()),
+        created_at=cluster.created_at,
+        failure=cluster.failure,
+    )
+
+
+def _detail(db: Session, cluster: Cluster) -> ClusterDetail:
+    nodes = [
+        NodeView(
+            id=w.id,
+            name=w.name,
+            group=w.group,
+            state=w.state,
+            state_since=w.state_since,
+            host=w.host_name,
+            address=w.address,
+            image=w.image,
+            cores=w.cores,
+            memory_mib=w.memory_mib,
+            failure=w.failure,
+            failure_phase=w.failure_phase,
+        )
+        for w in cluster.workspaces
+    ]
+    ready = sum(1 for n in nodes if n.state == NodeState.READY.value)
+    summary = _summary(cluster, len(nodes), ready)
+    return ClusterDetail(
+        **summary.model_dump(),
+        pool=cluster.pool_name,
+        subnet=cluster.subnet,
+        policy=cluster.policy,
+        keep_on_failure=cluster.keep_on_failure,
+        nodes=nodes,
+    )
+
+
+def _user_view(service: Service, db: Session, user: User) -> UserView:
+    max_nodes, max_hours = quotas.limits(user, service.config)
+    nodes, hours = quotas.usage(db, user, utcnow())
+    return UserView(
+        name=user.name,
+        admin=user.is_admin,
+        max_nodes=max_nodes,
+        max_node_hours=max_hours,
+        nodes_in_use=nodes,
+        node_hours_held=round(hours, 3),
+    )

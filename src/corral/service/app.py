@@ -1,0 +1,105 @@
+"""One service process: store, backend, engine and API wired together.
+
+On start the service makes sure its pool exists (with a host for this machine when the
+pool has none) and that there is an admin, whose token it writes root-only into its data
+directory for the local CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from corral.backends.base import Backend
+from corral.backends.registry import load_backend
+from corral.errors import ConflictError
+from corral.lifecycle import ClusterState
+from corral.service import inventory
+from corral.service.api import create_app
+from corral.service.clusters import Clusters
+from corral.service.config import ServiceConfig, machine_cores, machine_memory_mib
+from corral.service.engine import Engine
+from corral.store.database import Store
+from corral.store.models import Cluster, Host, User, utcnow
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOST = "local"
+
+
+class Service:
+    """Everything one `corral serve` runs; `start()` and `stop()` run the engine."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        backend: Backend | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.data_dir, 0o700)
+        self.store = Store(config.database_url)
+        self.backend = backend or load_backend(
+            config.backend, config.backend_options, config.data_dir
+        )
+        self.decisions = threading.Lock()
+        self._prepare()
+        self.clusters = Clusters(config, self.backend.capabilities)
+        self.engine = Engine(self.store, self.backend, config, self.decisions, clock)
+        self.app = create_app(self)
+
+    def start(self) -> None:
+        self.engine.start()
+        log.info("corral service: backend %s, store %s", self.backend.name, self._store_name())
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.backend.close()
+        self.store.close()
+
+    def _store_name(self) -> str:
+        return self.store.engine.url.render_as_string(hide_password=True)
+
+    def _prepare(self) -> None:
+        cfg = self.config
+        with self.store.session() as session:
+            pool = inventory.ensure_pool(
+                session, cfg.pool, self.backend.name, cfg.address_range, cfg.subnet_prefix
+            )
+            if pool.backend != self.backend.name:
+                live = session.scalar(
+                    select(func.count(Cluster.id)).where(
+                        Cluster.pool_name == pool.name,
+                        Cluster.state != ClusterState.TERMINATED.value,
+                    )
+                )
+                if live:
+                    raise ConflictError(
+                        f"pool {pool.name} runs {live} live cluster(s) on backend "
+                        f"{pool.backend}; destroy them before serving it with {self.backend.name}"
+                    )
+                pool.backend = self.backend.name
+            if not session.scalar(select(func.count()).select_from(Host)):
+                inventory.add_host(
+                    session,
+                    LOCAL_HOST,
+                    pool.name,
+                    machine_cores() * cfg.cpu_overcommit,
+                    machine_memory_mib(),
+                )
+            if not session.scalar(select(func.count()).select_from(User)):
+                _, token = inventory.add_user(session, "admin", is_admin=True)
+                self._write_admin_token(token)
+
+    def _write_admin_token(self, token: str) -> None:
+        path = self.config.admin_token_file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        log.info("created user admin; its token is in %s", path)

@@ -1,0 +1,261 @@
+"""What users do to clusters: launch, look up, extend, destroy.
+
+A launch is checked whole before anything is written: the document, the lease, the image,
+the quota, and a placement of every node with an address. Only then are the cluster, its
+workspaces, allocations and first events written, in one transaction. The engine does the
+rest (booting, readiness, leases, teardown).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from corral.backends.base import Capability
+from corral.document import ClusterDocument, parse_document
+from corral.errors import LeaseError, NotFoundError
+from corral.lifecycle import ClusterState, NodeState
+from corral.service import quotas
+from corral.service.addresses import allocate_addresses, allocate_subnet
+from corral.service.config import ServiceConfig
+from corral.service.inventory import host_capacities
+from corral.service.scheduler import NodeRequest, place
+from corral.service.transitions import move_cluster, record
+from corral.store.models import Cluster, Event, Image, Pool, User, Workspace, utcnow
+from corral.units import format_duration
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A user's launch: the document's text plus the command line's overrides."""
+
+    document: str
+    source: str = "<document>"
+    name: str | None = None
+    lease: timedelta | None = None
+    keep_on_failure: bool = False
+
+
+def new_id(prefix: str, nbytes: int = 4) -> str:
+    return f"{prefix}-{secrets.token_hex(nbytes)}"
+
+
+class Clusters:
+    """Cluster operations for API handlers; one instance per service."""
+
+    def __init__(self, config: ServiceConfig, capabilities: frozenset[Capability]) -> None:
+        self.config = config
+        self.capabilities = capabilities
+        # one launch places at a time, so two launches cannot take the same free capacity
+        self._placement_lock = threading.Lock()
+
+    def launch(self, session: Session, user: User, request: LaunchRequest) -> Cluster:
+        """Create a cluster and its workspaces, or raise and create nothing.
+
+        Raises DocumentError, LeaseError, NotFoundError (pool or image), QuotaExceededError
+        or CapacityError.
+        """
+        doc = parse_document(request.document, request.source)
+        lease = self._lease_for(request.lease or doc.lease)
+        pool = self._pool_for(session, doc)
+        self._check_images(session, doc)
+        now = utcnow()
+        quotas.check_quota(
+            session,
+            user,
+            self.config,
+            now,
+            doc.total_nodes,
+            quotas.node_hours(doc.total_nodes, lease),
+        )
+        with self._placement_lock:
+            cluster = self._create(session, user, doc, request, pool, lease, now)
+            session.flush()
+        return cluster
+
+    def _create(
+        self,
+        session: Session,
+        user: User,
+        doc: ClusterDocument,
+        request: LaunchRequest,
+        pool: Pool,
+        lease: timedelta,
+        now: datetime,
+    ) -> Cluster:
+        requests = [
+            NodeRequest(node, group.group, pool.name, group.cores, group.memory_mib)
+            for group in doc.nodes
+            for node in group.node_names()
+        ]
+        placement = place(requests, host_capacities(session, pool.name))
+        cluster = Cluster(
+            id=new_id("c"),
+            name=self._unique_name(session, user, request.name or doc.name or "cluster"),
+            owner_id=user.id,
+            state=ClusterState.LAUNCHING.value,
+            document=doc.to_yaml(),
+            policy=doc.policy.mode,
+            pool_name=pool.name,
+            lease_start=now,
+            lease_end=now + lease,
+            keep_on_failure=request.keep_on_failure,
+            created_at=now,
+        )
+        session.add(cluster)
+        session.flush()
+        cluster.subnet = allocate_subnet(session, pool, cluster.id)
+        workspaces = []
+        for group in doc.nodes:
+            for index, node in enumerate(group.node_names()):
+                ws = Workspace(
+                    id=new_id("w", 5),
+                    cluster_id=cluster.id,
+                    name=node,
+                    group=group.group,
+                    index=index,
+                    host_name=placement[node],
+                    image=group.image,
+                    cores=group.cores,
+                    memory_mib=group.memory_mib,
+                    state=NodeState.PENDING.value,
+                    state_since=now,
+                    created_at=now,
+                )
+                workspaces.append(ws)
+        session.add_all(workspaces)
+        session.flush()
+        addresses = allocate_addresses(session, pool, cluster.subnet, [w.id for w in workspaces])
+        for ws in workspaces:
+            ws.address = addresses[ws.id]
+            session.add(
+                Event(
+                    at=now,
+                    cluster_id=cluster.id,
+                    workspace_id=ws.id,
+                    subject=ws.name,
+                    kind="state",
+                    from_state=None,
+                    to_state=NodeState.PENDING.value,
+                    reason=f"placed on {ws.host_name} at {ws.address}",
+                )
+            )
+        record(
+            session,
+            cluster,
+            "state",
+            f"launched by {user.name}: {len(workspaces)} node(s), lease {format_duration(lease)}",
+            None,
+            ClusterState.LAUNCHING.value,
+        )
+        return cluster
+
+    def _lease_for(self, lease: timedelta | None) -> timedelta:
+        lease = lease or self.config.default_lease
+        if lease > self.config.max_lease:
+            raise LeaseError(
+                f"lease {format_duration(lease)} is longer than the maximum "
+                f"{format_duration(self.config.max_lease)}",
+                field="lease",
+                maximum_seconds=self.config.max_lease.total_seconds(),
+            )
+        return lease
+
+    def _pool_for(self, session: Session, doc: ClusterDocument) -> Pool:
+        name = doc.pool or self.config.pool
+        pool = session.get(Pool, name)
+        if pool is None:
+            raise NotFoundError(f"pool: no pool named {name}", field="pool", pool=name)
+        return pool
+
+    def _check_images(self, session: Session, doc: ClusterDocument) -> None:
+        if Capability.ANY_IMAGE in self.capabilities:
+            return
+        for i, group in enumerate(doc.nodes):
+            if session.get(Image, group.image) is None:
+                raise NotFoundError(
+                    f"nodes[{i}].image: no image {group.image!r} "
+                    "(see `corral image list`; bake or import it first)",
+                    field=f"nodes[{i}].image",
+                    image=group.image,
+                )
+
+    def _unique_name(self, session: Session, user: User, wanted: str) -> str:
+        taken = set(
+            session.scalars(
+                select(Cluster.name).where(
+                    Cluster.owner_id == user.id, Cluster.state != ClusterState.TERMINATED.value
+                )
+            )
+        )
+        name, n = wanted, 1
+        while name in taken:
+            n += 1
+            name = f"{wanted}-{n}"
+        return name
+
+    def find(self, session: Session, user: User, ref: str, load_nodes: bool = False) -> Cluster:
+        """The cluster with this id, or the user's newest cluster of this name.
+
+        Raises NotFoundError, also for another user's cluster (admins see every cluster).
+        """
+        options = [selectinload(Cluster.workspaces)] if load_nodes else []
+        cluster = session.get(Cluster, ref, options=options)
+        if cluster is None:
+            query = select(Cluster).where(Cluster.name == ref).order_by(Cluster.created_at.desc())
+            if not user.is_admin:
+                query = query.where(Cluster.owner_id == user.id)
+            cluster = session.scalars(query.options(*options)).first()
+        if cluster is None or (cluster.owner_id != user.id and not user.is_admin):
+            raise NotFoundError(f"no cluster {ref}", cluster=ref)
+        return cluster
+
+    def list(self, session: Session, user: User, everyone: bool = False) -> list[Cluster]:
+        query = select(Cluster).order_by(Cluster.created_at)
+        if not (everyone and user.is_admin):
+            query = query.where(Cluster.owner_id == user.id)
+        return list(session.scalars(query))
+
+    def extend(self, session: Session, user: User, ref: str, by: timedelta) -> Cluster:
+        """Move a cluster's lease deadline later by `by`, within policy and quota.
+
+        Raises LeaseError for an ended cluster or a deadline beyond the maximum lease.
+        """
+        cluster = self.find(session, user, ref)
+        if ClusterState(cluster.state) in (ClusterState.TERMINATING, ClusterState.TERMINATED):
+            raise LeaseError(f"cluster {cluster.id} has ended; its lease cannot be extended")
+        now = utcnow()
+        new_end = cluster.lease_end + by
+        if new_end - now > self.config.max_lease:
+            raise LeaseError(
+                f"extending by {format_duration(by)} would leave "
+                f"{format_duration(new_end - now)} of lease, more than the maximum "
+                f"{format_duration(self.config.max_lease)}",
+                maximum_seconds=self.config.max_lease.total_seconds(),
+            )
+        live = sum(1 for w in cluster.workspaces if NodeState(w.state).is_live)
+        quotas.check_quota(session, user, self.config, now, 0, quotas.node_hours(live, by))
+        old_end = cluster.lease_end
+        cluster.lease_end = new_end
+        cluster.lease_warned = False
+        record(
+            session,
+            cluster,
+            "lease-extended",
+            f"lease extended by {format_duration(by)}: {old_end.isoformat()} -> "
+            f"{new_end.isoformat()}",
+        )
+        return cluster
+
+    def destroy(self, session: Session, user: User, ref: str) -> Cluster:
+        """Ask for a cluster's removal; destroying an ending or ended cluster is a no-op."""
+        cluster = self.find(session, user, ref)
+        if ClusterState(cluster.state) in (ClusterState.TERMINATING, ClusterState.TERMINATED):
+            return cluster
+        move_cluster(session, cluster, ClusterState.TERMINATING, f"destroyed by {user.name}")
+        return cluster

@@ -1,0 +1,61 @@
+"""What a service is configured with, and where its files live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+DEFAULT_PORT = 8470
+
+
+def default_data_dir() -> Path:
+    """The user's data directory for corral ($CORRAL_HOME, else XDG data home)."""
+    if env := os.environ.get("CORRAL_HOME"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "corral"
+
+
+def machine_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def machine_memory_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 1024
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of one service process; every field has a working default for local use."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    db_url: str | None = None  # None: SQLite file in data_dir
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    backend: str = "fake"
+    backend_options: dict[str, str] = field(default_factory=dict)
+    pool: str = "local"
+    address_range: str = "10.180.0.0/16"
+    subnet_prefix: int = 24
+    # containers share cores well; the local host offers this many cores per real core
+    cpu_overcommit: int = 4
+    default_lease: timedelta = timedelta(hours=2)
+    max_lease: timedelta = timedelta(hours=48)
+    lease_warning: timedelta = timedelta(minutes=10)
+    default_max_nodes: int = 64
+    default_max_node_hours: float = 1024.0
+    tick_seconds: float = 0.5
+    backend_workers: int = 8
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'corral.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"

@@ -1,0 +1,389 @@
+"""The engine: one loop that drives every cluster from its records to what backends run.
+
+Each tick reads the store, compares it with what the backend reports, and acts: boots
+pending nodes, notices booted, failed and lost machines, applies each cluster's policy,
+warns before and enforces lease expiry, and removes what is terminating. The loop is
+level-triggered: everything it needs is in the store, so a service killed at any moment
+picks up where it was on restart, and a lease ends on time with no client running.
+
+Backend calls run on worker threads ("jobs"); a workspace with a job under way is left
+alone by the tick until the job has written its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from corral.backends.base import Backend, BootSpec, Machine, MachineState
+from corral.document import ClusterDocument, parse_document
+from corral.errors import BackendError
+from corral.lifecycle import ClusterState, NodeState
+from corral.service.addresses import release_address, release_subnet
+from corral.service.config import ServiceConfig
+from corral.service.transitions import move_cluster, move_node, record
+from corral.store.database import Store
+from corral.store.models import Cluster, Workspace, utcnow
+from corral.units import format_duration
+
+log = logging.getLogger(__name__)
+
+_IN_PROGRESS = {
+    NodeState.PENDING,
+    NodeState.BOOTING,
+    NodeState.REGISTERED,
+    NodeState.CONFIGURING,
+}
+_FAILING = {NodeState.FAILED, NodeState.LOST}
+_RUNNING_STATES = {
+    NodeState.BOOTING,
+    NodeState.REGISTERED,
+    NodeState.CONFIGURING,
+    NodeState.READY,
+}
+
+
+class Engine:
+    """Drives clusters toward their goal; `start()` runs `tick()` on a thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        config: ServiceConfig,
+        decisions: threading.Lock,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.config = config
+        # held while deciding, and by API writes, so a tick and a request never race
+        self.decisions = decisions
+        self.clock = clock
+        self._jobs = ThreadPoolExecutor(config.backend_workers, thread_name_prefix="corral-job")
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        self._futures: set[Future] = set()
+        self._docs: dict[str, ClusterDocument] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- running -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        self._jobs.shutdown(wait=True, cancel_futures=False)
+
+    def poke(self) -> None:
+        """Run the next tick now rather than at the next interval (after an API write)."""
+        self._wake.set()
+
+    def drain(self, timeout: float = 30) -> None:
+        """Wait for the backend jobs under way to finish (for tests and shutdown)."""
+        with self._busy_lock:
+            futures = list(self._futures)
+        for future in futures:
+            future.result(timeout=timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("engine tick failed; retrying next tick")
+            self._wake.wait(self.config.tick_seconds)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One pass: observe the backend, then decide and start jobs."""
+        with self._busy_lock:
+            busy = set(self._busy)  # taken before reading rows; see _submit
+        machines = {m.workspace_id: m for m in self.backend.list_machines()}
+        now = self.clock()
+        with self.decisions, self.store.session() as session:
+            clusters = list(
+                session.scalars(
+                    select(Cluster)
+                    .where(Cluster.state != ClusterState.TERMINATED.value)
+                    .options(selectinload(Cluster.workspaces))
+                )
+            )
+            live_ids = set()
+            for cluster in clusters:
+                live_ids.update(w.id for w in cluster.workspaces)
+                self._drive(session, cluster, machines, busy, now)
+        self._remove_orphans(machines, live_ids, busy)
+
+    # -- one cluster -------------------------------------------------------------------
+
+    def _drive(
+        self,
+        session: Session,
+        cluster: Cluster,
+        machines: dict[str, Machine],
+        busy: set[str],
+        now: datetime,
+    ) -> None:
+        doc = self._document(cluster)
+        nodes = [w for w in cluster.workspaces if w.id not in busy]
+        state = ClusterState(cluster.state)
+        if state is not ClusterState.TERMINATING:
+            self._enforce_lease(session, cluster, now)
+            state = ClusterState(cluster.state)
+        if state is ClusterState.TERMINATING:
+            self._tear_down(session, cluster, nodes, machines, busy)
+            return
+        for ws in nodes:
+            self._observe(session, ws, machines.get(ws.id), doc, now)
+        self._apply_policy(session, cluster, doc)
+        for ws in nodes:
+            if ws.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
+                self._submit(ws.id, self._boot_job, self._boot_spec(cluster, ws))
+            elif ws.state == NodeState.TERMINATING.value:
+                self._submit(ws.id, self._terminate_job, ws.id)
+
+    def _observe(
+        self,
+        session: Session,
+        ws: Workspace,
+        machine: Machine | None,
+        doc: ClusterDocument,
+        now: datetime,
+    ) -> None:
+        state = NodeState(ws.state)
+        if state not in _RUNNING_STATES:
+            return
+        if machine is None:
+            move_node(session, ws, NodeState.LOST, "the backend no longer has this machine")
+        elif machine.state is MachineState.ERROR:
+            move_node(
+                session, ws, NodeState.FAILED, machine.detail or "the backend reports an error"
+            )
+        elif machine.state is MachineState.STOPPED:
+            move_node(session, ws, NodeState.LOST, machine.detail or "the machine stopped")
+        elif state is NodeState.BOOTING and machine.state is MachineState.RUNNING:
+            move_node(session, ws, NodeState.READY, "running (this backend runs no context agent)")
+        elif state is NodeState.BOOTING and now - ws.state_since > doc.policy.boot_timeout:
+            move_node(
+                session,
+                ws,
+                NodeState.FAILED,
+                f"boot timed out after {format_duration(doc.policy.boot_timeout)}",
+            )
+
+    def _apply_policy(self, session: Session, cluster: Cluster, doc: ClusterDocument) -> None:
+        state = ClusterState(cluster.state)
+        if state not in (ClusterState.LAUNCHING, ClusterState.READY):
+            return
+        by_group: dict[str, list[Workspace]] = {}
+        for ws in cluster.workspaces:
+            by_group.setdefault(ws.group, []).append(ws)
+        failing = [w for w in cluster.workspaces if NodeState(w.state) in _FAILING]
+        best_effort = doc.policy.mode == "best-effort"
+        if best_effort:
+            short = []
+            for group in doc.nodes:
+                members = by_group.get(group.group, [])
+                ready = sum(1 for w in members if w.state == NodeState.READY.value)
+                hopeful = sum(1 for w in members if NodeState(w.state) in _IN_PROGRESS)
+                if ready + hopeful < group.min_ready:
+                    short.append((group, ready))
+                elif ready < group.min_ready:
+                    short.append(None)  # still possible, not there yet
+            if any(s is not None for s in short):
+                group, ready = next(s for s in short if s is not None)
+                cause = _describe_failures([w for w in failing if w.group == group.group])
+                self._fail(
+                    session,
+                    cluster,
+                    f"group {group.group} cannot reach its minimum of {group.min_ready} ready "
+                    f"node(s) ({ready} ready): {cause}",
+                )
+                return
+            for ws in failing:  # best effort carries on without its failed nodes
+                move_node(
+                    session, ws, NodeState.TERMINATING, "dropped under the best-effort policy"
+                )
+            if not short and state is ClusterState.LAUNCHING:
+                move_cluster(
+                    session, cluster, ClusterState.READY, "every group has its minimum ready"
+                )
+            return
+        if failing:
+            self._fail(session, cluster, _describe_failures(failing))
+        elif state is ClusterState.LAUNCHING and all(
+            w.state == NodeState.READY.value for w in cluster.workspaces
+        ):
+            move_cluster(session, cluster, ClusterState.READY, "every node is ready")
+
+    def _fail(self, session: Session, cluster: Cluster, cause: str) -> None:
+        launching = cluster.state == ClusterState.LAUNCHING
+        move_cluster(session, cluster, ClusterState.FAILED, cause)
+        if launching and not cluster.keep_on_failure:
+            move_cluster(
+                session,
+                cluster,
+                ClusterState.TERMINATING,
+                "launch failed; removing its nodes (launch with --keep-on-failure to keep them)",
+            )
+
+    def _enforce_lease(self, session: Session, cluster: Cluster, now: datetime) -> None:
+        if now >= cluster.lease_end:
+            move_cluster(
+                session,
+                cluster,
+                ClusterState.TERMINATING,
+                f"lease expired at {cluster.lease_end.isoformat(timespec='seconds')}",
+            )
+            return
+        window = min(self.config.lease_warning, (cluster.lease_end - cluster.lease_start) / 2)
+        if not cluster.lease_warned and cluster.lease_end - now <= window:
+            cluster.lease_warned = True
+            record(
+                session,
+                cluster,
+                "lease-warning",
+                f"lease ends in {format_duration(cluster.lease_end - now)} "
+                f"(at {cluster.lease_end.isoformat(timespec='seconds')}); "
+                "`corral extend` keeps it",
+            )
+
+    def _tear_down(
+        self,
+        session: Session,
+        cluster: Cluster,
+        nodes: list[Workspace],
+        machines: dict[str, Machine],
+        busy: set[str],
+    ) -> None:
+        for ws in nodes:
+            state = NodeState(ws.state)
+            if state is NodeState.TERMINATED:
+                continue
+            if state is not NodeState.TERMINATING:
+                move_node(session, ws, NodeState.TERMINATING, "cluster is terminating")
+            self._submit(ws.id, self._terminate_job, ws.id)
+        ids = {w.id for w in cluster.workspaces}
+        if any(w.state != NodeState.TERMINATED.value for w in cluster.workspaces) or busy & ids:
+            return
+        leftovers = ids & machines.keys()
+        if leftovers:  # the backend still runs something of ours: remove it again
+            for workspace_id in leftovers:
+                self._submit(workspace_id, self._terminate_job, workspace_id)
+            return
+        release_subnet(session, cluster.id)
+        move_cluster(
+            session,
+            cluster,
+            ClusterState.TERMINATED,
+            "every node removed; the backend runs nothing of this cluster",
+        )
+        self._docs.pop(cluster.id, None)
+
+    def _remove_orphans(
+        self, machines: dict[str, Machine], live_ids: set[str], busy: set[str]
+    ) -> None:
+        for workspace_id in machines.keys() - live_ids - busy:
+            log.warning("backend runs %s, which no live record owns; removing it", workspace_id)
+            self._submit(workspace_id, self._terminate_job, workspace_id)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def _submit(self, workspace_id: str, job: Callable, arg: object) -> None:
+        with self._busy_lock:
+            if workspace_id in self._busy:
+                return
+            self._busy.add(workspace_id)
+
+        def run() -> None:
+            try:
+                job(arg)
+            except Exception:
+                log.exception("job for %s failed; the next tick retries", workspace_id)
+            finally:
+                # the job's writes are committed before it leaves the busy set, so a tick
+                # that did not see it busy also sees its result
+                with self._busy_lock:
+                    self._busy.discard(workspace_id)
+                    self._futures.discard(future)
+
+        with self._busy_lock:
+            future = self._jobs.submit(run)
+            self._futures.add(future)
+
+    def _boot_job(self, spec: BootSpec) -> None:
+        try:
+            self.backend.boot(spec)
+        except BackendError as exc:
+            self._set_node(spec.workspace_id, NodeState.PENDING, NodeState.FAILED, exc.message)
+            return
+        self._set_node(
+            spec.workspace_id,
+            NodeState.PENDING,
+            NodeState.BOOTING,
+            f"boot requested on {spec.host}",
+        )
+
+    def _terminate_job(self, workspace_id: str) -> None:
+        self.backend.terminate(workspace_id)
+        with self.store.session() as session:
+            ws = session.get(Workspace, workspace_id)
+            if ws is None or ws.state == NodeState.TERMINATED.value:
+                return
+            if ws.state != NodeState.TERMINATING.value:
+                return  # an orphan's record moved on; nothing of ours to update
+            move_node(session, ws, NodeState.TERMINATED, f"removed from {ws.host_name}")
+            release_address(session, ws.id)
+        self.poke()
+
+    def _set_node(
+        self, workspace_id: str, expect: NodeState, target: NodeState, reason: str
+    ) -> None:
+        with self.store.session() as session:
+            ws = session.get(Workspace, workspace_id)
+            if ws is not None and ws.state == expect.value:
+                move_node(session, ws, target, reason)
+        self.poke()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _document(self, cluster: Cluster) -> ClusterDocument:
+        doc = self._docs.get(cluster.id)
+        if doc is None:
+            doc = self._docs[cluster.id] = parse_document(cluster.document, cluster.id)
+        return doc
+
+    def _boot_spec(self, cluster: Cluster, ws: Workspace) -> BootSpec:
+        return BootSpec(
+            workspace_id=ws.id,
+            cluster_id=cluster.id,
+            node=ws.name,
+            host=ws.host_name,
+            image=ws.image,
+            cores=ws.cores,
+            memory_mib=ws.memory_mib,
+            address=ws.address or "",
+            subnet=cluster.subnet or "",
+        )
+
+
+def _describe_failures(failing: list[Workspace]) -> str:
+    if not failing:
+        return "no node failed, but too few are left"
+    parts = [f"node {w.name} failed in phase {w.failure_phase}: {w.failure}" for w in failing[:5]]
+    more = f"; and {len(failing) - 5} more" if len(failing) > 5 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,150 @@
+"""Admin records: users with their tokens and quotas, pools, and hosts with their capacity."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from corral.errors import ConflictError, NotFoundError
+from corral.lifecycle import NodeState
+from corral.service.auth import hash_token, new_token
+from corral.service.scheduler import HostCapacity
+from corral.store.models import Cluster, Host, Pool, User, Workspace
+
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME.match(name):
+        raise ConflictError(
+            f"{kind} name {name!r} must start with a lowercase letter and use a-z 0-9 _ . -",
+            field="name",
+        )
+
+
+def add_user(
+    session: Session,
+    name: str,
+    is_admin: bool = False,
+    max_nodes: int | None = None,
+    max_node_hours: float | None = None,
+) -> tuple[User, str]:
+    """Create a user; returns it with its token, which is never stored in clear."""
+    _check_name("user", name)
+    if session.scalars(select(User).where(User.name == name)).first():
+        raise ConflictError(f"user {name} already exists", user=name)
+    token = new_token()
+    user = User(
+        name=name,
+        token_hash=hash_token(token),
+        is_admin=is_admin,
+        max_nodes=max_nodes,
+        max_node_hours=max_node_hours,
+    )
+    session.add(user)
+    session.flush()
+    return user, token
+
+
+def get_user(session: Session, name: str) -> User:
+    user = session.scalars(select(User).where(User.name == name)).first()
+    if user is None:
+        raise NotFoundError(f"no user {name}", user=name)
+    return user
+
+
+def remove_user(session: Session, name: str) -> None:
+    """Delete a user who holds no live cluster; raises ConflictError otherwise."""
+    user = get_user(session, name)
+    live = session.scalar(
+        select(func.count(Cluster.id)).where(
+            Cluster.owner_id == user.id, Cluster.state != "terminated"
+        )
+    )
+    if live:
+        raise ConflictError(
+            f"user {name} still has {live} live cluster(s); destroy them first", user=name
+        )
+    # their cluster history stays; the user can no longer log in
+    user.token_hash = f"removed:{user.id}"
+    user.name = f"{user.name}~removed{user.id}"
+
+
+def ensure_pool(
+    session: Session, name: str, backend: str, address_range: str, subnet_prefix: int
+) -> Pool:
+    """Return the pool `name`, creating it on first use."""
+    pool = session.get(Pool, name)
+    if pool is None:
+        pool = Pool(
+            name=name, backend=backend, address_range=address_range, subnet_prefix=subnet_prefix
+        )
+        session.add(pool)
+        session.flush()
+    return pool
+
+
+def add_host(session: Session, name: str, pool: str, cores: int, memory_mib: int) -> Host:
+    """Register a host's capacity in a pool; raises NotFoundError for an unknown pool."""
+    _check_name("host", name)
+    if cores < 1 or memory_mib < 1:
+        raise ConflictError(f"host {name}: cores and memory must be positive", host=name)
+    if session.get(Pool, pool) is None:
+        raise NotFoundError(f"no pool {pool}", pool=pool)
+    if session.get(Host, name) is not None:
+        raise ConflictError(f"host {name} already exists", host=name)
+    host = Host(name=name, pool_name=pool, cores=cores, memory_mib=memory_mib)
+    session.add(host)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise ConflictError(f"host {name} already exists", host=name) from exc
+    return host
+
+
+def remove_host(session: Session, name: str) -> None:
+    """Delete a host that runs no live workspace; raises ConflictError otherwise."""
+    host = session.get(Host, name)
+    if host is None:
+        raise NotFoundError(f"no host {name}", host=name)
+    busy = session.scalar(
+        select(func.count(Workspace.id)).where(
+            Workspace.host_name == name, Workspace.state != NodeState.TERMINATED.value
+        )
+    )
+    if busy:
+        raise ConflictError(f"host {name} still runs {busy} workspace(s)", host=name)
+    session.delete(host)
+
+
+def host_capacities(session: Session, pool: str | None = None) -> list[HostCapacity]:
+    """Every host (of one pool, or all) with what its live workspaces leave free."""
+    used = dict(
+        (name, (cores or 0, mem or 0))
+        for name, cores, mem in session.execute(
+            select(Workspace.host_name, func.sum(Workspace.cores), func.sum(Workspace.memory_mib))
+            .where(Workspace.state != NodeState.TERMINATED.value)
+            .group_by(Workspace.host_name)
+        ).all()
+    )
+    query = select(Host).order_by(Host.name)
+    if pool is not None:
+        query = query.where(Host.pool_name == pool)
+    result = []
+    for host in session.scalars(query):
+        used_cores, used_mem = used.get(host.name, (0, 0))
+        result.append(
+            HostCapacity(
+                name=host.name,
+                pool=host.pool_name,
+                enabled=host.enabled,
+                cores=host.cores,
+                memory_mib=host.memory_mib,
+                free_cores=host.cores - used_cores,
+                free_memory_mib=host.memory_mib - used_mem,
+            )
+        )
+    return result

@@ -1,0 +1,127 @@
+"""The REST API's payloads: what requests carry and what responses promise.
+
+These shapes are the stable `--json` output of the CLI; add fields, never rename them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LaunchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    document: str = Field(description="the cluster document, YAML or Nimbus cluster.xml")
+    source: str = Field("<document>", description="the file name, for error messages")
+    name: str | None = Field(None, description="overrides the document's name")
+    lease_seconds: float | None = Field(None, gt=0, description="overrides the document's lease")
+    keep_on_failure: bool = Field(False, description="keep a failed launch's nodes running")
+
+
+class ExtendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(gt=0, description="how much later the lease should end")
+
+
+class UserBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    admin: bool = False
+    max_nodes: int | None = Field(None, ge=0)
+    max_node_hours: float | None = Field(None, ge=0)
+
+
+class HostBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    pool: str = "local"
+    cores: int = Field(gt=0)
+    memory_mib: int = Field(gt=0)
+
+
+class NodeView(BaseModel):
+    id: str
+    name: str
+    group: str
+    state: str
+    state_since: datetime
+    host: str
+    address: str | None
+    image: str
+    cores: int
+    memory_mib: int
+    failure: str | None = None
+    failure_phase: str | None = None
+
+
+class ClusterSummary(BaseModel):
+    id: str
+    name: str
+    owner: str
+    state: str
+    node_count: int
+    ready_count: int
+    lease_start: datetime
+    lease_end: datetime
+    lease_left_seconds: float
+    created_at: datetime
+    failure: str | None = None
+
+
+class ClusterDetail(ClusterSummary):
+    pool: str
+    subnet: str | None
+    policy: str
+    keep_on_failure: bool
+    nodes: list[NodeView]
+
+
+class EventView(BaseModel):
+    id: int
+    at: datetime
+    subject: str
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    reason: str
+
+
+class UserView(BaseModel):
+    name: str
+    admin: bool
+    max_nodes: int
+    max_node_hours: float
+    nodes_in_use: int
+    node_hours_held: float
+
+
+class NewUserView(UserView):
+    token: str = Field(description="shown once; the service keeps only its hash")
+
+
+class HostView(BaseModel):
+    name: str
+    pool: str
+    enabled: bool
+    cores: int
+    memory_mib: int
+    free_cores: int
+    free_memory_mib: int
+
+
+class HealthView(BaseModel):
+    status: str
+    version: str
+    backend: str
+    capabilities: list[str]
+
+
+class ErrorView(BaseModel):
+    error: str
+    message: str
+    details: dict[str, object] = {}

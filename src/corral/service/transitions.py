@@ -1,0 +1,92 @@
+"""Moving a cluster or workspace to a new state: checked against the table, and logged.
+
+Every change appends an Event, so the history of a node survives the node.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from corral.lifecycle import (
+    ClusterState,
+    NodeState,
+    check_cluster_transition,
+    check_node_transition,
+)
+from corral.store.models import Cluster, Event, Workspace, utcnow
+
+log = logging.getLogger(__name__)
+
+# the phase a node was in, named for users, when it failed from a given state
+PHASE_OF: dict[NodeState, str] = {
+    NodeState.PENDING: "boot",
+    NodeState.BOOTING: "boot",
+    NodeState.REGISTERED: "register",
+    NodeState.CONFIGURING: "configure",
+    NodeState.READY: "run",
+    NodeState.FAILED: "run",
+    NodeState.LOST: "run",
+    NodeState.TERMINATING: "terminate",
+    NodeState.TERMINATED: "terminate",
+}
+
+
+def move_node(session: Session, ws: Workspace, target: NodeState, reason: str) -> None:
+    """Move a workspace to `target`; raises IllegalTransitionError if the table forbids it."""
+    current = NodeState(ws.state)
+    check_node_transition(current, target, ws.name)
+    now = utcnow()
+    ws.state = target.value
+    ws.state_since = now
+    failing = (NodeState.FAILED, NodeState.LOST)
+    if target in failing and current not in failing:  # keep the first cause
+        ws.failure = reason
+        ws.failure_phase = PHASE_OF[current]
+    session.add(
+        Event(
+            at=now,
+            cluster_id=ws.cluster_id,
+            workspace_id=ws.id,
+            subject=ws.name,
+            kind="state",
+            from_state=current.value,
+            to_state=target.value,
+            reason=reason,
+        )
+    )
+    log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
+
+
+def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reason: str) -> None:
+    """Move a cluster to `target`; raises IllegalTransitionError if the table forbids it."""
+    current = ClusterState(cluster.state)
+    check_cluster_transition(current, target, cluster.id)
+    cluster.state = target.value
+    if target is ClusterState.FAILED:
+        cluster.failure = reason
+    record(session, cluster, "state", reason, current.value, target.value)
+    log.info("cluster %s (%s): %s -> %s: %s", cluster.id, cluster.name, current, target, reason)
+
+
+def record(
+    session: Session,
+    cluster: Cluster,
+    kind: str,
+    reason: str,
+    from_state: str | None = None,
+    to_state: str | None = None,
+) -> None:
+    """Append a cluster-level event that is not necessarily a state change."""
+    session.add(
+        Event(
+            at=utcnow(),
+            cluster_id=cluster.id,
+            subject="cluster",
+            kind=kind,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+        )
+    )

@@ -1,0 +1,1 @@
+"""The service's records, on SQLAlchemy: SQLite (WAL) by default, PostgreSQL possible."""

@@ -1,0 +1,185 @@
+"""Tables: users, pools and hosts, images, clusters, workspaces, allocations, events.
+
+Every state change of a cluster or workspace appends an Event row; nothing updates or
+deletes events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_nodes: Mapped[int | None] = mapped_column(Integer)  # None: the service default
+    max_node_hours: Mapped[float | None]  # None: the service default
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Pool(Base):
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    address_range: Mapped[str] = mapped_column(String(64))  # e.g. 10.180.0.0/16
+    subnet_prefix: Mapped[int] = mapped_column(Integer)  # each cluster gets one subnet this size
+
+    hosts: Mapped[list[Host]] = relationship(back_populates="pool")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"))
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    pool: Mapped[Pool] = relationship(back_populates="hosts")
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(80))
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    document: Mapped[str] = mapped_column(Text)  # canonical YAML of the parsed document
+    policy: Mapped[str] = mapped_column(String(16))  # all-or-nothing or best-effort
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"))
+    subnet: Mapped[str | None] = mapped_column(String(64))
+    lease_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_warned: Mapped[bool] = mapped_column(Boolean, default=False)
+    keep_on_failure: Mapped[bool] = mapped_column(Boolean, default=False)
+    failure: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User] = relationship()
+    workspaces: Mapped[list[Workspace]] = relationship(
+        back_populates="cluster", order_by="Workspace.group, Workspace.index"
+    )
+
+    __table_args__ = (Index("ix_clusters_owner_state", "owner_id", "state"),)
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    name: Mapped[str] = mapped_column(String(64))  # <group>-<index>
+    group: Mapped[str] = mapped_column(String(32))
+    index: Mapped[int] = mapped_column(Integer)
+    host_name: Mapped[str] = mapped_column(ForeignKey("hosts.name"))
+    image: Mapped[str] = mapped_column(String(128))
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    state_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failure: Mapped[str | None] = mapped_column(Text)  # cause of the last failure, if any
+    failure_phase: Mapped[str | None] = mapped_column(String(16))  # boot, register, configure, run
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    cluster: Mapped[Cluster] = relationship(back_populates="workspaces")
+
+    __table_args__ = (
+        UniqueConstraint("cluster_id", "name"),
+        Index("ix_workspaces_state", "state"),
+        Index("ix_workspaces_host", "host_name", "state"),
+    )
+
+
+class SubnetAllocation(Base):
+    """A cluster's subnet inside its pool's range; the unique key forbids handing it out twice."""
+
+    __tablename__ = "subnet_allocations"
+
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"), primary_key=True)
+    subnet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), unique=True)
+
+
+class AddressAllocation(Base):
+    """A workspace's address; the primary key forbids handing one address out twice."""
+
+    __tablename__ = "address_allocations"
+
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), unique=True)
+
+
+class Event(Base):
+    """One state change: of a cluster (workspace_id empty) or of one of its workspaces."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id"))
+    subject: Mapped[str] = mapped_column(String(64))  # node name, or "cluster"
+    kind: Mapped[str] = mapped_column(String(32))  # "state", "lease-warning", "lease-extended"
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_events_cluster", "cluster_id", "id"),)

@@ -1,0 +1,89 @@
+"""Human quantities in documents and on the command line: sizes and durations."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_SIZE_UNITS_MIB = {
+    "": 1 / (1024 * 1024),  # a bare number is bytes
+    "b": 1 / (1024 * 1024),
+    "k": 1 / 1024,
+    "kb": 1000 / (1024 * 1024),
+    "kib": 1 / 1024,
+    "m": 1,
+    "mb": 1000 * 1000 / (1024 * 1024),
+    "mib": 1,
+    "g": 1024,
+    "gb": 1000**3 / (1024 * 1024),
+    "gib": 1024,
+    "t": 1024 * 1024,
+    "tb": 1000**4 / (1024 * 1024),
+    "tib": 1024 * 1024,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_size_mib(text: str | int) -> int:
+    """Parse a memory size (`1GiB`, `512MiB`, `2G`) into whole MiB.
+
+    Raises ValueError naming the text when it is not a size or rounds to zero.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        text = str(text)
+    match = _SIZE.match(text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS_MIB:
+        raise ValueError(f"not a size: {text!r} (use a number with a unit, like 512MiB or 1GiB)")
+    mib = float(match.group(1)) * _SIZE_UNITS_MIB[match.group(2).lower()]
+    if mib < 1:
+        raise ValueError(f"size too small: {text!r} (at least 1MiB)")
+    return int(mib)
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """Parse a duration (`12h`, `30m`, `1h30m`, `90s`, `2d`; a bare number is seconds).
+
+    Raises ValueError naming the text when it is not a positive duration.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        compact = text.strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", compact):
+            seconds = float(compact)
+        elif compact and _DURATION_PART.sub("", compact) == "":
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
+        else:
+            raise ValueError(f"not a duration: {text!r} (use forms like 90s, 30m, 12h, 2d)")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    """Render a duration compactly (`1h30m`, `45s`), the inverse of parse_duration."""
+    seconds = int(round(delta.total_seconds()))
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts)
+
+
+def format_size_mib(mib: int) -> str:
+    """Render MiB as the largest exact binary unit (`1GiB`, `1536MiB`)."""
+    if mib % (1024 * 1024) == 0:
+        return f"{mib // (1024 * 1024)}TiB"
+    if mib % 1024 == 0:
+        return f"{mib // 1024}GiB"
+    return f"{mib}MiB"
