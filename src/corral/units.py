@@ -87,3 +87,10 @@ def format_size_mib(mib: int) -> str:
     if mib % 1024 == 0:
         return f"{mib // 1024}GiB"
     return f"{mib}MiB"
+
+
+def describe_size_mib(mib: int) -> str:
+    """Memory for people, rounded: `512MiB`, `23.5GiB`."""
+    if mib < 1024:
+        return f"{mib}MiB"
+    return f"{mib / 1024:.1f}".rstrip("0").rstrip(".") + "GiB"

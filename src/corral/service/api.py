@@ -247,6 +247,7 @@ def _detail(db: Session, cluster: Cluster) -> ClusterDetail:
             image=w.image,
             cores=w.cores,
             memory_mib=w.memory_mib,
+            login=w.login,
             failure=w.failure,
             failure_phase=w.failure_phase,
         )

@@ -123,6 +123,7 @@ class Clusters:
                     image=group.image,
                     cores=group.cores,
                     memory_mib=group.memory_mib,
+                    login=group.login,
                     state=NodeState.PENDING.value,
                     state_since=now,
                     created_at=now,

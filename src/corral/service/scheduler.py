@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from corral.errors import CapacityError
-from corral.units import format_size_mib
+from corral.units import describe_size_mib, format_size_mib
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,14 @@ def _capacity_error(
         largest = max(usable, key=lambda h: (h.free_cores, h.free_memory_mib))
         largest_text = (
             f"; largest free host {largest.name}: {largest.free_cores} cores, "
-            f"{format_size_mib(max(largest.free_memory_mib, 1))}"
+            f"{describe_size_mib(max(largest.free_memory_mib, 0))}"
         )
     else:
         largest_text = ""
     return CapacityError(
         f"no room for {len(unplaced)} of {len(requests)} node(s) ({names}) in pool {pool}: "
-        f"needed {need_cores} cores and {format_size_mib(need_mem)}, available "
-        f"{free_cores} cores and {format_size_mib(max(free_mem, 1))} on {len(usable)} "
+        f"needed {need_cores} cores and {describe_size_mib(need_mem)}, available "
+        f"{free_cores} cores and {describe_size_mib(max(free_mem, 0))} on {len(usable)} "
         f"host(s){largest_text}",
         pool=pool,
         needed={"nodes": len(requests), "cores": need_cores, "memory_mib": need_mem},

@@ -55,6 +55,7 @@ class NodeView(BaseModel):
     image: str
     cores: int
     memory_mib: int
+    login: bool
     failure: str | None = None
     failure_phase: str | None = None
 

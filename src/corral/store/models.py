@@ -131,6 +131,7 @@ class Workspace(Base):
     image: Mapped[str] = mapped_column(String(128))
     cores: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
+    login: Mapped[bool] = mapped_column(Boolean, default=False)  # users log in here
     address: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     state_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""The `corral` command line, a client of the service's REST API."""

@@ -1,0 +1,150 @@
+"""Finding the service to talk to, and starting a local one when none is configured.
+
+$CORRAL_URL and $CORRAL_TOKEN name a service and a user. Without them the CLI uses the
+local service of the user's data directory: the one recorded in its service.json if it
+still answers, otherwise a new `corral serve` started in the background, with the admin
+token it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from corral.cli.client import Client
+from corral.errors import ServiceUnavailableError
+from corral.service.config import DEFAULT_PORT, default_data_dir
+
+STATE_FILE = "service.json"
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    token: str | None
+
+
+def connect() -> Client:
+    target = configured_target() or local_target(default_data_dir())
+    return Client(target.url, target.token)
+
+
+def configured_target() -> Target | None:
+    url = os.environ.get("CORRAL_URL")
+    return Target(url, os.environ.get("CORRAL_TOKEN")) if url else None
+
+
+def local_target(data_dir: Path) -> Target:
+    """The local service of `data_dir`, started now if it is not running."""
+    url = running_local_url(data_dir)
+    if url is None:
+        url = start_local(data_dir)
+    token_file = data_dir / "admin.token"
+    token = os.environ.get("CORRAL_TOKEN") or (
+        token_file.read_text().strip() if token_file.exists() else None
+    )
+    return Target(url, token)
+
+
+def running_local_url(data_dir: Path) -> str | None:
+    state = data_dir / STATE_FILE
+    if not state.exists():
+        return None
+    try:
+        url = json.loads(state.read_text())["url"]
+    except (ValueError, KeyError):
+        return None
+    return url if _answers(url) else None
+
+
+def start_local(data_dir: Path) -> str:
+    """Start `corral serve` for `data_dir` in the background; return its URL once it answers.
+
+    Raises ServiceUnavailableError (naming the log file) if it does not come up.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = data_dir / "service.log"
+    command = [
+        sys.executable,
+        "-m",
+        "corral",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command, like a daemon
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _answers(url):
+            click.echo(
+                f"corral: no service configured; started a local one at {url} "
+                f"(data {data_dir}, log {log_path})",
+                err=True,
+            )
+            return url
+        time.sleep(0.2)
+    raise ServiceUnavailableError(
+        f"started a local corral service but it did not answer within {START_TIMEOUT:.0f}s; "
+        f"see {log_path}",
+        log=str(log_path),
+    )
+
+
+def write_state(data_dir: Path, url: str) -> None:
+    """Record where this data directory's service listens (called by `corral serve`)."""
+    path = data_dir / STATE_FILE
+    path.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+
+
+def clear_state(data_dir: Path) -> None:
+    path = data_dir / STATE_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _answers(url: str) -> bool:
+    client = Client(url, None, timeout=2.0)
+    try:
+        return client.health().get("status") == "ok"
+    except ServiceUnavailableError:
+        return False
+    finally:
+        client.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

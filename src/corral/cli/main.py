@@ -1,0 +1,476 @@
+"""The `corral` commands. Every read takes --json; exit codes are in exit_codes.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from corral import __version__
+from corral.cli import exit_codes, render
+from corral.cli.connection import connect
+from corral.document import load_document
+from corral.errors import CorralError
+from corral.units import describe_size_mib, format_duration, parse_duration, parse_size_mib
+
+WAIT_POLL_SECONDS = 0.5
+ENDED = ("terminated",)
+
+
+def fail(error: CorralError, as_json: bool) -> None:
+    if as_json:
+        render.emit_json(error.to_dict())
+    click.echo(f"corral: error: {error.message}", err=True)
+    sys.exit(exit_codes.for_error(error))
+
+
+def reports_errors(fn: Callable) -> Callable:
+    """Turn a CorralError into its message and exit code (and JSON body with --json)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CorralError as exc:
+            fail(exc, kwargs.get("as_json", False))
+
+    return wrapper
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print stable JSON.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="corral")
+def cli() -> None:
+    """One-click virtual clusters with leases.
+
+    Without CORRAL_URL the commands use a local service, started in the background
+    on first use.
+    """
+
+
+# -- the service -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--backend", default=None, help="Backend for the local pool (default: fake).")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in data dir).")
+@click.option("--listen", default=None, metavar="HOST:PORT")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--default-lease", default=None, metavar="DURATION")
+@click.option("--max-lease", default=None, metavar="DURATION")
+@click.option("--tick", "tick_seconds", type=float, default=None, help="Engine interval (s).")
+@reports_errors
+def serve(
+    backend: str | None,
+    backend_options: tuple[str, ...],
+    db_url: str | None,
+    listen: str | None,
+    data_dir: Path | None,
+    default_lease: str | None,
+    max_lease: str | None,
+    tick_seconds: float | None,
+) -> None:
+    """Run the service (API, engine, leases) in the foreground."""
+    from corral.cli.serve import run_service
+    from corral.service.config import ServiceConfig
+
+    config = ServiceConfig()
+    if data_dir:
+        config.data_dir = data_dir
+    if backend:
+        config.backend = backend
+    for item in backend_options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--backend-option")
+        config.backend_options[key] = value
+    config.db_url = db_url
+    if listen:
+        config.listen = listen
+    try:
+        if default_lease:
+            config.default_lease = parse_duration(default_lease)
+        if max_lease:
+            config.max_lease = parse_duration(max_lease)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if tick_seconds:
+        config.tick_seconds = tick_seconds
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        run_service(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+# -- documents ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+@reports_errors
+def validate(file: Path, as_json: bool) -> None:
+    """Check a cluster document (YAML or Nimbus cluster.xml); creates nothing."""
+    doc = load_document(file)
+    if as_json:
+        render.emit_json({"valid": True, "document": doc.to_dict()})
+        return
+    groups = ", ".join(f"{g.group} x{g.count}" for g in doc.nodes)
+    lease = format_duration(doc.lease) if doc.lease else "service default"
+    click.echo(f"{file}: valid: {doc.total_nodes} node(s) ({groups}); lease {lease}")
+
+
+# -- clusters ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--cluster", "cluster_file", required=True, type=click.Path(path_type=Path))
+@click.option("--hours", type=float, default=None, help="Lease in hours (overrides the file).")
+@click.option("--lease", default=None, metavar="DURATION", help="Lease like 30m or 12h.")
+@click.option("--name", default=None, help="Cluster name (the service makes it unique).")
+@click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
+@click.option("--keep-on-failure", is_flag=True, help="Keep a failed launch's nodes.")
+@click.option("--timeout", default=None, metavar="DURATION", help="Stop waiting after this.")
+@json_option
+@reports_errors
+def run(
+    cluster_file: Path,
+    hours: float | None,
+    lease: str | None,
+    name: str | None,
+    no_wait: bool,
+    keep_on_failure: bool,
+    timeout: str | None,
+    as_json: bool,
+) -> None:
+    """Launch a cluster and wait until it is ready (or say why not)."""
+    if hours is not None and lease is not None:
+        raise click.UsageError("give --hours or --lease, not both")
+    if hours is not None and hours <= 0:
+        raise click.BadParameter("must be positive", param_hint="--hours")
+    try:
+        lease_span = parse_duration(lease) if lease else None
+        wait_limit = parse_duration(timeout).total_seconds() if timeout else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if hours is not None:
+        lease_span = timedelta(hours=hours)
+    load_document(cluster_file)  # refuse a bad document here, with its lines, before any call
+    client = connect()
+    cluster = client.launch(
+        cluster_file.read_text(),
+        str(cluster_file),
+        name=name,
+        lease_seconds=lease_span.total_seconds() if lease_span else None,
+        keep_on_failure=keep_on_failure,
+    )
+    if not as_json:
+        click.echo(
+            f"launched {cluster['name']} ({cluster['id']}): {cluster['node_count']} node(s), "
+            f"lease until {cluster['lease_end']}",
+            err=True,
+        )
+    if no_wait:
+        _print_cluster(cluster, as_json, short=True)
+        return
+    cluster = _wait(client, cluster["id"], ("ready", "failed", "terminating", *ENDED), wait_limit)
+    if cluster["state"] == "ready":
+        _print_cluster(cluster, as_json, short=True)
+        return
+    if cluster["state"] in ("launching",):
+        _print_cluster(cluster, as_json, short=True)
+        click.echo(
+            f"corral: still launching after {timeout}; `corral status {cluster['id']}`", err=True
+        )
+        sys.exit(exit_codes.TIMEOUT)
+    if cluster["state"] == "terminating" and not cluster["failure"]:
+        pass  # destroyed or expired while we waited
+    elif not keep_on_failure:
+        click.echo("launch failed; removing its nodes", err=True)
+        cluster = _wait(client, cluster["id"], ENDED, None, goal="terminated")
+    _print_cluster(cluster, as_json, short=True)
+    click.echo(
+        f"corral: cluster {cluster['name']} ({cluster['id']}) failed: "
+        f"{cluster['failure'] or 'it ended before it was ready'}",
+        err=True,
+    )
+    for line in render.failing_nodes(cluster):
+        click.echo(f"  {line}", err=True)
+    sys.exit(exit_codes.CLUSTER_FAILED)
+
+
+def _wait(
+    client, ref: str, until: tuple[str, ...], limit: float | None, goal: str = "ready"
+) -> dict[str, Any]:
+    progress = render.Progress(goal)
+    deadline = time.monotonic() + limit if limit else None
+    try:
+        while True:
+            cluster = client.cluster(ref)
+            progress.update(cluster)
+            if cluster["state"] in until:
+                return cluster
+            if deadline and time.monotonic() > deadline:
+                return cluster
+            time.sleep(WAIT_POLL_SECONDS)
+    finally:
+        progress.done()
+
+
+def _print_cluster(cluster: dict[str, Any], as_json: bool, short: bool = False) -> None:
+    if as_json:
+        render.emit_json(cluster)
+        return
+    if not short:
+        click.echo(render.cluster_status(cluster))
+        return
+    login = [n for n in cluster["nodes"] if n["login"]] or cluster["nodes"][:1]
+    where = f"; log in at {login[0]['name']} {login[0]['address']}" if login else ""
+    click.echo(f"{cluster['id']} {cluster['state']}{where if cluster['state'] == 'ready' else ''}")
+
+
+@cli.command("list")
+@click.option("--all", "everyone", is_flag=True, help="Every user's clusters (admins).")
+@json_option
+@reports_errors
+def list_clusters(everyone: bool, as_json: bool) -> None:
+    """List your clusters."""
+    clusters = connect().clusters(everyone)
+    if as_json:
+        render.emit_json(clusters)
+    elif clusters:
+        click.echo(render.cluster_table(clusters))
+    else:
+        click.echo("no clusters")
+
+
+@cli.command()
+@click.argument("cluster")
+@click.option("--watch", is_flag=True, help="Follow until the cluster ends (Ctrl-C stops).")
+@click.option("--events", is_flag=True, help="Also show the cluster's event log.")
+@json_option
+@reports_errors
+def status(cluster: str, watch: bool, events: bool, as_json: bool) -> None:
+    """Show a cluster and each of its nodes."""
+    client = connect()
+    if watch:
+        _watch(client, cluster, as_json)
+        return
+    view = client.cluster(cluster)
+    if events:
+        view = {**view, "events": client.events(cluster)}
+    if as_json:
+        render.emit_json(view)
+        return
+    click.echo(render.cluster_status(view))
+    if events:
+        rows = [
+            [
+                e["at"],
+                e["subject"],
+                f"{e['from_state'] or '-'} -> {e['to_state']}"
+                if e["kind"] == "state"
+                else e["kind"],
+                e["reason"],
+            ]
+            for e in view["events"]
+        ]
+        click.echo("\n" + render.table(["at", "subject", "change", "reason"], rows))
+
+
+def _watch(client, ref: str, as_json: bool) -> None:
+    last = None
+    try:
+        while True:
+            view = client.cluster(ref)
+            text = render.cluster_status(view) if not as_json else None
+            snapshot = (view["state"], [(n["name"], n["state"]) for n in view["nodes"]])
+            if snapshot != last:
+                if as_json:
+                    click.echo(json.dumps(view, sort_keys=True))
+                else:
+                    if sys.stdout.isatty():
+                        click.clear()
+                    click.echo(text + "\n")
+                last = snapshot
+            if view["state"] in ENDED:
+                return
+            time.sleep(WAIT_POLL_SECONDS)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.argument("cluster")
+@click.option("--hours", type=float, required=True, help="How many hours later it should end.")
+@json_option
+@reports_errors
+def extend(cluster: str, hours: float, as_json: bool) -> None:
+    """Move a cluster's lease deadline later."""
+    if hours <= 0:
+        raise click.BadParameter("must be positive", param_hint="--hours")
+    view = connect().extend(cluster, hours * 3600)
+    if as_json:
+        render.emit_json(view)
+    else:
+        click.echo(
+            f"{view['id']} lease now ends {view['lease_end']} "
+            f"({render.left(view['lease_left_seconds'])} left)"
+        )
+
+
+@cli.command()
+@click.argument("cluster")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-wait", is_flag=True, help="Return once removal has started.")
+@json_option
+@reports_errors
+def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
+    """End a cluster now; destroying an ended cluster succeeds and changes nothing."""
+    client = connect()
+    if not yes and sys.stdin.isatty():
+        view = client.cluster(cluster)
+        if view["state"] not in ENDED:
+            click.confirm(
+                f"destroy {view['name']} ({view['id']}) and its {view['node_count']} node(s)?",
+                abort=True,
+            )
+    view = client.destroy(cluster)
+    if not no_wait:
+        view = _wait(client, view["id"], ENDED, None, goal="terminated")
+    if as_json:
+        render.emit_json(view)
+    else:
+        click.echo(f"{view['id']} {view['state']}")
+
+
+# -- admin -------------------------------------------------------------------------------
+
+
+@cli.group()
+def user() -> None:
+    """Users and their API tokens (admin)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True)
+@click.option("--max-nodes", type=int, default=None, help="Nodes held at once.")
+@click.option("--max-node-hours", type=float, default=None, help="Node-hours held at once.")
+@json_option
+@reports_errors
+def user_add(
+    name: str, admin: bool, max_nodes: int | None, max_node_hours: float | None, as_json: bool
+) -> None:
+    """Create a user and print their token (shown this once)."""
+    created = connect().add_user(name, admin, max_nodes, max_node_hours)
+    if as_json:
+        render.emit_json(created)
+        return
+    click.echo(f"created user {name}; their token, shown this once:", err=True)
+    click.echo(created["token"])
+
+
+@user.command("list")
+@json_option
+@reports_errors
+def user_list(as_json: bool) -> None:
+    """List users with their quotas and what they hold."""
+    users = connect().users()
+    if as_json:
+        render.emit_json(users)
+        return
+    rows = [
+        [
+            u["name"],
+            "yes" if u["admin"] else "",
+            f"{u['nodes_in_use']}/{u['max_nodes']}",
+            f"{u['node_hours_held']:.1f}/{u['max_node_hours']:g}",
+        ]
+        for u in users
+    ]
+    click.echo(render.table(["user", "admin", "nodes", "node-hours"], rows))
+
+
+@user.command("remove")
+@click.argument("name")
+@reports_errors
+def user_remove(name: str) -> None:
+    """Remove a user with no live cluster; their token stops working."""
+    connect().remove_user(name)
+    click.echo(f"removed user {name}")
+
+
+@cli.group()
+def host() -> None:
+    """Hosts and their capacity (admin)."""
+
+
+@host.command("add")
+@click.argument("name")
+@click.option("--cores", type=int, required=True)
+@click.option("--memory", required=True, help="Like 16GiB.")
+@click.option("--pool", default="local", show_default=True)
+@json_option
+@reports_errors
+def host_add(name: str, cores: int, memory: str, pool: str, as_json: bool) -> None:
+    """Register a host's capacity in a pool."""
+    try:
+        memory_mib = parse_size_mib(memory)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--memory") from None
+    view = connect().add_host(name, pool, cores, memory_mib)
+    if as_json:
+        render.emit_json(view)
+    else:
+        click.echo(f"added host {name} to pool {pool}: {cores} cores, {memory}")
+
+
+@host.command("list")
+@json_option
+@reports_errors
+def host_list(as_json: bool) -> None:
+    """List hosts with their total and free capacity."""
+    hosts = connect().hosts()
+    if as_json:
+        render.emit_json(hosts)
+        return
+    rows = [
+        [
+            h["name"],
+            h["pool"],
+            "yes" if h["enabled"] else "no",
+            f"{h['free_cores']}/{h['cores']}",
+            f"{describe_size_mib(max(h['free_memory_mib'], 0))}/"
+            f"{describe_size_mib(h['memory_mib'])}",
+        ]
+        for h in hosts
+    ]
+    click.echo(render.table(["host", "pool", "enabled", "free cores", "free memory"], rows))
+
+
+@host.command("remove")
+@click.argument("name")
+@reports_errors
+def host_remove(name: str) -> None:
+    """Remove a host that runs no workspace."""
+    connect().remove_host(name)
+    click.echo(f"removed host {name}")
+
+
+def main() -> None:
+    cli(prog_name="corral")

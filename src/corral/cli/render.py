@@ -1,0 +1,119 @@
+"""Human output: tables, times, and the live progress line of a launch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from corral.units import describe_size_mib, format_duration
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def left(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds)) if seconds > 0 else "expired"
+
+
+def ago(iso: str) -> str:
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return format_duration(datetime.now(UTC) - then) + " ago"
+
+
+def cluster_table(clusters: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            c["id"],
+            c["name"],
+            c["owner"],
+            c["state"],
+            f"{c['ready_count']}/{c['node_count']}",
+            left(c["lease_left_seconds"]) if c["state"] != "terminated" else "-",
+        ]
+        for c in clusters
+    ]
+    return table(["id", "name", "owner", "state", "ready", "lease left"], rows)
+
+
+def cluster_status(cluster: dict[str, Any]) -> str:
+    head = [
+        f"cluster {cluster['name']} ({cluster['id']}): {cluster['state']}",
+        f"  owner {cluster['owner']}, policy {cluster['policy']}, pool {cluster['pool']}, "
+        f"subnet {cluster['subnet'] or '-'}",
+        f"  lease ends {cluster['lease_end']} ({left(cluster['lease_left_seconds'])} left)",
+    ]
+    if cluster.get("failure"):
+        head.append(f"  failure: {cluster['failure']}")
+    rows = [
+        [
+            n["name"],
+            n["state"],
+            n["host"],
+            n["address"],
+            f"{n['cores']}c/{describe_size_mib(n['memory_mib'])}",
+            ago(n["state_since"]),
+            f"{n['failure_phase']}: {n['failure']}" if n.get("failure") else "",
+        ]
+        for n in cluster["nodes"]
+    ]
+    nodes = table(["node", "state", "host", "address", "size", "since", "failure"], rows)
+    return "\n".join(head) + "\n\n" + nodes
+
+
+def failing_nodes(cluster: dict[str, Any]) -> list[str]:
+    return [
+        f"{n['name']}: failed in phase {n['failure_phase']}: {n['failure']}"
+        for n in cluster["nodes"]
+        if n.get("failure")
+    ]
+
+
+class Progress:
+    """One line that follows a cluster's node states: redrawn on a terminal, logged otherwise."""
+
+    def __init__(self, goal: str = "ready", stream=None) -> None:
+        self.goal = goal
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = ""
+
+    def update(self, cluster: dict[str, Any]) -> None:
+        counts = Counter(n["state"] for n in cluster["nodes"])
+        total = len(cluster["nodes"])
+        ready = counts.get(self.goal, 0)
+        width = 24
+        filled = int(width * ready / total) if total else width
+        others = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != self.goal)
+        line = (
+            f"{cluster['name']} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{ready}/{total} {self.goal}"
+            + (f" ({others})" if others else "")
+            + f" - {cluster['state']}"
+        )
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
