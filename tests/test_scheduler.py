@@ -210,3 +210,11 @@ def test_ten_hosts_filled_exactly_by_several_groups():
     with pytest.raises(CapacityError) as caught:
         place([*requests, one_more], hosts)
     assert caught.value.details["unplaced"] == ["tiny-40"]
+
+
+def test_a_memory_heavy_node_counts_as_big_even_with_few_cores():
+    hosts = [host("h1", cores=4, memory_mib=8 * GIB), host("h2", cores=4, memory_mib=8 * GIB)]
+    requests = group("a", 2, cores=2, memory_mib=GIB) + group("b", 1, cores=1, memory_mib=8 * GIB)
+    placement = place(requests, hosts)
+    assert_fits(placement, requests, hosts)
+    assert placement["a-0"] == placement["a-1"] != placement["b-0"]

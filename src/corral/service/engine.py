@@ -206,7 +206,9 @@ class Engine:
                     short.append(None)  # still possible, not there yet
             if any(s is not None for s in short):
                 group, ready = next(s for s in short if s is not None)
-                cause = _describe_failures([w for w in failing if w.group == group.group])
+                cause = _describe_failures(
+                    [w for w in by_group.get(group.group, []) if w.failure is not None]
+                )
                 self._fail(
                     session,
                     cluster,

@@ -86,13 +86,18 @@ def place(requests: list[NodeRequest], hosts: list[HostCapacity]) -> dict[str, s
     free = {h.name: HostCapacity(**h.__dict__) for h in hosts}
     placement: dict[str, str] = {}
     unplaced: list[NodeRequest] = []
-    # biggest shapes first so small nodes do not fragment the hosts big ones need
     by_shape: dict[tuple[str, int, int], list[NodeRequest]] = {}
     for req in requests:
         by_shape.setdefault((req.pool, req.cores, req.memory_mib), []).append(req)
-    for (_pool, _cores, _mem), reqs in sorted(
-        by_shape.items(), key=lambda kv: (-kv[0][1], -kv[0][2])
-    ):
+    # biggest shapes first, so small nodes do not fragment the hosts big ones need; a shape
+    # is as big as the larger of its shares of the biggest host's cores and memory
+    most_cores = max((h.cores for h in hosts), default=1) or 1
+    most_memory = max((h.memory_mib for h in hosts), default=1) or 1
+
+    def size(shape: tuple[str, int, int]) -> float:
+        return max(shape[1] / most_cores, shape[2] / most_memory)
+
+    for _shape, reqs in sorted(by_shape.items(), key=lambda kv: -size(kv[0])):
         candidates = [h for h in free.values() if _passes(h, reqs[0])]
         heap = [(-h.free_cores, -h.free_memory_mib, h.name) for h in candidates]
         heapq.heapify(heap)

@@ -1,0 +1,263 @@
+"""The fake backend: the backend contract, failure injection, persistence, options."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from backend_contract import BackendContract
+
+from corral.backends.base import BootSpec, MachineState
+from corral.backends.fake import FakeBackend
+from corral.backends.registry import load_backend
+from corral.errors import BackendError
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_spec_factory():
+    ids = itertools.count()
+
+    def spec(node: str) -> BootSpec:
+        n = next(ids)
+        return BootSpec(
+            workspace_id=f"w{n:04}",
+            cluster_id="c1",
+            node=node,
+            host="host-a",
+            image="debian",
+            cores=1,
+            memory_mib=512,
+            address=f"10.9.0.{n + 2}",
+            subnet="10.9.0.0/24",
+            user_data=b"token",
+        )
+
+    return spec
+
+
+@pytest.fixture
+def spec_factory():
+    return make_spec_factory()
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+class TestFakeBackendContract(BackendContract):
+    boot_timeout = 2.0
+
+    @pytest.fixture
+    def backend(self):
+        backend = FakeBackend(boot_delay=0.05)
+        yield backend
+        backend.close()
+
+
+class TestFakeBackendWithStateFileContract(BackendContract):
+    boot_timeout = 2.0
+
+    @pytest.fixture
+    def backend(self, tmp_path):
+        backend = FakeBackend(boot_delay=0.05, state_file=tmp_path / "machines.json")
+        yield backend
+        backend.close()
+
+
+# --- booting and failures --------------------------------------------------------------
+
+
+def test_a_machine_is_starting_until_its_boot_delay_has_passed(spec_factory, clock):
+    backend = FakeBackend(boot_delay=5, clock=clock)
+    spec = spec_factory("worker-0")
+    assert backend.boot(spec).state is MachineState.STARTING
+    clock.advance(4.9)
+    assert backend.describe(spec.workspace_id).state is MachineState.STARTING
+    clock.advance(0.1)
+    machine = backend.describe(spec.workspace_id)
+    assert machine.state is MachineState.RUNNING
+    assert machine.address == spec.address
+    assert machine.detail == ""
+
+
+def test_injected_boot_failure_raises_naming_the_node(spec_factory, clock):
+    backend = FakeBackend(boot_delay=0, fail={"worker-1": "boot"}, clock=clock)
+    spec = spec_factory("worker-1")
+    with pytest.raises(BackendError) as caught:
+        backend.boot(spec)
+    assert "worker-1" in caught.value.message
+    assert caught.value.details["node"] == "worker-1"
+    assert backend.describe(spec.workspace_id) is None
+    assert backend.list_machines() == []
+
+
+def test_injected_crash_ends_in_error_after_the_boot_delay(spec_factory, clock):
+    backend = FakeBackend(boot_delay=2, fail={"worker-1": "crash"}, clock=clock)
+    spec = spec_factory("worker-1")
+    assert backend.boot(spec).state is MachineState.STARTING
+    clock.advance(1)
+    assert backend.describe(spec.workspace_id).state is MachineState.STARTING
+    clock.advance(1)
+    machine = backend.describe(spec.workspace_id)
+    assert machine.state is MachineState.ERROR
+    assert machine.detail
+    # the crashed machine still exists until it is terminated
+    assert [m.state for m in backend.list_machines()] == [MachineState.ERROR]
+    backend.terminate(spec.workspace_id)
+    assert backend.list_machines() == []
+
+
+def test_failures_match_node_names_by_glob(spec_factory, clock):
+    backend = FakeBackend(boot_delay=0, fail={"worker-*": "boot"}, clock=clock)
+    for node in ("worker-0", "worker-12"):
+        with pytest.raises(BackendError, match=node):
+            backend.boot(spec_factory(node))
+    for node in ("master-0", "workers"):
+        spec = spec_factory(node)
+        backend.boot(spec)
+        assert backend.describe(spec.workspace_id).state is MachineState.RUNNING
+
+
+def test_unknown_failure_mode_is_refused_naming_it():
+    with pytest.raises(ValueError) as caught:
+        FakeBackend(fail={"worker-1": "explode"})
+    assert "explode" in str(caught.value)
+    assert "worker-1" in str(caught.value)
+
+
+# --- the state file --------------------------------------------------------------------
+
+
+def test_machines_outlive_the_backend_through_the_state_file(tmp_path, spec_factory, clock):
+    state_file = tmp_path / "machines.json"
+    first = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
+    a, b = spec_factory("worker-0"), spec_factory("worker-1")
+    first.boot(a)
+    first.boot(b)
+    first.close()
+
+    clock.advance(1)
+    second = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
+    assert sorted(m.workspace_id for m in second.list_machines()) == [
+        a.workspace_id,
+        b.workspace_id,
+    ]
+    machine = second.describe(a.workspace_id)
+    assert machine.state is MachineState.RUNNING
+    assert (machine.host, machine.address) == (a.host, a.address)
+
+    second.terminate(a.workspace_id)
+    third = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
+    assert [m.workspace_id for m in third.list_machines()] == [b.workspace_id]
+
+
+def test_an_injected_crash_survives_a_restart(tmp_path, spec_factory, clock):
+    state_file = tmp_path / "machines.json"
+    first = FakeBackend(boot_delay=1, fail={"db-*": "crash"}, state_file=state_file, clock=clock)
+    spec = spec_factory("db-0")
+    first.boot(spec)
+    clock.advance(1)
+    second = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
+    assert second.describe(spec.workspace_id).state is MachineState.ERROR
+
+
+def test_without_a_state_file_machines_die_with_the_backend(spec_factory, clock):
+    first = FakeBackend(boot_delay=0, clock=clock)
+    first.boot(spec_factory("worker-0"))
+    assert FakeBackend(boot_delay=0, clock=clock).list_machines() == []
+
+
+# --- options and the registry ----------------------------------------------------------
+
+
+def test_from_options_reads_boot_delay(tmp_path, spec_factory):
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "quick").mkdir()
+    slow = FakeBackend.from_options({"boot_delay": "3600"}, tmp_path / "slow")
+    quick = FakeBackend.from_options({"boot_delay": "0"}, tmp_path / "quick")
+    assert slow.boot(spec_factory("worker-0")).state is MachineState.STARTING
+    assert quick.boot(spec_factory("worker-0")).state is MachineState.RUNNING
+
+
+def test_from_options_reads_failures_with_boot_as_the_default_mode(tmp_path, spec_factory):
+    backend = FakeBackend.from_options(
+        {"boot_delay": "0", "fail": "worker-1:crash,master-*"}, tmp_path
+    )
+    crashed = spec_factory("worker-1")
+    backend.boot(crashed)
+    assert backend.describe(crashed.workspace_id).state is MachineState.ERROR
+    with pytest.raises(BackendError, match="master-0"):
+        backend.boot(spec_factory("master-0"))
+    fine = spec_factory("worker-2")
+    backend.boot(fine)
+    assert backend.describe(fine.workspace_id).state is MachineState.RUNNING
+
+
+def test_from_options_reads_state_file(tmp_path, spec_factory):
+    options = {"boot_delay": "0", "state_file": str(tmp_path / "elsewhere.json")}
+    spec = spec_factory("worker-0")
+    FakeBackend.from_options(options, tmp_path / "data-a").boot(spec)
+    again = FakeBackend.from_options(options, tmp_path / "data-b")
+    assert [m.workspace_id for m in again.list_machines()] == [spec.workspace_id]
+
+
+def test_from_options_keeps_machines_in_the_data_dir_by_default(tmp_path, spec_factory):
+    spec = spec_factory("worker-0")
+    FakeBackend.from_options({"boot_delay": "0"}, tmp_path).boot(spec)
+    again = FakeBackend.from_options({}, tmp_path)
+    assert [m.workspace_id for m in again.list_machines()] == [spec.workspace_id]
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    assert FakeBackend.from_options({}, elsewhere).list_machines() == []
+
+
+def test_from_options_rejects_unknown_options_naming_them(tmp_path):
+    with pytest.raises(ValueError) as caught:
+        FakeBackend.from_options({"colour": "red", "boot_delay": "0", "speed": "9"}, tmp_path)
+    message = str(caught.value)
+    assert "colour" in message and "speed" in message
+    assert "boot_delay" in message  # the known ones are listed as a hint
+
+
+def test_from_options_rejects_a_bad_failure_mode_naming_it(tmp_path):
+    with pytest.raises(ValueError) as caught:
+        FakeBackend.from_options({"fail": "worker-1:explode"}, tmp_path)
+    assert "explode" in str(caught.value)
+    assert "worker-1" in str(caught.value)
+
+
+def test_from_options_rejects_a_boot_delay_that_is_not_a_number(tmp_path):
+    with pytest.raises(ValueError, match="boot_delay"):
+        FakeBackend.from_options({"boot_delay": "soon"}, tmp_path)
+
+
+def test_registry_builds_the_fake_backend(tmp_path, spec_factory):
+    backend = load_backend("fake", {"boot_delay": "0"}, tmp_path)
+    spec = spec_factory("worker-0")
+    assert backend.boot(spec).state is MachineState.RUNNING
+    assert load_backend("fake", {}, tmp_path).describe(spec.workspace_id) is not None
+
+
+def test_registry_passes_options_through(tmp_path):
+    with pytest.raises(ValueError, match="colour"):
+        load_backend("fake", {"colour": "red"}, tmp_path)
+
+
+def test_registry_rejects_an_unknown_backend_listing_the_known_ones(tmp_path):
+    with pytest.raises(ValueError) as caught:
+        load_backend("nope", {}, tmp_path)
+    assert "nope" in str(caught.value)
+    assert "fake" in str(caught.value)

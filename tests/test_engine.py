@@ -1,0 +1,178 @@
+"""The engine: failure and policies, timeouts, lost machines, restarts, and leases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from corral.backends.base import BootSpec
+from corral.store.models import utcnow
+from tests.conftest import admin_token, api, document, wait_for
+
+BEST_EFFORT = """
+image: x
+policy: {mode: best-effort}
+nodes:
+  - group: head
+    provides: [ctl]
+  - group: worker
+    count: 3
+    min: 2
+    provides: [w]
+"""
+
+
+def launch(client, text=None, **body):
+    response = client.post("/v1/clusters", json={"document": text or document(), **body})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def view(client, cluster_id):
+    return client.get(f"/v1/clusters/{cluster_id}").json()
+
+
+def nodes(client, cluster_id):
+    return {n["name"]: n for n in view(client, cluster_id)["nodes"]}
+
+
+def test_a_failed_node_fails_all_or_nothing_and_the_launch_is_removed(make_service):
+    service = make_service({"fail": "worker-1:boot"})
+    client = api(service, admin_token(service))
+    cluster_id = launch(client)
+    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    final = view(client, cluster_id)
+    assert "node worker-1 failed in phase boot" in final["failure"]
+    assert "injected boot failure" in final["failure"]
+    events = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    worker = [e["to_state"] for e in events if e["subject"] == "worker-1"]
+    assert worker == ["pending", "failed", "terminating", "terminated"]
+    assert service.backend.list_machines() == []
+
+
+def test_keep_on_failure_leaves_the_healthy_nodes_running(make_service):
+    service = make_service({"fail": "worker-1:crash"})
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, keep_on_failure=True)
+    wait_for(lambda: view(client, cluster_id)["state"] == "failed")
+    wait_for(lambda: nodes(client, cluster_id)["head-0"]["state"] == "ready")
+    by_name = nodes(client, cluster_id)
+    assert by_name["worker-1"]["state"] == "failed"
+    assert by_name["worker-1"]["failure"] == "injected crash during boot"
+    assert by_name["worker-1"]["failure_phase"] == "boot"
+    running = {m.workspace_id for m in service.backend.list_machines()}
+    assert by_name["head-0"]["id"] in running
+
+
+def test_best_effort_is_ready_once_each_group_has_its_minimum(make_service):
+    service = make_service({"fail": "worker-2:boot"})
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, BEST_EFFORT)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    wait_for(lambda: nodes(client, cluster_id)["worker-2"]["state"] == "terminated")
+    by_name = nodes(client, cluster_id)
+    assert [by_name[n]["state"] for n in ("head-0", "worker-0", "worker-1")] == ["ready"] * 3
+    assert "injected boot failure" in by_name["worker-2"]["failure"]
+
+
+def test_best_effort_fails_when_a_group_cannot_reach_its_minimum(make_service):
+    service = make_service({"fail": "worker-[12]:boot"})
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, BEST_EFFORT)
+    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    failure = view(client, cluster_id)["failure"]
+    assert "group worker cannot reach its minimum of 2" in failure
+    assert "worker-1" in failure and "worker-2" in failure
+
+
+def test_a_node_that_does_not_boot_in_time_fails_with_the_timeout(make_service):
+    service = make_service({"boot_delay": "30"})
+    client = api(service, admin_token(service))
+    text = "image: x\npolicy: {boot_timeout: 1s}\nnodes:\n  - group: solo\n"
+    cluster_id = launch(client, text)
+    wait_for(lambda: view(client, cluster_id)["state"] == "terminated", timeout=15)
+    assert (
+        (view(client, cluster_id)["failure"])
+        == "node solo-0 failed in phase boot: boot timed out after 1s"
+    )
+
+
+def test_a_machine_that_vanishes_is_lost_and_fails_the_cluster(make_service):
+    service = make_service()
+    client = api(service, admin_token(service))
+    cluster_id = launch(client)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    service.backend.terminate(nodes(client, cluster_id)["worker-0"]["id"])
+    wait_for(lambda: view(client, cluster_id)["state"] == "failed")
+    worker = nodes(client, cluster_id)["worker-0"]
+    assert worker["state"] == "lost" and worker["failure_phase"] == "run"
+    assert "worker-0" in view(client, cluster_id)["failure"]
+    assert nodes(client, cluster_id)["head-0"]["state"] == "ready"  # a ready cluster is kept
+
+
+def test_machines_no_record_owns_are_removed(make_service):
+    service = make_service()
+    spec = BootSpec("w-orphan", "c-none", "stray-0", "local", "x", 1, 64, "10.0.0.9", "")
+    service.backend.boot(spec)
+    wait_for(lambda: service.backend.describe("w-orphan") is None)
+
+
+def test_a_restarted_service_finishes_what_the_last_one_started(make_service, tmp_path):
+    data_dir = tmp_path / "restart"
+    first = make_service({"boot_delay": "0.5"}, data_dir=data_dir)
+    client = api(first, admin_token(first))
+    cluster_id = launch(client)
+    wait_for(lambda: any(n["state"] == "booting" for n in nodes(client, cluster_id).values()))
+    first.stop()
+    second = make_service({"boot_delay": "0.5"}, data_dir=data_dir)
+    client = api(second, admin_token(second))
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    assert len(second.backend.list_machines()) == 3
+
+
+def test_the_lease_warns_before_and_ends_the_cluster_at_expiry(make_service):
+    offset = [timedelta(0)]
+    service = make_service(clock=lambda: utcnow() + offset[0])
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, lease_seconds=3600)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+
+    def kinds():
+        return [e["kind"] for e in client.get(f"/v1/clusters/{cluster_id}/events").json()]
+
+    offset[0] = timedelta(minutes=45)
+    service.engine.poke()
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready" and kinds())
+    assert "lease-warning" not in kinds()
+    offset[0] = timedelta(minutes=51)  # inside the 10-minute warning window
+    service.engine.poke()
+    wait_for(lambda: "lease-warning" in kinds())
+    assert view(client, cluster_id)["state"] == "ready"
+    offset[0] = timedelta(minutes=61)
+    service.engine.poke()
+    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    events = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    (ending,) = [e for e in events if e["to_state"] == "terminating" and e["subject"] == "cluster"]
+    assert ending["reason"].startswith("lease expired at")
+    assert kinds().count("lease-warning") == 1
+    assert service.backend.list_machines() == []
+
+
+def test_an_extended_lease_warns_again_before_its_new_end(make_service):
+    offset = [timedelta(0)]
+    service = make_service(clock=lambda: utcnow() + offset[0])
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, lease_seconds=3600)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    offset[0] = timedelta(minutes=55)
+    service.engine.poke()
+    warnings = lambda: [  # noqa: E731
+        e
+        for e in client.get(f"/v1/clusters/{cluster_id}/events").json()
+        if e["kind"] == "lease-warning"
+    ]
+    wait_for(lambda: len(warnings()) == 1)
+    assert client.post(f"/v1/clusters/{cluster_id}/extend", json={"seconds": 3600}).is_success
+    offset[0] = timedelta(minutes=115)
+    service.engine.poke()
+    wait_for(lambda: len(warnings()) == 2)
+    assert view(client, cluster_id)["state"] == "ready"
