@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from sqlalchemy import func, select
 
@@ -11,6 +12,7 @@ from corral.store.models import (
     Cluster,
     Event,
     SubnetAllocation,
+    User,
     Workspace,
 )
 from tests.conftest import admin_token, api, document, wait_for
@@ -231,3 +233,22 @@ def test_openapi_description_lists_the_api(make_service):
     service = make_service()
     spec = api(service).get("/openapi.json").json()
     assert {"/v1/clusters", "/v1/clusters/{ref}", "/v1/clusters/{ref}/extend"} <= set(spec["paths"])
+
+
+def test_no_api_token_reaches_the_log(make_service, caplog):
+    caplog.set_level(logging.DEBUG)
+    service = make_service()
+    admin_secret = admin_token(service)
+    admin = api(service, admin_secret)
+    bob_secret = admin.post("/v1/users", json={"name": "bob"}).json()["token"]
+    bob = api(service, bob_secret)
+    cluster_id = launch(bob).json()["id"]
+    wait_for(lambda: state_of(bob, cluster_id) == "ready")
+    bob.delete(f"/v1/clusters/{cluster_id}")
+    wait_for(lambda: state_of(bob, cluster_id) == "terminated")
+    api(service, "crl_not-a-token").get("/v1/clusters")
+    assert caplog.records  # the service did log its actions
+    assert admin_secret not in caplog.text and bob_secret not in caplog.text
+    with service.store.session() as s:  # only hashes are stored
+        stored = " ".join(s.scalars(select(User.token_hash)))
+    assert admin_secret not in stored and bob_secret not in stored

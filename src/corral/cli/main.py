@@ -187,7 +187,17 @@ def run(
     if no_wait:
         _print_cluster(cluster, as_json, short=True)
         return
-    cluster = _wait(client, cluster["id"], ("ready", "failed", "terminating", *ENDED), wait_limit)
+    try:
+        cluster = _wait(
+            client, cluster["id"], ("ready", "failed", "terminating", *ENDED), wait_limit
+        )
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped waiting; {cluster['id']} goes on launching "
+            f"(`corral status {cluster['id']}`, `corral destroy {cluster['id']}`)",
+            err=True,
+        )
+        sys.exit(130)
     if cluster["state"] == "ready":
         _print_cluster(cluster, as_json, short=True)
         return
