@@ -1,0 +1,91 @@
+"""The service on PostgreSQL: a throwaway server started for the test, torn down after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import admin_token, api, document, wait_for
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+pytestmark = pytest.mark.slow
+
+
+def _as_postgres(*command: str) -> None:
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of our own on a unix socket in a fresh directory."""
+    root = Path(tempfile.mkdtemp(prefix="corral-pg-"))
+    os.chmod(root, 0o755)  # the postgres user must reach its data directory
+    data = root / "data"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        _as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-k {data} -p {port} -c listen_addresses=''",
+            "start",
+        )
+        _as_postgres(str(PG_BIN / "createdb"), "-h", str(data), "-p", str(port), "corral")
+        yield f"postgresql+psycopg://postgres@/corral?host={data}&port={port}"
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, postgres_url):
+    first = make_service(db_url=postgres_url)
+    client = api(first, admin_token(first))
+    cluster_id = client.post("/v1/clusters", json={"document": document()}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready")
+    first.stop()
+
+    second = make_service(db_url=postgres_url)
+    client = api(second, admin_token(second))
+    assert client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready"
+    assert client.delete(f"/v1/clusters/{cluster_id}").status_code == 202
+    wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "terminated")
+    events = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    assert [e["to_state"] for e in events if e["subject"] == "cluster"] == [
+        "launching",
+        "ready",
+        "terminating",
+        "terminated",
+    ]
