@@ -25,8 +25,8 @@ from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
 from corral.service.inventory import host_capacities
 from corral.service.scheduler import NodeRequest, place
-from corral.service.transitions import move_cluster, record
-from corral.store.models import Cluster, Event, Image, Pool, User, Workspace, utcnow
+from corral.service.transitions import move_cluster, record, record_node
+from corral.store.models import Cluster, Image, Pool, User, Workspace, utcnow
 from corral.units import format_duration
 
 
@@ -134,17 +134,8 @@ class Clusters:
         addresses = allocate_addresses(session, pool, cluster.subnet, [w.id for w in workspaces])
         for ws in workspaces:
             ws.address = addresses[ws.id]
-            session.add(
-                Event(
-                    at=now,
-                    cluster_id=cluster.id,
-                    workspace_id=ws.id,
-                    subject=ws.name,
-                    kind="state",
-                    from_state=None,
-                    to_state=NodeState.PENDING.value,
-                    reason=f"placed on {ws.host_name} at {ws.address}",
-                )
+            record_node(
+                session, ws, None, NodeState.PENDING, f"placed on {ws.host_name} at {ws.address}"
             )
         record(
             session,

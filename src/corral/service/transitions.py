@@ -44,19 +44,30 @@ def move_node(session: Session, ws: Workspace, target: NodeState, reason: str) -
     if target in failing and current not in failing:  # keep the first cause
         ws.failure = reason
         ws.failure_phase = PHASE_OF[current]
+    record_node(session, ws, current, target, reason)
+    log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
+
+
+def record_node(
+    session: Session,
+    ws: Workspace,
+    from_state: NodeState | None,
+    to_state: NodeState,
+    reason: str,
+) -> None:
+    """Append a node's state-change event (from_state is None for its first state)."""
     session.add(
         Event(
-            at=now,
+            at=ws.state_since,
             cluster_id=ws.cluster_id,
             workspace_id=ws.id,
             subject=ws.name,
             kind="state",
-            from_state=current.value,
-            to_state=target.value,
+            from_state=from_state.value if from_state else None,
+            to_state=to_state.value,
             reason=reason,
         )
     )
-    log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
 
 
 def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reason: str) -> None:
