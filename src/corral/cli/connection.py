@@ -60,10 +60,12 @@ def running_local_url(data_dir: Path) -> str | None:
     if not state.exists():
         return None
     try:
-        url = json.loads(state.read_text())["url"]
+        recorded = json.loads(state.read_text())
+        url, instance = recorded["url"], recorded["instance"]
     except (ValueError, KeyError):
         return None
-    return url if _answers(url) else None
+    # a service that died leaves its file behind; another may answer on its port since
+    return url if _instance_at(url) == instance else None
 
 
 def start_local(data_dir: Path) -> str:
@@ -95,7 +97,7 @@ def start_local(data_dir: Path) -> str:
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if _answers(url):
+        if running_local_url(data_dir) == url:
             click.echo(
                 f"corral: no service configured; started a local one at {url} "
                 f"(data {data_dir}, log {log_path})",
@@ -110,10 +112,10 @@ def start_local(data_dir: Path) -> str:
     )
 
 
-def write_state(data_dir: Path, url: str) -> None:
+def write_state(data_dir: Path, url: str, instance: str) -> None:
     """Record where this data directory's service listens (called by `corral serve`)."""
     path = data_dir / STATE_FILE
-    path.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    path.write_text(json.dumps({"url": url, "pid": os.getpid(), "instance": instance}))
 
 
 def clear_state(data_dir: Path) -> None:
@@ -125,12 +127,13 @@ def clear_state(data_dir: Path) -> None:
         pass
 
 
-def _answers(url: str) -> bool:
+def _instance_at(url: str) -> str | None:
+    """The instance id of the service answering at `url`, or None if none answers."""
     client = Client(url, None, timeout=2.0)
     try:
-        return client.health().get("status") == "ok"
+        return client.health().get("instance")
     except ServiceUnavailableError:
-        return False
+        return None
     finally:
         client.close()
 

@@ -105,7 +105,9 @@ def serve(
             config.max_lease = parse_duration(max_lease)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if tick_seconds:
+    if tick_seconds is not None:
+        if tick_seconds <= 0:
+            raise click.BadParameter("must be positive", param_hint="--tick")
         config.tick_seconds = tick_seconds
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

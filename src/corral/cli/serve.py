@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import uvicorn
 
@@ -25,9 +27,25 @@ def run_service(config: ServiceConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     service.start()
-    write_state(config.data_dir, f"http://{host}:{port}")
+    announcer = threading.Thread(
+        target=_announce_when_listening,
+        args=(server, config, f"http://{host}:{port}", service.instance),
+        daemon=True,
+    )
+    announcer.start()
     try:
         server.run()
     finally:
         clear_state(config.data_dir)
         service.stop()
+
+
+def _announce_when_listening(
+    server: uvicorn.Server, config: ServiceConfig, url: str, instance: str
+) -> None:
+    """Write service.json once the socket is bound, so no client reads a dead URL."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    write_state(config.data_dir, url, instance)

@@ -103,6 +103,7 @@ def health(
     return HealthView(
         status="ok",
         version=__version__,
+        instance=service.instance,
         backend=service.backend.name,
         capabilities=sorted(service.backend.capabilities),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -42,6 +43,8 @@ class Service:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
+        # tells this process apart from another service that later takes the same port
+        self.instance = secrets.token_hex(8)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.data_dir, 0o700)
         self.store = Store(config.database_url)

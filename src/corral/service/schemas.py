@@ -118,6 +118,7 @@ class HostView(BaseModel):
 class HealthView(BaseModel):
     status: str
     version: str
+    instance: str
     backend: str
     capabilities: list[str]
 
