@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from inprocess import admin_token, api, document, wait_for
+
 from corral.backends.base import BootSpec
 from corral.store.models import utcnow
-from tests.conftest import admin_token, api, document, wait_for
 
 BEST_EFFORT = """
 image: x

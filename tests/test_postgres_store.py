@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import admin_token, api, document, wait_for
+from inprocess import admin_token, api, document, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

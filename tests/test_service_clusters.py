@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from inprocess import admin_token, api, document, wait_for
 from sqlalchemy import func, select
 
 from corral.store.models import (
@@ -15,7 +16,6 @@ from corral.store.models import (
     User,
     Workspace,
 )
-from tests.conftest import admin_token, api, document, wait_for
 
 
 def launch(client, text=None, **body):

@@ -27,7 +27,8 @@ from xml.parsers import expat
 
 from corral.errors import DocumentError, Problem
 
-from .model import ClusterDocument, Loc, check_document, sort_problems
+from .model import ClusterDocument, check_document
+from .problems import Loc, sort_problems
 
 _WORKSPACE_CHILDREN = ("name", "image", "quantity", "nic", "ctx", "cores", "memory")
 

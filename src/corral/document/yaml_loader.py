@@ -10,7 +10,8 @@ import yaml
 
 from corral.errors import DocumentError, Problem
 
-from .model import ClusterDocument, Loc, check_document, format_loc, sort_problems
+from .model import ClusterDocument, check_document
+from .problems import Loc, format_loc, sort_problems
 
 
 def parse_yaml(text: str, source: str = "<document>") -> ClusterDocument:
