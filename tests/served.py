@@ -150,6 +150,8 @@ class ServedCorral:
             str(self.data_dir),
             "--listen",
             f"127.0.0.1:{self.port}",
+            "--broker-listen",
+            f"127.0.0.1:{free_port()}",
             "--tick",
             "0.2",
             *self.extra_args,

@@ -25,6 +25,7 @@ class Capability(StrEnum):
     ANY_IMAGE = "any-image"  # boots any image name without an image in the store
     OUTLIVES_SERVICE = "outlives-service"  # machines keep running while the service is down
     REAL_MACHINES = "real-machines"  # machines are real containers or VMs
+    RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    capabilities: frozenset[Capability] = frozenset()  # may differ per instance
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> Backend:

@@ -21,7 +21,7 @@ import click
 
 from corral.cli.client import Client
 from corral.errors import ServiceUnavailableError
-from corral.service.config import DEFAULT_PORT, default_data_dir
+from corral.service.config import DEFAULT_BROKER_PORT, DEFAULT_PORT, default_data_dir
 
 STATE_FILE = "service.json"
 START_TIMEOUT = 30.0
@@ -75,6 +75,7 @@ def start_local(data_dir: Path) -> str:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    broker_port = DEFAULT_BROKER_PORT if _port_free(DEFAULT_BROKER_PORT) else _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = data_dir / "service.log"
     command = [
@@ -86,6 +87,8 @@ def start_local(data_dir: Path) -> str:
         str(data_dir),
         "--listen",
         f"127.0.0.1:{port}",
+        "--broker-listen",
+        f"127.0.0.1:{broker_port}",
     ]
     with open(log_path, "ab") as log:
         subprocess.Popen(

@@ -65,7 +65,9 @@ def cli() -> None:
 @click.option("--backend", default=None, help="Backend for the local pool (default: fake).")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in data dir).")
-@click.option("--listen", default=None, metavar="HOST:PORT")
+@click.option("--listen", default=None, metavar="HOST:PORT", help="API address.")
+@click.option("--broker-listen", default=None, metavar="HOST:PORT", help="Broker (HTTPS).")
+@click.option("--broker-url", default=None, help="Broker URL nodes are given.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--default-lease", default=None, metavar="DURATION")
 @click.option("--max-lease", default=None, metavar="DURATION")
@@ -76,6 +78,8 @@ def serve(
     backend_options: tuple[str, ...],
     db_url: str | None,
     listen: str | None,
+    broker_listen: str | None,
+    broker_url: str | None,
     data_dir: Path | None,
     default_lease: str | None,
     max_lease: str | None,
@@ -98,6 +102,9 @@ def serve(
     config.db_url = db_url
     if listen:
         config.listen = listen
+    if broker_listen:
+        config.broker_listen = broker_listen
+    config.broker_url = broker_url
     try:
         if default_lease:
             config.default_lease = parse_duration(default_lease)

@@ -7,6 +7,7 @@ directory for the local CLI.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -18,12 +19,22 @@ from sqlalchemy import func, select
 
 from corral.backends.base import Backend
 from corral.backends.registry import load_backend
+from corral.broker.api import create_broker_app
+from corral.broker.bootstrap import BootstrapIssuer
+from corral.broker.notifier import ContextNotifier
+from corral.broker.pki import load_or_create_broker_identity
 from corral.errors import ConflictError
 from corral.lifecycle import ClusterState
 from corral.service import inventory
 from corral.service.api import create_app
 from corral.service.clusters import Clusters
-from corral.service.config import ServiceConfig, machine_cores, machine_memory_mib
+from corral.service.config import (
+    ServiceConfig,
+    machine_cores,
+    machine_memory_mib,
+    split_listen,
+)
+from corral.service.documents import DocumentCache
 from corral.service.engine import Engine
 from corral.store.database import Store
 from corral.store.models import Cluster, Host, User, utcnow
@@ -53,9 +64,24 @@ class Service:
         )
         self.decisions = threading.Lock()
         self._prepare()
+        self.documents = DocumentCache()
+        self.notifier = ContextNotifier()
+        self.notifier.watch(self.store.sessions)
+        broker_host, _ = split_listen(config.broker_listen)
+        self.broker_identity = load_or_create_broker_identity(
+            config.data_dir / "broker", ["localhost"], [broker_host] if _is_ip(broker_host) else []
+        )
+        issuer = BootstrapIssuer(
+            config.advertised_broker_url,
+            self.broker_identity.fingerprint,
+            config.bootstrap_token_lifetime,
+        )
         self.clusters = Clusters(config, self.backend.capabilities)
-        self.engine = Engine(self.store, self.backend, config, self.decisions, clock)
+        self.engine = Engine(
+            self.store, self.backend, config, self.decisions, self.documents, issuer, clock
+        )
         self.app = create_app(self)
+        self.broker_app = create_broker_app(self)
 
     def start(self) -> None:
         self.engine.start()
@@ -106,3 +132,11 @@ class Service:
         with os.fdopen(fd, "w") as out:
             out.write(token + "\n")
         log.info("created user admin; its token is in %s", path)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

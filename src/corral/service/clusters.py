@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from corral.backends.base import Capability
+from corral.broker.issuance import create_cluster_secret
 from corral.document import ClusterDocument, parse_document
 from corral.errors import LeaseError, NotFoundError
 from corral.lifecycle import ClusterState, NodeState
@@ -110,6 +111,7 @@ class Clusters:
         session.add(cluster)
         session.flush()
         cluster.subnet = allocate_subnet(session, pool, cluster.id)
+        session.add(create_cluster_secret(cluster.id))
         workspaces = []
         for group in doc.nodes:
             for index, node in enumerate(group.node_names()):

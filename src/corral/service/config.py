@@ -8,6 +8,15 @@ from datetime import timedelta
 from pathlib import Path
 
 DEFAULT_PORT = 8470
+DEFAULT_BROKER_PORT = 8471
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT into its parts; raises ValueError naming the text otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a listen address must be HOST:PORT, not {listen!r}")
+    return host, int(port)
 
 
 def default_data_dir() -> Path:
@@ -37,6 +46,9 @@ class ServiceConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     db_url: str | None = None  # None: SQLite file in data_dir
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    broker_listen: str = f"127.0.0.1:{DEFAULT_BROKER_PORT}"
+    broker_url: str | None = None  # what nodes are told; None: from broker_listen
+    bootstrap_token_lifetime: timedelta = timedelta(minutes=10)
     backend: str = "fake"
     backend_options: dict[str, str] = field(default_factory=dict)
     pool: str = "local"
@@ -55,6 +67,13 @@ class ServiceConfig:
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'corral.db'}"
+
+    @property
+    def advertised_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url.rstrip("/")
+        host, port = split_listen(self.broker_listen)
+        return f"https://{host}:{port}/broker/v1"
 
     @property
     def admin_token_file(self) -> Path:

@@ -16,17 +16,20 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from corral.backends.base import Backend, BootSpec, Machine, MachineState
-from corral.document import ClusterDocument, parse_document
+from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
+from corral.broker.bootstrap import BootstrapIssuer
+from corral.document import ClusterDocument
 from corral.errors import BackendError
 from corral.lifecycle import ClusterState, NodeState
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
+from corral.service.documents import DocumentCache
 from corral.service.transitions import move_cluster, move_node, record
 from corral.store.database import Store
 from corral.store.models import Cluster, Workspace, utcnow
@@ -58,6 +61,8 @@ class Engine:
         backend: Backend,
         config: ServiceConfig,
         decisions: threading.Lock,
+        documents: DocumentCache,
+        bootstrap: BootstrapIssuer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -66,11 +71,14 @@ class Engine:
         # held while deciding, and by API writes, so a tick and a request never race
         self.decisions = decisions
         self.clock = clock
+        self.documents = documents
+        # nodes of a backend that runs agents get a bootstrap document, and are ready
+        # when their agent says so rather than when their machine runs
+        self.bootstrap = bootstrap if Capability.RUNS_AGENT in backend.capabilities else None
         self._jobs = ThreadPoolExecutor(config.backend_workers, thread_name_prefix="corral-job")
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._futures: set[Future] = set()
-        self._docs: dict[str, ClusterDocument] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,7 +146,7 @@ class Engine:
         busy: set[str],
         now: datetime,
     ) -> None:
-        doc = self._document(cluster)
+        doc = self.documents.of(cluster)
         nodes = [w for w in cluster.workspaces if w.id not in busy]
         state = ClusterState(cluster.state)
         if state is not ClusterState.TERMINATING:
@@ -175,14 +183,32 @@ class Engine:
             )
         elif machine.state is MachineState.STOPPED:
             move_node(session, ws, NodeState.LOST, machine.detail or "the machine stopped")
-        elif state is NodeState.BOOTING and machine.state is MachineState.RUNNING:
+        elif (
+            state is NodeState.BOOTING
+            and machine.state is MachineState.RUNNING
+            and self.bootstrap is None
+        ):
             move_node(session, ws, NodeState.READY, "running (this backend runs no context agent)")
         elif state is NodeState.BOOTING and now - ws.state_since > doc.policy.boot_timeout:
+            waited = "its agent to register" if self.bootstrap else "the machine to run"
             move_node(
                 session,
                 ws,
                 NodeState.FAILED,
-                f"boot timed out after {format_duration(doc.policy.boot_timeout)}",
+                f"boot timed out after {format_duration(doc.policy.boot_timeout)} "
+                f"waiting for {waited}",
+            )
+        elif (
+            state in (NodeState.REGISTERED, NodeState.CONFIGURING)
+            and ws.registered_at is not None
+            and now - ws.registered_at > doc.policy.context_timeout
+        ):
+            move_node(
+                session,
+                ws,
+                NodeState.FAILED,
+                f"contextualization timed out after "
+                f"{format_duration(doc.policy.context_timeout)} (still {state})",
             )
 
     def _apply_policy(self, session: Session, cluster: Cluster, doc: ClusterDocument) -> None:
@@ -294,7 +320,7 @@ class Engine:
             ClusterState.TERMINATED,
             "every node removed; the backend runs nothing of this cluster",
         )
-        self._docs.pop(cluster.id, None)
+        self.documents.forget(cluster.id)
 
     def _remove_orphans(
         self, machines: dict[str, Machine], live_ids: set[str], busy: set[str]
@@ -328,6 +354,13 @@ class Engine:
             self._futures.add(future)
 
     def _boot_job(self, spec: BootSpec) -> None:
+        if self.bootstrap is not None:
+            # committed before the machine starts, so its agent always finds its token
+            with self.store.session() as session:
+                ws = session.get(Workspace, spec.workspace_id)
+                if ws is None or ws.state != NodeState.PENDING.value:
+                    return
+                spec = replace(spec, user_data=self.bootstrap.user_data(session, ws, self.clock()))
         try:
             self.backend.boot(spec)
         except BackendError as exc:
@@ -362,12 +395,6 @@ class Engine:
         self.poke()
 
     # -- helpers -----------------------------------------------------------------------
-
-    def _document(self, cluster: Cluster) -> ClusterDocument:
-        doc = self._docs.get(cluster.id)
-        if doc is None:
-            doc = self._docs[cluster.id] = parse_document(cluster.document, cluster.id)
-        return doc
 
     def _boot_spec(self, cluster: Cluster, ws: Workspace) -> BootSpec:
         return BootSpec(

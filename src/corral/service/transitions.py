@@ -45,7 +45,14 @@ def move_node(session: Session, ws: Workspace, target: NodeState, reason: str) -
         ws.failure = reason
         ws.failure_phase = PHASE_OF[current]
     record_node(session, ws, current, target, reason)
+    bump_context(session, ws.cluster)
     log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
+
+
+def bump_context(session: Session, cluster: Cluster) -> None:
+    """Note that the cluster's context views may have changed; long-polls wake on commit."""
+    cluster.context_version = (cluster.context_version or 0) + 1
+    session.info.setdefault("changed_contexts", set()).add(cluster.id)
 
 
 def record_node(

@@ -108,6 +108,8 @@ class Cluster(Base):
     lease_warned: Mapped[bool] = mapped_column(Boolean, default=False)
     keep_on_failure: Mapped[bool] = mapped_column(Boolean, default=False)
     failure: Mapped[str | None] = mapped_column(Text)
+    # bumped on every change a node's context view may depend on; agents long-poll it
+    context_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -138,6 +140,11 @@ class Workspace(Base):
     failure: Mapped[str | None] = mapped_column(Text)  # cause of the last failure, if any
     failure_phase: Mapped[str | None] = mapped_column(String(16))  # boot, register, configure, run
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # what its agent said when it registered
+    credential_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    ssh_host_keys: Mapped[str | None] = mapped_column(Text)  # JSON list of key lines
 
     cluster: Mapped[Cluster] = relationship(back_populates="workspaces")
 
@@ -184,3 +191,61 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_events_cluster", "cluster_id", "id"),)
+
+
+class ClusterSecret(Base):
+    """A cluster's authorities and shared secrets. Sensitive: never logged, never shown."""
+
+    __tablename__ = "cluster_secrets"
+
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), primary_key=True)
+    ca_cert_pem: Mapped[str] = mapped_column(Text)
+    ca_key_pem: Mapped[str] = mapped_column(Text)
+    ssh_ca_private: Mapped[str] = mapped_column(Text)
+    ssh_ca_public: Mapped[str] = mapped_column(Text)
+    munge_key_b64: Mapped[str] = mapped_column(Text)
+
+
+class NodeSecret(Base):
+    """What the broker issued a node when it registered. Sensitive."""
+
+    __tablename__ = "node_secrets"
+
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    tls_cert_pem: Mapped[str] = mapped_column(Text)
+    tls_key_pem: Mapped[str] = mapped_column(Text)
+    ssh_host_cert: Mapped[str] = mapped_column(Text)
+
+
+class BootstrapToken(Base):
+    """A single-use, short-lived token for one node's first registration (hash only)."""
+
+    __tablename__ = "bootstrap_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Report(Base):
+    """One result an agent reported: a role script's run, or the node's final word."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    node: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))  # configure, join, leave, node
+    role: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16))  # running, ok, failed, ready
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "phase", "role", "version", "state"),
+        Index("ix_reports_node", "cluster_id", "node", "id"),
+    )

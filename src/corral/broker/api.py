@@ -1,0 +1,184 @@
+"""The broker's HTTPS API under /broker/v1: register, context (long-poll), report.
+
+Nodes authenticate with their bootstrap token once, then with their credential. A node
+reads only its own view and reports only for itself. State changes take the service's
+decision lock, as API writes do, so they never race the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from corral.broker.credentials import issue_credential, node_for_credential, spend_bootstrap_token
+from corral.broker.issuance import issue_node_secret
+from corral.broker.schemas import ContextView, RegisterBody, RegisterReply, ReportBody
+from corral.broker.views import build_view
+from corral.errors import ConflictError, CorralError
+from corral.lifecycle import NodeState
+from corral.service.http_errors import status_for
+from corral.service.transitions import move_node
+from corral.store.models import Cluster, ClusterSecret, NodeSecret, Report, Workspace, utcnow
+
+if TYPE_CHECKING:
+    from corral.service.app import Service
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60.0
+router = APIRouter()
+
+
+def create_broker_app(service: Service) -> FastAPI:
+    app = FastAPI(title="corral broker", docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(CorralError)
+    def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+
+    app.include_router(router, prefix="/broker/v1")
+    return app
+
+
+def _service(request: Request) -> Any:
+    return request.app.state.service
+
+
+def _credential(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+Svc = Annotated[Any, Depends(_service)]
+Credential = Annotated[str | None, Depends(_credential)]
+
+
+@router.post("/register")
+def register(body: RegisterBody, service: Svc) -> RegisterReply:
+    now = utcnow()
+    with service.decisions, service.store.session() as session:
+        ws = spend_bootstrap_token(session, body.token, body.cluster, body.node, now)
+        state = NodeState(ws.state)
+        if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
+            move_node(
+                session, ws, NodeState.BOOTING, "its agent called before the boot was recorded"
+            )
+        elif state is not NodeState.BOOTING:
+            raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
+        secret = session.get(ClusterSecret, ws.cluster_id)
+        try:
+            node_secret = issue_node_secret(secret, ws, body.identity)
+        except ValueError as exc:
+            raise ConflictError(f"node {ws.name}: {exc}") from exc
+        session.merge(node_secret)
+        ws.hostname = body.identity.hostname
+        ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
+        ws.registered_at = now
+        credential = issue_credential(ws)
+        move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
+        version = ws.cluster.context_version
+    log.info("broker: %s/%s registered", body.cluster, body.node)
+    service.engine.poke()
+    return RegisterReply(credential=credential, version=version)
+
+
+@router.get("/context")
+async def context(
+    service: Svc,
+    credential: Credential,
+    since: Annotated[int, Query(ge=0)] = 0,
+    wait: Annotated[float, Query(ge=0)] = 0.0,
+) -> ContextView:
+    deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
+    workspace_id, cluster_id = await run_in_threadpool(_whoami, service, credential)
+    while True:
+        version = await run_in_threadpool(_version, service, cluster_id)
+        remaining = deadline - time.monotonic()
+        if version > since or remaining <= 0:
+            return await run_in_threadpool(_view, service, credential, workspace_id)
+        await service.notifier.wait(cluster_id, remaining)
+
+
+def _whoami(service: Service, credential: str | None) -> tuple[str, str]:
+    with service.store.session() as session:
+        ws = node_for_credential(session, credential)
+        return ws.id, ws.cluster_id
+
+
+def _version(service: Service, cluster_id: str) -> int:
+    with service.store.session() as session:
+        return session.scalar(select(Cluster.context_version).where(Cluster.id == cluster_id))
+
+
+def _view(service: Service, credential: str | None, workspace_id: str) -> ContextView:
+    with service.store.session() as session:
+        ws = node_for_credential(session, credential)  # still live, still this node
+        cluster = ws.cluster
+        return build_view(
+            cluster,
+            service.documents.of(cluster),
+            ws,
+            session.get(ClusterSecret, cluster.id),
+            session.get(NodeSecret, workspace_id),
+        )
+
+
+@router.post("/report")
+def report(body: ReportBody, service: Svc, credential: Credential) -> dict[str, str]:
+    with service.decisions, service.store.session() as session:
+        ws = node_for_credential(session, credential)
+        seen = session.scalars(
+            select(Report.id).where(
+                Report.workspace_id == ws.id,
+                Report.phase == body.phase,
+                Report.role == body.role,
+                Report.version == body.version,
+                Report.state == body.state,
+            )
+        ).first()
+        if seen is None:
+            session.add(
+                Report(
+                    cluster_id=ws.cluster_id,
+                    workspace_id=ws.id,
+                    node=ws.name,
+                    phase=body.phase,
+                    role=body.role,
+                    state=body.state,
+                    exit_code=body.exit_code,
+                    log_tail=body.log_tail,
+                    version=body.version,
+                )
+            )
+            _apply(session, ws, body)
+    service.engine.poke()
+    return {"status": "recorded" if seen is None else "already recorded"}
+
+
+def _apply(session, ws: Workspace, body: ReportBody) -> None:
+    """Move the node as its report says (see the protocol's `report`)."""
+    state = NodeState(ws.state)
+    if state not in (NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY):
+        return
+    if body.state == "failed":
+        what = f"{body.phase} of role {body.role}" if body.role else f"agent ({body.phase})"
+        last = body.log_tail.strip().splitlines()[-1:] or [""]
+        move_node(
+            session,
+            ws,
+            NodeState.FAILED,
+            f"{what} exited {body.exit_code}" + (f": {last[0][:300]}" if last[0] else ""),
+        )
+    elif body.phase == "node" and body.state == "ready" and state is not NodeState.READY:
+        move_node(session, ws, NodeState.READY, "agent reports every role configured")
+    elif body.state == "running" and state is NodeState.REGISTERED:
+        move_node(session, ws, NodeState.CONFIGURING, f"{body.phase} of role {body.role} started")

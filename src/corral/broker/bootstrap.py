@@ -1,0 +1,37 @@
+"""Each node's bootstrap document: where the broker is, how to know it, and a token.
+
+It carries no other secret: the token is single-use, for this node alone, and expires.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from corral.broker.credentials import issue_bootstrap_token
+from corral.store.models import Workspace
+
+BOOTSTRAP_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BootstrapIssuer:
+    broker_url: str
+    fingerprint: str
+    token_lifetime: timedelta
+
+    def user_data(self, session: Session, ws: Workspace, now: datetime) -> bytes:
+        """A bootstrap document for `ws`, with a new token recorded in `session`."""
+        token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
+        document = {
+            "corral": BOOTSTRAP_FORMAT,
+            "broker": self.broker_url,
+            "fingerprint": self.fingerprint,
+            "cluster": ws.cluster_id,
+            "node": ws.name,
+            "token": token,
+        }
+        return json.dumps(document, sort_keys=True).encode()

@@ -1,0 +1,83 @@
+"""Bootstrap tokens and node credentials: made here, shown once, stored as hashes.
+
+A bootstrap token lets one node register once, within its lifetime (at most ten
+minutes). Registering spends it and gives the node a credential that acts for that node
+alone for as long as its cluster lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.errors import AuthError
+from corral.lifecycle import NodeState
+from corral.store.models import BootstrapToken, Workspace
+
+MAX_TOKEN_LIFETIME = timedelta(minutes=10)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue_bootstrap_token(
+    session: Session, workspace_id: str, now: datetime, lifetime: timedelta
+) -> str:
+    """A new single-use token for one workspace; its lifetime is capped at ten minutes."""
+    token = "bt_" + secrets.token_urlsafe(32)
+    session.add(
+        BootstrapToken(
+            token_hash=_digest(token),
+            workspace_id=workspace_id,
+            expires_at=now + min(lifetime, MAX_TOKEN_LIFETIME),
+        )
+    )
+    return token
+
+
+def spend_bootstrap_token(
+    session: Session, token: str, cluster_id: str, node: str, now: datetime
+) -> Workspace:
+    """Spend a token for `node` of `cluster_id`; return that workspace.
+
+    Raises AuthError, saying which, for an unknown, spent, expired or misdirected token.
+    """
+    record = session.get(BootstrapToken, _digest(token)) if token else None
+    if record is None:
+        raise AuthError("unknown bootstrap token")
+    ws = session.get(Workspace, record.workspace_id)
+    if ws is None or ws.cluster_id != cluster_id or ws.name != node:
+        raise AuthError("this bootstrap token belongs to another node")
+    if record.used_at is not None:
+        raise AuthError(f"the bootstrap token of {node} was already used")
+    if now >= record.expires_at:
+        raise AuthError(f"the bootstrap token of {node} expired at {record.expires_at:%H:%M:%S}")
+    if not NodeState(ws.state).is_live or ws.state == NodeState.TERMINATING.value:
+        raise AuthError(f"node {node} is {ws.state}")
+    record.used_at = now
+    return ws
+
+
+def issue_credential(ws: Workspace) -> str:
+    credential = "nc_" + secrets.token_urlsafe(32)
+    ws.credential_hash = _digest(credential)
+    return credential
+
+
+def node_for_credential(session: Session, credential: str | None) -> Workspace:
+    """The workspace a credential acts for; raises AuthError if none or if it has ended."""
+    if not credential:
+        raise AuthError("no node credential given")
+    digest = _digest(credential)
+    ws = session.scalars(select(Workspace).where(Workspace.credential_hash == digest)).first()
+    if ws is None or not hmac.compare_digest(ws.credential_hash or "", digest):
+        raise AuthError("unknown node credential")
+    if ws.state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
+        raise AuthError(f"node {ws.name} is {ws.state}")
+    return ws

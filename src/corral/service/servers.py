@@ -1,0 +1,120 @@
+"""Serving a Service: its API over HTTP and its broker over HTTPS, in one event loop.
+
+`run_in_foreground` is `corral serve`; `ServersThread` runs the same in a thread for tests
+that need real sockets (agents, the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from corral.service.app import Service
+from corral.service.config import split_listen
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # signals are handled once for both servers (see run_in_foreground)
+        yield
+
+
+class Servers:
+    """The API and broker servers of one service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        config = service.config
+        api_host, api_port = split_listen(config.listen)
+        broker_host, broker_port = split_listen(config.broker_listen)
+        self.api = _Server(
+            uvicorn.Config(
+                service.app, host=api_host, port=api_port, log_level="warning", lifespan="off"
+            )
+        )
+        self.broker = _Server(
+            uvicorn.Config(
+                service.broker_app,
+                host=broker_host,
+                port=broker_port,
+                log_level="warning",
+                lifespan="off",
+                ssl_certfile=str(service.broker_identity.cert_path),
+                ssl_keyfile=str(service.broker_identity.key_path),
+                timeout_keep_alive=75,  # longer than an agent's long-poll
+            )
+        )
+
+    @property
+    def started(self) -> bool:
+        return self.api.started and self.broker.started
+
+    def stop(self) -> None:
+        self.api.should_exit = True
+        self.broker.should_exit = True
+
+    async def serve(self) -> None:
+        self.service.notifier.bind(asyncio.get_running_loop())
+        await asyncio.gather(self.api.serve(), self.broker.serve())
+        if not (self.api.started and self.broker.started):
+            raise OSError(
+                f"could not listen on {self.service.config.listen} (API) and "
+                f"{self.service.config.broker_listen} (broker); see the log above"
+            )
+
+
+def run_in_foreground(service: Service, on_listening: Callable[[], None]) -> None:
+    """Serve until SIGINT or SIGTERM, with the service's engine running meanwhile."""
+    servers = Servers(service)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, servers.stop)
+        announce = loop.create_task(_when_started(servers, on_listening))
+        try:
+            await servers.serve()
+        finally:
+            announce.cancel()
+
+    service.start()
+    try:
+        asyncio.run(main())
+    finally:
+        service.stop()
+
+
+async def _when_started(servers: Servers, callback: Callable[[], None]) -> None:
+    while not servers.started:
+        await asyncio.sleep(0.05)
+    callback()
+
+
+class ServersThread:
+    """The servers of a started service, run on a thread until `stop()`."""
+
+    def __init__(self, service: Service) -> None:
+        self.servers = Servers(service)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.servers.serve()), name="corral-servers", daemon=True
+        )
+
+    def start(self, timeout: float = 15.0) -> ServersThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.servers.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OSError("the service's servers did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.servers.stop()
+        self._thread.join(timeout=15)
