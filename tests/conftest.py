@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,20 +11,35 @@ import pytest
 
 from corral.service.app import Service
 from corral.service.config import ServiceConfig
+from corral.service.servers import ServersThread
 from corral.store.models import utcnow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    """Start services on `tmp_path`; each is stopped at teardown, also when a test fails."""
-    started: list[Service] = []
+    """Start services on `tmp_path`; each is stopped at teardown, also when a test fails.
+
+    With `serve=True` the service also listens: its API over HTTP and its broker over
+    HTTPS, on free ports of 127.0.0.1 (what agents need). At teardown every machine its
+    backend still runs is removed, so no agent process outlives the test.
+    """
+    started: list[tuple[Service, ServersThread | None]] = []
 
     def make(
         backend_options: dict[str, str] | None = None,
         clock: Callable = utcnow,
         data_dir: Path | None = None,
+        serve: bool = False,
         **settings: Any,
     ) -> Service:
+        settings.setdefault("listen", f"127.0.0.1:{free_port()}")
+        settings.setdefault("broker_listen", f"127.0.0.1:{free_port()}")
         config = ServiceConfig(
             data_dir=data_dir or tmp_path / "service",
             tick_seconds=0.05,
@@ -32,9 +48,23 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         )
         service = Service(config, clock=clock)
         service.start()
-        started.append(service)
+        servers = ServersThread(service).start() if serve else None
+        started.append((service, servers))
         return service
 
-    yield make
-    for service in started:
+    def stop(service: Service) -> None:
+        """Stop one service (and its servers) now; its machines keep running."""
+        for entry in started:
+            if entry[0] is service and entry[1] is not None:
+                entry[1].stop()
         service.stop()
+
+    make.stop = stop  # type: ignore[attr-defined]
+    yield make
+    for service, servers in started:
+        if servers is not None:
+            servers.stop()
+        service.stop()
+    for service, _ in started:
+        for machine in service.backend.list_machines():
+            service.backend.terminate(machine.workspace_id)

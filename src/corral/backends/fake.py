@@ -5,18 +5,31 @@ then `running`. Failures are injected per node name: `boot` makes boot() raise, 
 makes the machine end in `error` once its boot delay has passed. With a state file the
 machines outlive the service process, as real containers would, so restart and
 lease-enforcement tests mean something.
+
+Given an image directory (`agent_image`), each machine also gets a root directory copied
+from it, an SSH host key and its bootstrap document, and runs the real context agent
+on that root as a process of its own, so the whole contextualization path runs without
+root privileges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
 from corral.errors import BackendError
@@ -24,6 +37,7 @@ from corral.errors import BackendError
 log = logging.getLogger(__name__)
 
 FAILURE_MODES = ("boot", "crash")
+AGENT = Path(__file__).resolve().parent.parent / "agent.py"
 
 
 @dataclass
@@ -34,6 +48,8 @@ class _FakeMachine:
     address: str
     started_at: float
     fail: str | None
+    root: str = ""  # the machine's root directory, when it runs an agent
+    agent_pid: int = 0
 
 
 class FakeBackend(Backend):
@@ -51,6 +67,8 @@ class FakeBackend(Backend):
         fail: dict[str, str] | None = None,
         state_file: Path | None = None,
         clock=time.time,
+        agent_image: Path | None = None,
+        roots: Path | None = None,
     ) -> None:
         for pattern, mode in (fail or {}).items():
             if mode not in FAILURE_MODES:
@@ -61,6 +79,14 @@ class FakeBackend(Backend):
         self.boot_delay = boot_delay
         self.fail = dict(fail or {})
         self.state_file = state_file
+        self.agent_image = agent_image
+        self.roots = roots
+        if agent_image is not None:
+            if roots is None:
+                raise ValueError("fake backend: agent_image needs a directory for machine roots")
+            if not agent_image.is_dir():
+                raise ValueError(f"fake backend: agent_image {agent_image} is not a directory")
+            self.capabilities = self.capabilities | {Capability.RUNS_AGENT}
         self._clock = clock
         self._lock = threading.Lock()
         self._machines: dict[str, _FakeMachine] = self._load()
@@ -69,7 +95,8 @@ class FakeBackend(Backend):
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> FakeBackend:
-        """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH.
+        """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH,
+        agent_image=DIR (run the agent on a copy of DIR per machine).
 
         Machines are kept in `data_dir`/fake-machines.json unless state_file says otherwise.
         """
@@ -83,12 +110,19 @@ class FakeBackend(Backend):
             pattern, _, mode = item.partition(":")
             fail[pattern] = mode or "boot"
         state_file = Path(options.pop("state_file", data_dir / "fake-machines.json"))
+        agent_image = options.pop("agent_image", None)
         if options:
             raise ValueError(
                 f"fake backend: unknown option(s) {', '.join(sorted(options))} "
-                "(known: boot_delay, fail, state_file)"
+                "(known: boot_delay, fail, state_file, agent_image)"
             )
-        return cls(boot_delay, fail, state_file)
+        return cls(
+            boot_delay,
+            fail,
+            state_file,
+            agent_image=Path(agent_image) if agent_image else None,
+            roots=data_dir / "fake-roots",
+        )
 
     def boot(self, spec: BootSpec) -> Machine:
         mode = self._failure_for(spec.node)
@@ -98,9 +132,12 @@ class FakeBackend(Backend):
             )
         with self._lock:
             if spec.workspace_id not in self._machines:
-                self._machines[spec.workspace_id] = _FakeMachine(
+                machine = _FakeMachine(
                     spec.workspace_id, spec.node, spec.host, spec.address, self._clock(), mode
                 )
+                if self.agent_image is not None and mode is None:
+                    machine.root, machine.agent_pid = self._start_agent(spec)
+                self._machines[spec.workspace_id] = machine
                 self.boots += 1
                 self._save()
             machine = self._machines[spec.workspace_id]
@@ -115,10 +152,15 @@ class FakeBackend(Backend):
 
     def terminate(self, workspace_id: str) -> None:
         with self._lock:
-            if self._machines.pop(workspace_id, None) is not None:
+            machine = self._machines.pop(workspace_id, None)
+            if machine is not None:
                 self.terminations += 1
                 self._save()
-                log.info("fake: terminated %s", workspace_id)
+        if machine is not None:
+            if machine.root:
+                _stop_agent(machine.agent_pid, machine.root)
+                shutil.rmtree(machine.root, ignore_errors=True)
+            log.info("fake: terminated %s", workspace_id)
 
     def describe(self, workspace_id: str) -> Machine | None:
         with self._lock:
@@ -129,6 +171,30 @@ class FakeBackend(Backend):
         with self._lock:
             machines = list(self._machines.values())
         return [self._view(m) for m in machines]
+
+    def _start_agent(self, spec: BootSpec) -> tuple[str, int]:
+        root = self.roots / spec.workspace_id
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(self.agent_image, root, symlinks=True)
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc" / "hostname").write_text(spec.node + "\n")
+        _write_host_key(root / "etc" / "ssh", spec.node)
+        state = root / "var" / "lib" / "corral"
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "bootstrap.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(spec.user_data)
+        log_dir = root / "var" / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "corral-agent.log", "ab") as agent_log:
+            process = subprocess.Popen(
+                [sys.executable, str(AGENT), "--root", str(root), "--poll-wait", "20"],
+                stdin=subprocess.DEVNULL,
+                stdout=agent_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the service, as a machine would
+            )
+        return str(root), process.pid
 
     def _failure_for(self, node: str) -> str | None:
         for pattern, mode in self.fail.items():
@@ -158,3 +224,51 @@ class FakeBackend(Backend):
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(m) for m in self._machines.values()]))
         os.replace(tmp, self.state_file)
+
+
+def _write_host_key(ssh_dir: Path, node: str) -> None:
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    fd = os.open(ssh_dir / "ssh_host_ed25519_key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private)
+    (ssh_dir / "ssh_host_ed25519_key.pub").write_bytes(public + f" root@{node}\n".encode())
+
+
+def _stop_agent(pid: int, root: str) -> None:
+    """End the agent of a machine, making sure the pid is still that agent (pids recycle)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if root.encode() not in command:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` has not exited; reaps it if it is our child and has."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -86,6 +86,12 @@ class Client:
     def events(self, ref: str, since: int = 0) -> list[dict[str, Any]]:
         return self._call("GET", f"/clusters/{ref}/events", params={"since": since})
 
+    def logs(self, ref: str, node: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/clusters/{ref}/nodes/{node}/logs")
+
+    def credentials(self, ref: str) -> dict[str, Any]:
+        return self._call("POST", f"/clusters/{ref}/credentials")
+
     def extend(self, ref: str, seconds: float) -> dict[str, Any]:
         return self._call("POST", f"/clusters/{ref}/extend", json={"seconds": seconds})
 

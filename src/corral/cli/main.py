@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -375,6 +376,71 @@ def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
         render.emit_json(view)
     else:
         click.echo(f"{view['id']} {view['state']}")
+
+
+@cli.command()
+@click.argument("cluster")
+@click.argument("node")
+@json_option
+@reports_errors
+def logs(cluster: str, node: str, as_json: bool) -> None:
+    """Show what a node's role scripts printed (kept after the node is gone)."""
+    reports = connect().logs(cluster, node)
+    if as_json:
+        render.emit_json(reports)
+        return
+    if not reports:
+        click.echo(f"{node} has reported nothing yet")
+    for report in reports:
+        what = f"{report['phase']} {report['role']}".strip()
+        code = "" if report["exit_code"] is None else f" (exit {report['exit_code']})"
+        click.echo(f"== {report['at']} {what}: {report['state']}{code}")
+        if report["log_tail"]:
+            click.echo(report["log_tail"].rstrip("\n"))
+
+
+CREDENTIAL_FILES = {
+    # file name: (field, mode)
+    "ca.crt": ("ca_cert_pem", 0o644),
+    "user.crt": ("user_cert_pem", 0o644),
+    "user.key": ("user_key_pem", 0o600),
+    "known_hosts": ("ssh_known_hosts", 0o644),
+    "id_ed25519": ("ssh_user_key", 0o600),
+    "id_ed25519.pub": ("ssh_user_public", 0o644),
+    "id_ed25519-cert.pub": ("ssh_user_cert", 0o644),
+}
+
+
+@cli.command()
+@click.argument("cluster")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory to write into (created 0700).",
+)
+@json_option
+@reports_errors
+def credentials(cluster: str, output: Path, as_json: bool) -> None:
+    """Write the cluster's CA certificate, your certificate and key, and its known_hosts line."""
+    issued = connect().credentials(cluster)
+    output.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = []
+    for name, (field, mode) in CREDENTIAL_FILES.items():
+        path = output / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as out:
+            out.write(issued[field].rstrip("\n") + "\n")
+        os.chmod(path, mode)  # also when the file was there with another mode
+        written.append(str(path))
+    if as_json:
+        render.emit_json({"cluster": issued["cluster"], "files": written})
+    else:
+        click.echo(f"wrote credentials for {issued['cluster']} to {output}:")
+        for path in written:
+            click.echo(f"  {path}")
 
 
 # -- admin -------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral import __version__
-from corral.errors import CorralError
-from corral.lifecycle import NodeState
+from corral.broker import pki
+from corral.broker.issuance import authority_of, user_patterns
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.lifecycle import ClusterState, NodeState
 from corral.service import inventory, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.clusters import LaunchRequest
@@ -26,6 +28,7 @@ from corral.service.http_errors import status_for
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
+    CredentialsView,
     ErrorView,
     EventView,
     ExtendBody,
@@ -35,10 +38,19 @@ from corral.service.schemas import (
     LaunchBody,
     NewUserView,
     NodeView,
+    ReportView,
     UserBody,
     UserView,
 )
-from corral.store.models import Cluster, Event, User, Workspace, utcnow
+from corral.store.models import (
+    Cluster,
+    ClusterSecret,
+    Event,
+    Report,
+    User,
+    Workspace,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from corral.service.app import Service
@@ -149,6 +161,43 @@ def cluster_events(service: Svc, ref: str, db: DB, user: Caller, since: int = 0)
         select(Event).where(Event.cluster_id == cluster.id, Event.id > since).order_by(Event.id)
     )
     return [EventView.model_validate(e, from_attributes=True) for e in events]
+
+
+@router.get("/clusters/{ref}/nodes/{node}/logs")
+def node_logs(ref: str, node: str, service: Svc, db: DB, user: Caller) -> list[ReportView]:
+    """Every report the node's agent made, kept after the node is gone."""
+    cluster = service.clusters.find(db, user, ref)
+    if not db.scalars(
+        select(Workspace.id).where(Workspace.cluster_id == cluster.id, Workspace.name == node)
+    ).first():
+        raise NotFoundError(f"cluster {cluster.id} has no node {node}", node=node)
+    reports = db.scalars(
+        select(Report)
+        .where(Report.cluster_id == cluster.id, Report.node == node)
+        .order_by(Report.id)
+    )
+    return [ReportView.model_validate(r, from_attributes=True) for r in reports]
+
+
+@router.post("/clusters/{ref}/credentials")
+def credentials(ref: str, service: Svc, db: DB, user: Caller) -> CredentialsView:
+    """Issue the caller a certificate and SSH key for the cluster, with its trust anchors."""
+    cluster = service.clusters.find(db, user, ref, load_nodes=True)
+    if not ClusterState(cluster.state).is_live or cluster.state == ClusterState.TERMINATING:
+        raise ConflictError(f"cluster {cluster.id} is {cluster.state}")
+    authority = authority_of(db.get(ClusterSecret, cluster.id))
+    user_cert, user_key = pki.issue_user_certificate(authority, user.name)
+    ssh_key, ssh_public = pki.generate_ssh_user_key()
+    return CredentialsView(
+        cluster=cluster.id,
+        ca_cert_pem=authority.ca_cert_pem,
+        user_cert_pem=user_cert,
+        user_key_pem=user_key,
+        ssh_known_hosts=pki.known_hosts_line(authority, user_patterns(cluster)),
+        ssh_user_key=ssh_key,
+        ssh_user_public=ssh_public,
+        ssh_user_cert=pki.sign_ssh_user_key(authority, ssh_public, user.name),
+    )
 
 
 @router.post("/clusters/{ref}/extend")

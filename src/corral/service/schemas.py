@@ -92,6 +92,30 @@ class EventView(BaseModel):
     reason: str
 
 
+class ReportView(BaseModel):
+    at: datetime
+    node: str
+    phase: str
+    role: str
+    state: str
+    exit_code: int | None
+    log_tail: str
+    version: int
+
+
+class CredentialsView(BaseModel):
+    """What a user needs to trust a cluster's nodes and be trusted by them (secret: 0600)."""
+
+    cluster: str
+    ca_cert_pem: str
+    user_cert_pem: str
+    user_key_pem: str = Field(repr=False)
+    ssh_known_hosts: str
+    ssh_user_key: str = Field(repr=False)
+    ssh_user_public: str
+    ssh_user_cert: str
+
+
 class UserView(BaseModel):
     name: str
     admin: bool

@@ -36,7 +36,12 @@ class Servers:
         broker_host, broker_port = split_listen(config.broker_listen)
         self.api = _Server(
             uvicorn.Config(
-                service.app, host=api_host, port=api_port, log_level="warning", lifespan="off"
+                service.app,
+                host=api_host,
+                port=api_port,
+                log_level="warning",
+                lifespan="off",
+                timeout_graceful_shutdown=5,
             )
         )
         self.broker = _Server(
@@ -49,6 +54,8 @@ class Servers:
                 ssl_certfile=str(service.broker_identity.cert_path),
                 ssl_keyfile=str(service.broker_identity.key_path),
                 timeout_keep_alive=75,  # longer than an agent's long-poll
+                # held long-polls would delay a stop; agents retry on their own
+                timeout_graceful_shutdown=1,
             )
         )
 

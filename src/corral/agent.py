@@ -1,0 +1,1063 @@
+"""corral's context agent: brings one node of a virtual cluster into the roles it plays.
+
+This file is copied into images as it is, so it uses the Python 3.9+ standard library
+only and imports nothing from corral. It implements the node side of
+docs/agent-protocol.md:
+
+1. find the bootstrap document (`--bootstrap`, the NoCloud seed,
+   var/lib/corral/bootstrap.json, `--metadata-url`, EC2 IMDSv2 with `--ec2`);
+2. talk to the broker over HTTPS pinned to the SHA-256 of its certificate, register with
+   the single-use token (or reuse the stored credential);
+3. long-poll the node's view until it is satisfied, then write the files, the /etc/hosts
+   block and the ssh_known_hosts block;
+4. run /etc/corral/roles/<role>/configure for every role the node provides, report each
+   run, then report node/ready (or node/failed);
+5. follow the view and run `leave`/`join` when the members of a required role change,
+   until SIGTERM (or stop after step 4 with `--once`).
+
+Every path is taken under `--root` (default `/`), so the agent can run without root.
+
+Errors, all raised on purpose and turned into exit status 2 by `main`:
+
+    AgentError              base; the message is what the log shows
+    ├── BootstrapError      no usable bootstrap document, or an invalid one
+    ├── PinningError        the broker's certificate is not the pinned one (nothing sent)
+    ├── BrokerRefused       the broker answered 4xx (spent token, unknown credential, ...)
+    ├── BrokerUnavailable   network errors or 5xx for longer than the retry budget
+    └── ViewError           the broker sent a view or file the agent cannot use
+
+Exit status: 0 node ready (with `--once`) or stopped by SIGTERM; 1 a role failed and
+node/failed was reported; 2 an AgentError.
+
+The bootstrap token, the credential and the content of files are secrets: they are never
+logged, and the view handed to role scripts carries file paths and modes, not contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import errno
+import glob
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+USER_AGENT = "corral-agent/1"
+BEGIN_MARK = "# BEGIN corral"
+END_MARK = "# END corral"
+LOG_TAIL_BYTES = 4096
+MAX_POLL_WAIT = 60
+RETRY_BUDGET_SECONDS = 600.0
+FIRST_RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 30.0
+REQUEST_TIMEOUT = 30.0
+IMDS_URL = "http://169.254.169.254"
+
+NOCLOUD_USER_DATA = "/var/lib/cloud/seed/nocloud/user-data"
+BOOTSTRAP_FILE = "/var/lib/corral/bootstrap.json"
+STATE_DIR = "/var/lib/corral"
+CREDENTIAL_FILE = "/var/lib/corral/credential"
+STATE_FILE = "/var/lib/corral/state.json"
+HOSTS_FILE = "/etc/hosts"
+KNOWN_HOSTS_FILE = "/etc/ssh/ssh_known_hosts"
+ROLES_DIR = "/etc/corral/roles"
+
+log = logging.getLogger("corral.agent")
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose; `main` exits 2 on it."""
+
+
+class BootstrapError(AgentError):
+    """Raised by `find_bootstrap` when no source holds a usable bootstrap document."""
+
+
+class PinningError(AgentError):
+    """Raised on connecting when the broker's certificate is not the pinned one."""
+
+
+class BrokerRefused(AgentError):
+    """Raised by `Broker.request` when the broker answers 4xx; it is never retried."""
+
+    def __init__(self, method: str, path: str, status: int, code: str, message: str) -> None:
+        super().__init__(f"broker refused {method} {path}: {status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class BrokerUnavailable(AgentError):
+    """Raised by `Broker.request` when the broker stayed unreachable past the budget."""
+
+
+class ViewError(AgentError):
+    """Raised when the broker sends a view or a file the agent cannot use."""
+
+
+class StopRequested(Exception):
+    """Raised inside an interruptible wait when SIGTERM or SIGINT arrives."""
+
+
+# --- bootstrap -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The node's bootstrap document; `token` is a secret and stays out of repr."""
+
+    broker: str
+    fingerprint: str  # lower-case hex of SHA-256 over the broker certificate's DER
+    cluster: str
+    node: str
+    source: str
+    token: str = field(repr=False, default="")
+
+
+_FINGERPRINT = re.compile(r"^sha256:([0-9a-f]{64})$", re.IGNORECASE)
+
+
+def parse_bootstrap(raw: bytes, source: str) -> Bootstrap | None:
+    """The corral document in `raw`, or None when `raw` holds no corral document at all.
+
+    Raises BootstrapError when `raw` is a corral document with a bad field.
+    """
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or "corral" not in doc:
+        return None
+    if doc["corral"] != PROTOCOL_VERSION:
+        raise BootstrapError(f"{source}: unsupported bootstrap version {doc['corral']!r}")
+    for key in ("broker", "fingerprint", "cluster", "node", "token"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise BootstrapError(f"{source}: `{key}` missing or not a string")
+    try:
+        broker = urllib.parse.urlsplit(doc["broker"])
+        usable = broker.scheme == "https" and bool(broker.hostname) and broker.port != 0
+    except ValueError:  # a port that is not a number
+        usable = False
+    if not usable:
+        raise BootstrapError(f"{source}: broker must be an https://HOST[:PORT]/PATH URL")
+    match = _FINGERPRINT.match(doc["fingerprint"].strip())
+    if match is None:
+        raise BootstrapError(f"{source}: fingerprint must be sha256:<64 hex digits>")
+    return Bootstrap(
+        broker=doc["broker"].rstrip("/"),
+        fingerprint=match.group(1).lower(),
+        cluster=doc["cluster"],
+        node=doc["node"],
+        source=source,
+        token=doc["token"],
+    )
+
+
+def _direct_opener() -> urllib.request.OpenerDirector:
+    # Metadata services are link-local; a proxy from the environment must not see them.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def fetch_metadata_url(url: str, attempts: int = 3, delay: float = 2.0) -> bytes | None:
+    """The body at `url`, or None when it answers 404 or stays unreachable."""
+    opener = _direct_opener()
+    for attempt in range(attempts):
+        try:
+            with opener.open(url, timeout=10) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            log.warning("metadata %s answered %s", url, exc.code)
+        except OSError as exc:
+            log.warning("metadata %s unreachable: %s", url, exc)
+        if attempt + 1 < attempts:
+            time.sleep(delay)
+    return None
+
+
+def fetch_ec2_user_data(imds_url: str = IMDS_URL) -> bytes | None:
+    """EC2 user-data through IMDSv2 (a session token first), or None if there is none."""
+    opener = _direct_opener()
+    try:
+        request = urllib.request.Request(
+            imds_url + "/latest/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"},
+        )
+        with opener.open(request, timeout=5) as response:
+            session = response.read().decode("ascii").strip()
+        request = urllib.request.Request(
+            imds_url + "/latest/user-data", headers={"X-aws-ec2-metadata-token": session}
+        )
+        with opener.open(request, timeout=5) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        log.warning("EC2 instance metadata answered %s", exc.code)
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("EC2 instance metadata unreachable: %s", exc)
+    return None
+
+
+def find_bootstrap(
+    root: str,
+    bootstrap_file: str | None = None,
+    metadata_url: str | None = None,
+    ec2: bool = False,
+    imds_url: str = IMDS_URL,
+) -> Bootstrap:
+    """The first bootstrap document found, in the order of docs/agent-protocol.md.
+
+    An explicit `bootstrap_file` must hold one. Other sources that exist but hold no
+    corral document (a plain cloud-config, say) are skipped. Raises BootstrapError.
+    """
+    if bootstrap_file is not None:
+        try:
+            with open(bootstrap_file, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise BootstrapError(f"cannot read {bootstrap_file}: {exc.strerror}") from exc
+        found = parse_bootstrap(raw, bootstrap_file)
+        if found is None:
+            raise BootstrapError(f"{bootstrap_file} holds no corral bootstrap document")
+        return found
+    for relative in (NOCLOUD_USER_DATA, BOOTSTRAP_FILE):
+        path = under_root(root, relative)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise BootstrapError(f"cannot read {path}: {exc.strerror}") from exc
+        found = parse_bootstrap(raw, path)
+        if found is not None:
+            return found
+        log.info("%s holds no corral bootstrap document; skipped", path)
+    fetched = []
+    if metadata_url:
+        fetched.append((metadata_url, lambda: fetch_metadata_url(metadata_url)))
+    if ec2:
+        fetched.append(("EC2 user-data", lambda: fetch_ec2_user_data(imds_url)))
+    for source, fetch in fetched:
+        raw = fetch()
+        found = parse_bootstrap(raw, source) if raw is not None else None
+        if found is not None:
+            return found
+        log.info("%s holds no corral bootstrap document; skipped", source)
+    raise BootstrapError(
+        "no bootstrap document: none given with --bootstrap, none in "
+        f"{under_root(root, NOCLOUD_USER_DATA)} or {under_root(root, BOOTSTRAP_FILE)}, "
+        "and no --metadata-url or --ec2 that had one"
+    )
+
+
+# --- the broker, over pinned TLS ----------------------------------------------------------
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that trusts exactly one certificate, by SHA-256 of its DER.
+
+    The check runs in `connect`, which http.client calls before it sends a byte of the
+    request, also when it reconnects on its own.
+    """
+
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # trust comes from the pin, not from a CA
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.fingerprint = fingerprint
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) or b""
+        seen = hashlib.sha256(der).hexdigest()
+        if not hmac.compare_digest(seen, self.fingerprint.lower()):
+            self.close()
+            raise PinningError(
+                f"broker {self.host}:{self.port} presented certificate sha256:{seen}, "
+                f"not the pinned sha256:{self.fingerprint}; refusing to talk to it"
+            )
+
+
+class Broker:
+    """The broker's API at `base_url`: one JSON request per pinned connection, with retries.
+
+    Network errors and 5xx are retried with exponential backoff until `retry_budget`
+    seconds have passed (BrokerUnavailable); 4xx raises BrokerRefused at once; a wrong
+    certificate raises PinningError at once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        fingerprint: str,
+        retry_budget: float = RETRY_BUDGET_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise BootstrapError(f"broker URL must be https://HOST[:PORT]/PATH: {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        self.prefix = parts.path.rstrip("/")
+        self.fingerprint = fingerprint
+        self.retry_budget = retry_budget
+        self.sleep = sleep
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        credential: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Send one request (retried as the class says) and return the JSON object answered."""
+        payload = json.dumps(body).encode("utf-8") if body is not None else None
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        if credential is not None:
+            headers["Authorization"] = "Bearer " + credential
+        deadline = time.monotonic() + self.retry_budget
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                status, data = self._exchange(method, path, payload, headers, timeout)
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= status < 300:
+                    return _json_object(data, f"{method} {path}")
+                if status < 500:
+                    code, message = _error_of(data)
+                    raise BrokerRefused(method, path, status, code, message)
+                problem = f"HTTP {status}"
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(
+                    f"broker {self.host}:{self.port} unavailable for "
+                    f"{self.retry_budget:g} s ({method} {path}): {problem}"
+                )
+            log.warning("%s %s failed (%s); retrying in %g s", method, path, problem, delay)
+            self.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict, timeout: float
+    ) -> tuple[int, bytes]:
+        connection = PinnedHTTPSConnection(self.host, self.port, self.fingerprint, timeout)
+        try:
+            connection.request(method, self.prefix + path, body=payload, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode("utf-8")) if data else {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ViewError(f"broker answered {what} with something that is not JSON") from exc
+    if not isinstance(value, dict):
+        raise ViewError(f"broker answered {what} with JSON that is not an object")
+    return value
+
+
+def _error_of(data: bytes) -> tuple[str, str]:
+    try:
+        body = json.loads(data.decode("utf-8"))
+        return str(body.get("error", "error")), str(body.get("message", ""))
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return "error", data[:200].decode("utf-8", errors="replace")
+
+
+# --- the node's identity -------------------------------------------------------------
+
+
+def under_root(root: str, path: str) -> str:
+    """`path` (absolute, as on the node) inside `root`."""
+    return os.path.join(root, path.lstrip("/"))
+
+
+def is_system_root(root: str) -> bool:
+    return os.path.realpath(root) == "/"
+
+
+def gather_identity(root: str, node: str) -> dict[str, Any]:
+    """Hostname, addresses and SSH host public keys, as `register` wants them."""
+    if is_system_root(root):
+        hostname = socket.gethostname()
+        addresses = _ipv4_addresses()
+    else:
+        hostname = _read_text(under_root(root, "/etc/hostname")).strip() or node
+        addresses = []
+    keys = []
+    for path in sorted(glob.glob(under_root(root, "/etc/ssh/ssh_host_*_key.pub"))):
+        line = _read_text(path).strip()
+        if line:
+            keys.append(line)
+    return {"hostname": hostname, "addresses": addresses, "ssh_host_keys": keys}
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _ipv4_addresses() -> list[str]:
+    """Global IPv4 addresses from `ip -o -4 addr` (best effort: none if it is missing)."""
+    try:
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.splitlines():
+        words = line.split()
+        if "inet" in words[:-1]:
+            address = words[words.index("inet") + 1].split("/")[0]
+            if not address.startswith("127.") and address not in found:
+                found.append(address)
+    return found
+
+
+# --- writing files ----------------------------------------------------------------------
+
+
+def write_file(path: str, content: bytes, mode: int, owner_root: bool = False) -> bool:
+    """Make `path` hold `content` with `mode`, atomically; False if it already did.
+
+    The new content goes to a temporary file in the same directory, gets its mode before
+    its first byte, and replaces the old file in one rename.
+    """
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as fh:
+            same = fh.read() == content
+        if (
+            same
+            and stat.S_IMODE(st.st_mode) == mode
+            and (not owner_root or (st.st_uid, st.st_gid) == (0, 0))
+        ):
+            return False
+    except FileNotFoundError:
+        pass
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".corral-tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            if owner_root:
+                os.fchown(fh.fileno(), 0, 0)
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.replace(temporary, path)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            # A bind-mounted file (a container's /etc/hosts) cannot be renamed over.
+            with open(path, "r+b") as fh:
+                fh.write(content)
+                fh.truncate()
+            os.unlink(temporary)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return True
+
+
+def with_managed_block(text: str, body: Sequence[str]) -> str:
+    """`text` with the corral block holding `body` lines, everything else kept as it was.
+
+    An existing block is replaced where it stands; otherwise the block is appended.
+    """
+    block = [BEGIN_MARK + "\n", *(line + "\n" for line in body), END_MARK + "\n"]
+    lines = text.splitlines(keepends=True)
+    marks = [line.rstrip("\r\n") for line in lines]
+    if BEGIN_MARK not in marks:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        return "".join(lines + block)
+    start = marks.index(BEGIN_MARK)
+    end = next((i for i in range(start + 1, len(lines)) if marks[i] == END_MARK), len(lines) - 1)
+    return "".join(lines[:start] + block + lines[end + 1 :])
+
+
+def write_managed_block(path: str, body: Sequence[str], owner_root: bool) -> bool:
+    """Put `body` into the corral block of `path` (created 0644 if missing)."""
+    try:
+        with open(path, "rb") as fh:
+            current = fh.read().decode("utf-8", errors="surrogateescape")
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        current, mode = "", 0o644
+    wanted = with_managed_block(current, body).encode("utf-8", errors="surrogateescape")
+    return write_file(path, wanted, mode, owner_root=owner_root)
+
+
+# --- role scripts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """How a role script ended: `exit_code` None when it never ran or was killed."""
+
+    exit_code: int | None
+    log_tail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def run_script(
+    path: str, stdin: bytes, env: dict[str, str], cwd: str, timeout: float
+) -> ScriptResult:
+    """Run `path` with `stdin`; kill its whole process group after `timeout` seconds.
+
+    The output (stdout and stderr together) goes to a temporary file, so a chatty script
+    never blocks on a pipe and only its last LOG_TAIL_BYTES are kept.
+    """
+    if not os.access(path, os.X_OK):
+        return ScriptResult(None, f"[corral-agent] {path} is not executable\n")
+    with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as output:
+        given.write(stdin)
+        given.seek(0)
+        try:
+            process = subprocess.Popen(
+                [path],
+                stdin=given,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ScriptResult(None, f"[corral-agent] cannot run {path}: {exc.strerror}\n")
+        note = b""
+        try:
+            exit_code: int | None = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            exit_code = None
+            note = f"\n[corral-agent] {path} timed out after {timeout:g} s; killed\n".encode()
+        keep = LOG_TAIL_BYTES - len(note)
+        size = output.seek(0, os.SEEK_END)
+        output.seek(max(0, size - keep))
+        tail = output.read(keep) + note
+    return ScriptResult(exit_code, tail.decode("utf-8", errors="replace"))
+
+
+def script_view(view: dict[str, Any]) -> dict[str, Any]:
+    """The view role scripts see: file contents are on disk, not in their stdin or env."""
+    shown = dict(view)
+    if "files" in view:
+        shown["files"] = [
+            {k: v for k, v in f.items() if k != "content_b64"}
+            for f in view["files"]
+            if isinstance(f, dict)
+        ]
+    return shown
+
+
+# --- local state --------------------------------------------------------------------------
+
+
+class State:
+    """What the agent remembers in var/lib/corral/state.json, written deterministically.
+
+    `configured` maps each role configured ok to the view version it was configured at;
+    `membership` maps each required role to the member names last acted upon.
+    """
+
+    def __init__(self, path: str, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+        self.foreign = False  # the file on disk belonged to another cluster or node
+
+    @classmethod
+    def load(cls, path: str, cluster: str, node: str) -> State:
+        """The state at `path`; a fresh one if it is missing, unreadable or someone else's."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            data = None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            data = None
+        state = cls(path, {"cluster": cluster, "node": node, "configured": {}})
+        if isinstance(data, dict):
+            if (data.get("cluster"), data.get("node")) == (cluster, node):
+                state.data.update(data)
+            else:
+                log.warning("%s belongs to another cluster or node; starting afresh", path)
+                state.foreign = True
+        return state
+
+    def configured(self, role: str) -> bool:
+        return role in self.data["configured"]
+
+    def mark_configured(self, role: str, version: int) -> None:
+        self.data["configured"][role] = {"version": version}
+        self.save()
+
+    @property
+    def membership(self) -> dict[str, list[str]] | None:
+        return self.data.get("membership")
+
+    def set_membership(self, membership: dict[str, list[str]]) -> None:
+        self.data["membership"] = membership
+        self.save()
+
+    def save(self) -> None:
+        text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+        write_file(self.path, text.encode("utf-8"), 0o644)
+
+
+def membership_of(view: dict[str, Any]) -> dict[str, list[str]]:
+    """Sorted member names of each role the view requires."""
+    roles = view.get("roles") or {}
+    required = [r.get("role") for r in view.get("requires") or [] if isinstance(r, dict)]
+    names = {}
+    for role in sorted({r for r in required if isinstance(r, str)} | set(roles)):
+        members = roles.get(role) or []
+        names[role] = sorted({m["name"] for m in members if isinstance(m, dict) and "name" in m})
+    return names
+
+
+# --- the agent --------------------------------------------------------------------------
+
+
+class Stopper:
+    """Turns SIGTERM/SIGINT into a stop: at once inside `interruptible()`, else when checked.
+
+    Long polls and retry sleeps are interruptible; registering, role scripts and file
+    writes are not, so a stop never loses a credential or orphans a script.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._interruptible = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._interruptible:
+            raise StopRequested()
+
+    def check(self) -> None:
+        if self.requested:
+            raise StopRequested()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        outer, self._interruptible = self._interruptible, True
+        try:
+            yield
+        finally:
+            self._interruptible = outer
+
+
+@dataclass(frozen=True)
+class Options:
+    """The command line, parsed."""
+
+    root: str = "/"
+    bootstrap: str | None = None
+    metadata_url: str | None = None
+    ec2: bool = False
+    once: bool = False
+    script_timeout: float = 600.0
+    poll_wait: int = 30
+    log_file: str | None = None
+
+
+class Agent:
+    """One run of the agent on one node; `run()` returns the exit status."""
+
+    def __init__(
+        self,
+        options: Options,
+        stopper: Stopper | None = None,
+        imds_url: str = IMDS_URL,
+        retry_budget: float = RETRY_BUDGET_SECONDS,
+    ) -> None:
+        self.options = options
+        self.root = options.root
+        self.stopper = stopper or Stopper()
+        self.imds_url = imds_url
+        self.retry_budget = retry_budget
+        self.owner_root = is_system_root(self.root) and os.geteuid() == 0
+        self.broker: Broker
+        self.credential = ""
+
+    def path(self, node_path: str) -> str:
+        return under_root(self.root, node_path)
+
+    def run(self) -> int:
+        o = self.options
+        bootstrap = find_bootstrap(o.root, o.bootstrap, o.metadata_url, o.ec2, self.imds_url)
+        log.info(
+            "bootstrap from %s: cluster %s, node %s, broker %s",
+            bootstrap.source,
+            bootstrap.cluster,
+            bootstrap.node,
+            bootstrap.broker,
+        )
+        self.broker = Broker(
+            bootstrap.broker, bootstrap.fingerprint, self.retry_budget, self._sleep
+        )
+        state = State.load(self.path(STATE_FILE), bootstrap.cluster, bootstrap.node)
+        self.credential = self._credential(bootstrap, state)
+        view = self._wait_until_satisfied()
+        try:
+            self._apply(view)
+        except (OSError, ViewError) as exc:
+            log.error("could not install the view: %s", exc)
+            self._report("node", None, "failed", view, log_tail=f"could not install: {exc}")
+            return 1
+        failed = self._configure(view, state)
+        if failed:
+            self._report(
+                "node", None, "failed", view, log_tail="configure failed: " + ", ".join(failed)
+            )
+            return 1
+        if state.membership is None:
+            state.set_membership(membership_of(view))
+        self._report("node", None, "ready", view)
+        if o.once:
+            return 0
+        self._follow(view, state)
+        return 0  # _follow only ends by StopRequested; kept for the type checker
+
+    # steps ------------------------------------------------------------------------------
+
+    def _credential(self, bootstrap: Bootstrap, state: State) -> str:
+        path = self.path(CREDENTIAL_FILE)
+        stored = _read_text(path).strip()
+        if stored and not state.foreign:
+            log.info("using the stored credential in %s", path)
+            return stored
+        identity = gather_identity(self.root, bootstrap.node)
+        log.info(
+            "registering as %s/%s (hostname %s, %d addresses, %d host keys)",
+            bootstrap.cluster,
+            bootstrap.node,
+            identity["hostname"],
+            len(identity["addresses"]),
+            len(identity["ssh_host_keys"]),
+        )
+        answer = self.broker.request(
+            "POST",
+            "/register",
+            {
+                "cluster": bootstrap.cluster,
+                "node": bootstrap.node,
+                "token": bootstrap.token,
+                "identity": identity,
+            },
+        )
+        credential = answer.get("credential")
+        if not isinstance(credential, str) or not credential:
+            raise ViewError("broker answered register without a credential")
+        os.makedirs(self.path(STATE_DIR), mode=0o700, exist_ok=True)
+        write_file(path, (credential + "\n").encode("utf-8"), 0o600, self.owner_root)
+        state.foreign = False
+        state.save()
+        log.info("registered; credential stored in %s", path)
+        return credential
+
+    def _poll(self, since: int) -> dict[str, Any]:
+        wait = self.options.poll_wait
+        with self.stopper.interruptible():
+            view = self.broker.request(
+                "GET",
+                f"/context?since={since}&wait={wait}",
+                credential=self.credential,
+                timeout=wait + REQUEST_TIMEOUT,
+            )
+        if not isinstance(view.get("version"), int):
+            raise ViewError("broker sent a view without an integer version")
+        return view
+
+    def _wait_until_satisfied(self) -> dict[str, Any]:
+        since = 0
+        while True:
+            view = self._poll(since)
+            if view.get("satisfied"):
+                log.info("view %d: satisfied", view["version"])
+                return view
+            blocked = ", ".join(str(r) for r in view.get("blocked_on") or []) or "nothing named"
+            if view["version"] > since:
+                log.info("view %d: waiting, blocked on %s", view["version"], blocked)
+            since = max(since, view["version"])
+
+    def _apply(self, view: dict[str, Any]) -> None:
+        for item in view.get("files") or []:
+            path, mode, content = self._file_of(item)
+            changed = write_file(self.path(path), content, mode, self.owner_root)
+            log.info("file %s (%04o) %s", path, mode, "written" if changed else "unchanged")
+        hosts = [
+            f"{h['address']} {h['name']}"
+            for h in view.get("hosts") or []
+            if isinstance(h, dict) and h.get("address") and h.get("name")
+        ]
+        changed = write_managed_block(self.path(HOSTS_FILE), hosts, self.owner_root)
+        log.info("%s: %d hosts %s", HOSTS_FILE, len(hosts), "written" if changed else "unchanged")
+        if isinstance(view.get("ssh_known_hosts"), str):
+            lines = [line for line in view["ssh_known_hosts"].splitlines() if line.strip()]
+            path = self.path(KNOWN_HOSTS_FILE)
+            changed = write_managed_block(path, lines, self.owner_root)
+            log.info(
+                "%s: %d lines %s",
+                KNOWN_HOSTS_FILE,
+                len(lines),
+                "written" if changed else "unchanged",
+            )
+
+    @staticmethod
+    def _file_of(item: Any) -> tuple[str, int, bytes]:
+        if not isinstance(item, dict):
+            raise ViewError("broker sent a file that is not an object")
+        path = item.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or ".." in path.split("/"):
+            raise ViewError(f"broker sent a file with a bad path: {path!r}")
+        try:
+            mode = int(str(item.get("mode")), 8)
+            content = base64.b64decode(item.get("content_b64") or "", validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise ViewError(f"broker sent {path} with a bad mode or content") from exc
+        if not 0 <= mode <= 0o7777:
+            raise ViewError(f"broker sent {path} with a bad mode {item.get('mode')!r}")
+        return path, mode, content
+
+    def _configure(self, view: dict[str, Any], state: State) -> list[str]:
+        """Run `configure` of each provided role not configured yet; the roles that failed."""
+        failed = []
+        for role in view.get("provides") or []:
+            self.stopper.check()
+            if state.configured(role):
+                log.info("role %s: configured before; not run again", role)
+                continue
+            result = self._run_role_script(role, "configure", view)
+            if result is None:
+                continue
+            if result.ok:
+                state.mark_configured(role, view["version"])
+            else:
+                failed.append(role)
+        return failed
+
+    def _follow(self, view: dict[str, Any], state: State) -> None:
+        log.info("following the view from version %d", view["version"])
+        self._act_on_membership(view, state)
+        version = view["version"]
+        while True:
+            self.stopper.check()
+            new = self._poll(version)
+            if new["version"] <= version:
+                continue
+            version = new["version"]
+            log.info("view %d received", version)
+            if new.get("satisfied"):
+                try:
+                    self._apply(new)
+                except (OSError, ViewError) as exc:
+                    log.error("could not install view %d: %s", version, exc)
+            self._act_on_membership(new, state)
+
+    def _act_on_membership(self, view: dict[str, Any], state: State) -> None:
+        before = state.membership or {}
+        now = membership_of(view)
+        joined = {r: sorted(set(now[r]) - set(before.get(r, []))) for r in now}
+        left = {r: sorted(set(before[r]) - set(now.get(r, []))) for r in before}
+        joined = {r: names for r, names in joined.items() if names}
+        left = {r: names for r, names in left.items() if names}
+        if not joined and not left:
+            return
+        log.info("members changed: joined %s, left %s", joined or "none", left or "none")
+        for phase, changed in (("leave", left), ("join", joined)):
+            if changed:
+                for role in view.get("provides") or []:
+                    self._run_role_script(role, phase, view)
+        state.set_membership(now)
+
+    def _run_role_script(self, role: str, phase: str, view: dict[str, Any]) -> ScriptResult | None:
+        """Run roles/<role>/<phase> and report it; None when the role has no such script."""
+        node_path = f"{ROLES_DIR}/{role}/{phase}"
+        path = self.path(node_path)
+        if not os.path.lexists(path):
+            log.info("role %s: no %s script; skipped", role, phase)
+            return None
+        context = json.dumps(script_view(view), sort_keys=True)
+        env = dict(os.environ)
+        env.update(
+            CORRAL_CONTEXT=context,
+            CORRAL_CLUSTER=str(view.get("cluster", "")),
+            CORRAL_NODE=str(view.get("node", "")),
+            CORRAL_ROLE=role,
+            CORRAL_ROOT=self.root,
+        )
+        self._report(phase, role, "running", view)
+        log.info("role %s: running %s", role, node_path)
+        started = time.monotonic()
+        result = run_script(
+            path, context.encode("utf-8"), env, self.root, self.options.script_timeout
+        )
+        took = time.monotonic() - started
+        if result.ok:
+            log.info("role %s: %s ok in %.1f s", role, phase, took)
+        elif result.exit_code is None:
+            log.error("role %s: %s failed without an exit code after %.1f s", role, phase, took)
+        else:
+            log.error("role %s: %s failed with exit code %d", role, phase, result.exit_code)
+        self._report(
+            phase,
+            role,
+            "ok" if result.ok else "failed",
+            view,
+            exit_code=result.exit_code,
+            log_tail=result.log_tail,
+            finished=True,
+        )
+        return result
+
+    def _report(
+        self,
+        phase: str,
+        role: str | None,
+        state: str,
+        view: dict[str, Any],
+        exit_code: int | None = None,
+        log_tail: str | None = None,
+        finished: bool = False,
+    ) -> None:
+        body: dict[str, Any] = {"phase": phase, "state": state, "version": view["version"]}
+        if role is not None:
+            body["role"] = role
+        if finished:
+            body["exit_code"] = exit_code
+        if log_tail is not None:
+            body["log_tail"] = log_tail
+        self.broker.request("POST", "/report", body, credential=self.credential)
+        log.info("reported %s%s: %s", phase, f"/{role}" if role else "", state)
+
+    def _sleep(self, seconds: float) -> None:
+        # The attempt before this sleep failed, so nothing is in flight: safe to stop here.
+        with self.stopper.interruptible():
+            time.sleep(seconds)
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="corral-agent",
+        description="corral's context agent: register with the broker, install the node's "
+        "view and run its role scripts.",
+    )
+    parser.add_argument("--root", default="/", help="directory every path is under (/)")
+    parser.add_argument("--bootstrap", metavar="FILE", help="the bootstrap document")
+    parser.add_argument("--metadata-url", metavar="URL", help="fetch the document from URL")
+    parser.add_argument("--ec2", action="store_true", help="fetch it from EC2 IMDSv2")
+    parser.add_argument("--once", action="store_true", help="exit once the node is ready")
+    parser.add_argument("--script-timeout", type=float, default=600.0, metavar="SECONDS")
+    parser.add_argument("--poll-wait", type=int, default=30, metavar="SECONDS")
+    parser.add_argument("--log-file", metavar="FILE", help="also log to FILE")
+    args = parser.parse_args(argv)
+    if args.script_timeout <= 0:
+        parser.error("--script-timeout must be positive")
+    if not 1 <= args.poll_wait <= MAX_POLL_WAIT:
+        parser.error(f"--poll-wait must be between 1 and {MAX_POLL_WAIT}")
+    return Options(
+        root=args.root,
+        bootstrap=args.bootstrap,
+        metadata_url=args.metadata_url,
+        ec2=args.ec2,
+        once=args.once,
+        script_timeout=args.script_timeout,
+        poll_wait=args.poll_wait,
+        log_file=args.log_file,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent with command line `argv`; returns the exit status."""
+    try:
+        options = parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    formatter = logging.Formatter("%(asctime)s corral-agent %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if options.log_file:
+        handlers.append(logging.FileHandler(options.log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    stopper = Stopper()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, stopper.handle)
+    try:
+        return Agent(options, stopper).run()
+    except StopRequested:
+        log.info("stopped on request")
+        return 0
+    except AgentError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
