@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from corral.backends.base import Backend
 from corral.service.app import Service
 from corral.service.config import ServiceConfig
 from corral.service.servers import ServersThread
@@ -36,6 +37,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         clock: Callable = utcnow,
         data_dir: Path | None = None,
         serve: bool = False,
+        backend: Backend | None = None,
         **settings: Any,
     ) -> Service:
         settings.setdefault("listen", f"127.0.0.1:{free_port()}")
@@ -46,7 +48,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             backend_options={"boot_delay": "0.05", **(backend_options or {})},
             **settings,
         )
-        service = Service(config, clock=clock)
+        service = Service(config, backend=backend, clock=clock)
         service.start()
         servers = ServersThread(service).start() if serve else None
         started.append((service, servers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import ssl
 import stat
 import subprocess
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from inprocess import admin_token, api, wait_for
 
+from corral.backends.base import Capability
+from corral.backends.fake import FakeBackend
 from corral.broker.credentials import issue_bootstrap_token
 from corral.store.models import Workspace, utcnow
 
@@ -326,3 +330,93 @@ def tree_digest(root: Path) -> dict[str, str]:
                 f"{mode:o}:" + hashlib.sha256(path.read_bytes()).hexdigest()
             )
     return digests
+
+
+WAIT_READY = CLUSTER.replace(
+    "requires: [controller]", "requires: [{role: controller, wait: ready}]"
+)
+
+
+def test_wait_ready_holds_workers_until_the_controller_is_ready_and_says_so(make_service, tmp_path):
+    image = make_image(tmp_path / "image", configure_seconds=2)
+    service = make_service({"agent_image": str(image)}, serve=True)
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, WAIT_READY)
+
+    def waiting_workers():
+        nodes = client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
+        return [n for n in nodes if n["blocked_on"] == ["controller"]]
+
+    waiting = wait_for(waiting_workers, timeout=60)
+    assert {n["group"] for n in waiting} == {"worker"}
+    credential = node_roots(service)[waiting[0]["name"]] / "var/lib/corral/credential"
+    with broker_client(service) as broker:
+        headers = {"Authorization": f"Bearer {credential.read_text().strip()}"}
+        view = broker.get("/context", headers=headers).json()
+    assert (view["satisfied"], view["blocked_on"], view["files"]) == (False, ["controller"], [])
+
+    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    logs = {
+        name: client.get(f"/v1/clusters/{cluster_id}/nodes/{name}/logs").json()
+        for name in ("head-0", "worker-0")
+    }
+    head_ready = next(r["at"] for r in logs["head-0"] if r["phase"] == "node")
+    worker_started = next(r["at"] for r in logs["worker-0"] if r["state"] == "running")
+    assert worker_started > head_ready
+
+
+def test_contextualization_that_takes_too_long_fails_the_node(make_service, tmp_path):
+    image = make_image(tmp_path / "image", configure_seconds=30)
+    service = make_service({"agent_image": str(image)}, serve=True)
+    client = api(service, admin_token(service))
+    text = CLUSTER.replace("name: ctx", "name: ctx\npolicy: {context_timeout: 2s}")
+    cluster_id = launch(client, text)
+    wait_for(lambda: state(client, cluster_id) == "terminated", timeout=60)
+    failure = client.get(f"/v1/clusters/{cluster_id}").json()["failure"]
+    assert "contextualization timed out after 2s" in failure
+
+
+def test_no_token_credential_or_key_reaches_the_service_log(agent_service, caplog):
+    caplog.set_level(logging.DEBUG)
+    service = agent_service()
+    client = api(service, admin_token(service))
+    cluster_id = launch(client)
+    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    secrets = []
+    for root in node_roots(service).values():
+        secrets.append(json.loads((root / "var/lib/corral/bootstrap.json").read_text())["token"])
+        secrets.append((root / "var/lib/corral/credential").read_text().strip())
+        secrets.append((root / "etc/corral/tls/host.key").read_text().splitlines()[1])
+        agent_log = (root / "var/log/corral-agent.log").read_text()
+        assert not any(s in agent_log for s in secrets)
+    assert caplog.records
+    assert not any(s in caplog.text for s in secrets)
+
+
+def test_a_booting_node_gets_its_bootstrap_from_the_metadata_service(make_service):
+    backend = FakeBackend(boot_delay=3600)  # its machines never run an agent of their own
+    backend.capabilities = backend.capabilities | {Capability.RUNS_AGENT}
+    service = make_service(backend=backend, serve=True)
+    client = api(service, admin_token(service))
+    cluster_id = launch(client)
+    wait_for(
+        lambda: all(
+            n["state"] == "booting"
+            for n in client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
+        )
+    )
+    node = client.get(f"/v1/clusters/{cluster_id}").json()["nodes"][1]
+    as_node = TestClient(service.app, client=(node["address"], 40000))
+    fetched = as_node.get("/metadata/v1/user-data")
+    assert fetched.status_code == 200
+    bootstrap = fetched.json()
+    assert (bootstrap["cluster"], bootstrap["node"]) == (cluster_id, node["name"])
+    assert bootstrap["fingerprint"] == service.broker_identity.fingerprint
+    assert "instance-id: " + node["id"] in as_node.get("/metadata/v1/meta-data").text
+    stranger = TestClient(service.app, client=("10.99.0.1", 40000))
+    assert stranger.get("/metadata/v1/user-data").status_code == 404
+    identity = {"hostname": node["name"], "addresses": [], "ssh_host_keys": []}
+    body = {k: bootstrap[k] for k in ("cluster", "node", "token")} | {"identity": identity}
+    with broker_client(service) as broker:
+        assert broker.post("/register", json=body).status_code == 200
+    assert as_node.get("/metadata/v1/user-data").status_code == 404  # registered: no more

@@ -44,19 +44,12 @@ def build_view(
 ) -> ContextView:
     group = next(g for g in doc.nodes if g.group == ws.group)
     registered = [w for w in cluster.workspaces if NodeState(w.state) in REGISTERED]
-    roles: dict[str, list[Member]] = {}
-    blocked: list[str] = []
-    for need in group.requires:
-        provider_groups = {g.group for g in doc.nodes if need.role in g.provides}
-        providers = [
-            w
-            for w in cluster.workspaces
-            if w.group in provider_groups and NodeState(w.state) not in GONE
-        ]
-        enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
-        if not providers or any(NodeState(w.state) not in enough for w in providers):
-            blocked.append(need.role)
-        roles[need.role] = [member_of(w) for w in providers if NodeState(w.state) in REGISTERED]
+    providers = live_providers(cluster, doc)
+    roles = {
+        need.role: [member_of(w) for w in providers[need.role] if NodeState(w.state) in REGISTERED]
+        for need in group.requires
+    }
+    blocked = blocked_by_group(doc, providers)[ws.group]
     satisfied = not blocked
     return ContextView(
         version=cluster.context_version,
@@ -74,6 +67,43 @@ def build_view(
         files=node_files(secret, node_secret) if satisfied else [],
         ssh_known_hosts=pki.known_hosts_line(authority_of(secret), ["*"]),
     )
+
+
+def live_providers(cluster: Cluster, doc: ClusterDocument) -> dict[str, list[Workspace]]:
+    """Each role's providers that may still provide it, in one pass over the nodes."""
+    provided_by: dict[str, list[str]] = {}
+    for g in doc.nodes:
+        for role in g.provides:
+            provided_by.setdefault(role, []).append(g.group)
+    by_group: dict[str, list[Workspace]] = {}
+    for w in cluster.workspaces:
+        if NodeState(w.state) not in GONE:
+            by_group.setdefault(w.group, []).append(w)
+    return {
+        role: [w for group in groups for w in by_group.get(group, [])]
+        for role, groups in provided_by.items()
+    }
+
+
+def blocked_by_group(
+    doc: ClusterDocument, providers: dict[str, list[Workspace]]
+) -> dict[str, list[str]]:
+    """For each group, the required roles whose providers are not far enough yet."""
+    met: dict[tuple[str, str], bool] = {}
+    blocked: dict[str, list[str]] = {}
+    for g in doc.nodes:
+        blocked[g.group] = []
+        for need in g.requires:
+            key = (need.role, need.wait)
+            if key not in met:
+                enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
+                role_providers = providers.get(need.role, [])
+                met[key] = bool(role_providers) and all(
+                    NodeState(w.state) in enough for w in role_providers
+                )
+            if not met[key]:
+                blocked[g.group].append(need.role)
+    return blocked
 
 
 def node_files(secret: ClusterSecret, node_secret: NodeSecret | None) -> list[FileItem]:

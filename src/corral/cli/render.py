@@ -66,12 +66,20 @@ def cluster_status(cluster: dict[str, Any]) -> str:
             n["address"],
             f"{n['cores']}c/{describe_size_mib(n['memory_mib'])}",
             ago(n["state_since"]),
-            f"{n['failure_phase']}: {n['failure']}" if n.get("failure") else "",
+            _note(n),
         ]
         for n in cluster["nodes"]
     ]
-    nodes = table(["node", "state", "host", "address", "size", "since", "failure"], rows)
+    nodes = table(["node", "state", "host", "address", "size", "since", "note"], rows)
     return "\n".join(head) + "\n\n" + nodes
+
+
+def _note(node: dict[str, Any]) -> str:
+    if node.get("failure"):
+        return f"{node['failure_phase']}: {node['failure']}"
+    if node.get("blocked_on"):
+        return "waiting for " + ", ".join(node["blocked_on"])
+    return ""
 
 
 def failing_nodes(cluster: dict[str, Any]) -> list[str]:

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from corral import __version__
 from corral.broker import pki
 from corral.broker.issuance import authority_of, user_patterns
+from corral.broker.views import blocked_by_group, live_providers
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.lifecycle import ClusterState, NodeState
-from corral.service import inventory, quotas
+from corral.service import inventory, metadata, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.clusters import LaunchRequest
 from corral.service.http_errors import status_for
@@ -74,6 +75,7 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(exc.to_dict(), status_code=status_for(exc))
 
     app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
+    app.include_router(metadata.router, prefix="/metadata/v1", include_in_schema=False)
     return app
 
 
@@ -139,7 +141,7 @@ def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetai
         cluster = service.clusters.launch(db, user, request)
         db.commit()
     service.engine.poke()
-    return _detail(db, cluster)
+    return _detail(service, db, cluster)
 
 
 @router.get("/clusters")
@@ -151,7 +153,7 @@ def list_clusters(service: Svc, db: DB, user: Caller, all: bool = False) -> list
 
 @router.get("/clusters/{ref}")
 def get_cluster(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
-    return _detail(db, service.clusters.find(db, user, ref, load_nodes=True))
+    return _detail(service, db, service.clusters.find(db, user, ref, load_nodes=True))
 
 
 @router.get("/clusters/{ref}/events")
@@ -205,7 +207,7 @@ def extend(service: Svc, ref: str, body: ExtendBody, db: DB, user: Caller) -> Cl
     with service.decisions:
         cluster = service.clusters.extend(db, user, ref, timedelta(seconds=body.seconds))
         db.commit()
-    return _detail(db, cluster)
+    return _detail(service, db, cluster)
 
 
 @router.delete("/clusters/{ref}", status_code=202)
@@ -214,7 +216,7 @@ def destroy(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
         cluster = service.clusters.destroy(db, user, ref)
         db.commit()
     service.engine.poke()
-    return _detail(db, cluster)
+    return _detail(service, db, cluster)
 
 
 @router.get("/users")
@@ -284,7 +286,10 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
     )
 
 
-def _detail(db: Session, cluster: Cluster) -> ClusterDetail:
+def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
+    blocked = blocked_by_group(
+        service.documents.of(cluster), live_providers(cluster, service.documents.of(cluster))
+    )
     nodes = [
         NodeView(
             id=w.id,
@@ -298,6 +303,7 @@ def _detail(db: Session, cluster: Cluster) -> ClusterDetail:
             cores=w.cores,
             memory_mib=w.memory_mib,
             login=w.login,
+            blocked_on=blocked[w.group] if w.state == NodeState.REGISTERED.value else [],
             failure=w.failure,
             failure_phase=w.failure_phase,
         )

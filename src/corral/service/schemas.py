@@ -56,6 +56,9 @@ class NodeView(BaseModel):
     cores: int
     memory_mib: int
     login: bool
+    blocked_on: list[str] = Field(
+        default_factory=list, description="roles a registered node still waits for"
+    )
     failure: str | None = None
     failure_phase: str | None = None
 
