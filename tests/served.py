@@ -97,6 +97,20 @@ def process_alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def end_agents(data_dir: Path) -> None:
+    """End every agent a fake machine of `data_dir`'s service runs (they outlive it)."""
+    marker = os.fsencode(str(Path(data_dir) / "fake-roots"))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in command:
+            end_process(int(proc.name))
+
+
 def end_process(pid: int, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM a process that is not our child, then SIGKILL it if it outlives `timeout`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -191,9 +205,18 @@ class ServedCorral:
             self.process.wait()
 
     def stop(self) -> int | None:
-        """SIGTERM the service and wait for it (SIGKILL after 15 s); return its exit code."""
+        """SIGTERM the service and wait for it (SIGKILL after 15 s); return its exit code.
+
+        The agents of its machines are ended too: a stopped test service leaves nothing.
+        """
         if self.process is None:
             return None
+        try:
+            return self._stop_service()
+        finally:
+            end_agents(self.data_dir)
+
+    def _stop_service(self) -> int | None:
         if self.process.poll() is None:
             self.process.terminate()
             try:

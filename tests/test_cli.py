@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from served import ServedCorral, client_env, corral, end_process, fake_machines
+from served import ServedCorral, client_env, corral, end_agents, end_process, fake_machines
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BASE = EXAMPLES / "base-cluster.yaml"
@@ -148,6 +148,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
     finally:
         for pid in _autostarted_pids(data_dir):
             end_process(pid)
+        end_agents(data_dir)
 
 
 def test_run_without_a_service_starts_a_local_one(home: Path) -> None:

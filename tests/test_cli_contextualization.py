@@ -57,3 +57,4 @@ def test_credentials_give_the_user_the_clusters_trust_anchors(tmp_path):
         node_files = list((served.data_dir / "fake-roots").glob("*/etc/ssh/ssh_known_hosts"))
         assert len(node_files) == 4
         assert all(" ".join(ca_key) in p.read_text() for p in node_files)
+        assert corral("destroy", cluster["id"], env=served.env()).returncode == 0

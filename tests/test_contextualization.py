@@ -88,6 +88,14 @@ def launch(client, text: str = CLUSTER) -> str:
     return response.json()["id"]
 
 
+def launch_ready(service, text: str = CLUSTER) -> tuple:
+    """Launch as admin and wait until ready; returns the API client and the cluster id."""
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, text)
+    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    return client, cluster_id
+
+
 def state(client, cluster_id: str) -> str:
     return client.get(f"/v1/clusters/{cluster_id}").json()["state"]
 
@@ -109,9 +117,7 @@ def broker_client(service) -> httpx.Client:
 
 def test_four_nodes_find_each_other_and_each_role_configures_once(agent_service):
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
 
     roots = node_roots(service)
     assert sorted(roots) == ["head-0", "worker-0", "worker-1", "worker-2"]
@@ -137,9 +143,7 @@ def test_four_nodes_find_each_other_and_each_role_configures_once(agent_service)
 
 def test_secrets_arrive_root_only_and_host_keys_are_signed_by_the_cluster(agent_service):
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
     root = node_roots(service)["worker-0"]
     modes = {
         "etc/munge/munge.key": 0o400,
@@ -164,9 +168,7 @@ def test_secrets_arrive_root_only_and_host_keys_are_signed_by_the_cluster(agent_
 
 def test_a_bootstrap_token_works_once_and_not_after_it_expires(agent_service):
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
     root = node_roots(service)["worker-0"]
     bootstrap = json.loads((root / "var/lib/corral/bootstrap.json").read_text())
     identity = {"hostname": "worker-0", "addresses": [], "ssh_host_keys": []}
@@ -266,9 +268,7 @@ def test_best_effort_with_its_minimum_met_ends_ready(agent_service):
 
 def test_logs_outlive_the_node(agent_service):
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
     client.delete(f"/v1/clusters/{cluster_id}")
     wait_for(lambda: state(client, cluster_id) == "terminated")
     assert service.backend.list_machines() == []
@@ -305,9 +305,7 @@ def test_a_service_restarted_while_nodes_configure_still_gets_the_cluster_ready(
 
 def test_running_the_agent_again_leaves_every_file_byte_identical(agent_service):
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
     root = node_roots(service)["worker-0"]
     before = tree_digest(root)
     rerun = subprocess.run(
@@ -379,9 +377,7 @@ def test_contextualization_that_takes_too_long_fails_the_node(make_service, tmp_
 def test_no_token_credential_or_key_reaches_the_service_log(agent_service, caplog):
     caplog.set_level(logging.DEBUG)
     service = agent_service()
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
+    client, cluster_id = launch_ready(service)
     secrets = []
     for root in node_roots(service).values():
         secrets.append(json.loads((root / "var/lib/corral/bootstrap.json").read_text())["token"])
