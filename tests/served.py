@@ -137,6 +137,7 @@ class ServedCorral:
         self.data_dir = Path(data_dir)
         self.extra_args = extra_args
         self.port = 0
+        self.broker_port = 0
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -155,7 +156,9 @@ class ServedCorral:
 
     def start(self) -> ServedCorral:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        # a restart keeps the ports: agents keep calling the broker where they were told
+        self.port = self.port or free_port()
+        self.broker_port = self.broker_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             corral_command(),
@@ -165,7 +168,7 @@ class ServedCorral:
             "--listen",
             f"127.0.0.1:{self.port}",
             "--broker-listen",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{self.broker_port}",
             "--tick",
             "0.2",
             *self.extra_args,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -58,3 +59,37 @@ def test_credentials_give_the_user_the_clusters_trust_anchors(tmp_path):
         assert len(node_files) == 4
         assert all(" ".join(ca_key) in p.read_text() for p in node_files)
         assert corral("destroy", cluster["id"], env=served.env()).returncode == 0
+
+
+def test_a_killed_service_restarted_while_nodes_configure_gets_the_cluster_ready(tmp_path):
+    (tmp_path / "ctx.yaml").write_text(CLUSTER)
+    with serve_with_agents(tmp_path, configure_seconds=4) as served:
+        run = corral(
+            "run",
+            "--cluster",
+            str(tmp_path / "ctx.yaml"),
+            "--no-wait",
+            "--json",
+            env=served.env(),
+        )
+        cluster_id = json.loads(run.stdout)["id"]
+
+        def configuring() -> bool:
+            view = json.loads(corral("status", cluster_id, "--json", env=served.env()).stdout)
+            return any(n["state"] == "configuring" for n in view["nodes"])
+
+        deadline = time.monotonic() + 60
+        while not configuring():
+            assert time.monotonic() < deadline, "no node started configuring"
+            time.sleep(0.2)
+        served.kill()  # SIGKILL: no cleanup, agents go on and retry
+        time.sleep(2)
+        served.start()
+        deadline = time.monotonic() + 90
+        while True:
+            view = json.loads(corral("status", cluster_id, "--json", env=served.env()).stdout)
+            if view["state"] != "launching" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert view["state"] == "ready", view
+        assert [n["state"] for n in view["nodes"]] == ["ready"] * 4
