@@ -112,7 +112,7 @@ def agent_service(make_service, tmp_path):
 def broker_client(service) -> httpx.Client:
     """A client of the broker that trusts exactly its certificate."""
     context = ssl.create_default_context(cafile=str(service.broker_identity.cert_path))
-    return httpx.Client(base_url=service.config.advertised_broker_url, verify=context)
+    return httpx.Client(base_url=service.config.advertised_broker_url(), verify=context)
 
 
 def test_four_nodes_find_each_other_and_each_role_configures_once(agent_service):

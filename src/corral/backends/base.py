@@ -25,6 +25,7 @@ class Capability(StrEnum):
     ANY_IMAGE = "any-image"  # boots any image name without an image in the store
     OUTLIVES_SERVICE = "outlives-service"  # machines keep running while the service is down
     REAL_MACHINES = "real-machines"  # machines are real containers or VMs
+    GATEWAY_SERVICES = "gateway-services"  # nodes reach the service at their subnet's gateway
     RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
 
 
@@ -41,6 +42,7 @@ class BootSpec:
     memory_mib: int
     address: str
     subnet: str
+    image_digest: str = ""  # the image as pinned at launch; empty where any name will do
     user_data: bytes = field(default=b"", repr=False)  # sensitive: carries the bootstrap token
 
 

@@ -12,6 +12,7 @@ from corral.backends.base import Backend
 
 BACKENDS: dict[str, str] = {
     "fake": "corral.backends.fake:FakeBackend",
+    "nspawn": "corral.backends.nspawn:NspawnBackend",
 }
 
 

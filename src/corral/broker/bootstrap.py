@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
+from corral.service.addresses import gateway_of
 from corral.store.models import Workspace
 
 BOOTSTRAP_FORMAT = 1
@@ -19,6 +20,9 @@ BOOTSTRAP_FORMAT = 1
 
 @dataclass(frozen=True)
 class BootstrapIssuer:
+    """Makes bootstrap documents. `broker_url` may hold `{gateway}`: the first address of
+    the node's cluster subnet, for backends whose nodes reach the service there."""
+
     broker_url: str
     fingerprint: str
     token_lifetime: timedelta
@@ -28,7 +32,9 @@ class BootstrapIssuer:
         token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
         document = {
             "corral": BOOTSTRAP_FORMAT,
-            "broker": self.broker_url,
+            "broker": self.broker_url.format(gateway=gateway_of(ws.cluster.subnet))
+            if "{gateway}" in self.broker_url
+            else self.broker_url,
             "fingerprint": self.fingerprint,
             "cluster": ws.cluster_id,
             "node": ws.name,

@@ -88,7 +88,7 @@ def serve(
 ) -> None:
     """Run the service (API, engine, leases) in the foreground."""
     from corral.cli.serve import run_service
-    from corral.service.config import ServiceConfig
+    from corral.service.config import DEFAULT_BROKER_PORT, ServiceConfig
 
     config = ServiceConfig()
     if data_dir:
@@ -105,6 +105,9 @@ def serve(
         config.listen = listen
     if broker_listen:
         config.broker_listen = broker_listen
+    elif config.backend == "nspawn":
+        # containers reach the broker at their bridge's address
+        config.broker_listen = f"0.0.0.0:{DEFAULT_BROKER_PORT}"
     config.broker_url = broker_url
     try:
         if default_lease:

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from corral.backends.base import Backend
+from corral.backends.base import Backend, Capability
 from corral.backends.registry import load_backend
 from corral.broker.api import create_broker_app
 from corral.broker.bootstrap import BootstrapIssuer
@@ -71,8 +71,15 @@ class Service:
         self.broker_identity = load_or_create_broker_identity(
             config.data_dir / "broker", ["localhost"], [broker_host] if _is_ip(broker_host) else []
         )
+        at_gateway = Capability.GATEWAY_SERVICES in self.backend.capabilities
+        if at_gateway and broker_host not in ("0.0.0.0", "::"):
+            raise ValueError(
+                f"backend {self.backend.name}: nodes reach the broker at their cluster's "
+                f"gateway, so it must listen on all addresses (--broker-listen "
+                f"0.0.0.0:PORT), not {config.broker_listen}"
+            )
         issuer = BootstrapIssuer(
-            config.advertised_broker_url,
+            config.advertised_broker_url(at_gateway),
             self.broker_identity.fingerprint,
             config.bootstrap_token_lifetime,
         )

@@ -95,6 +95,7 @@ class Clusters:
             for node in group.node_names()
         ]
         placement = place(requests, host_capacities(session, pool.name))
+        digests = self._image_digests(session, doc)
         cluster = Cluster(
             id=new_id("c"),
             name=self._unique_name(session, user, request.name or doc.name or "cluster"),
@@ -123,6 +124,7 @@ class Clusters:
                     index=index,
                     host_name=placement[node],
                     image=group.image,
+                    image_digest=digests.get(group.image, ""),
                     cores=group.cores,
                     memory_mib=group.memory_mib,
                     login=group.login,
@@ -178,6 +180,14 @@ class Clusters:
                     field=f"nodes[{i}].image",
                     image=group.image,
                 )
+
+    def _image_digests(self, session: Session, doc: ClusterDocument) -> dict[str, str]:
+        """The digest each image name means now; a cluster keeps it for its whole life."""
+        names = {g.image for g in doc.nodes}
+        return {
+            image.name: image.digest
+            for image in session.scalars(select(Image).where(Image.name.in_(names)))
+        }
 
     def _unique_name(self, session: Session, user: User, wanted: str) -> str:
         taken = set(

@@ -68,12 +68,12 @@ class ServiceConfig:
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'corral.db'}"
 
-    @property
-    def advertised_broker_url(self) -> str:
+    def advertised_broker_url(self, at_gateway: bool = False) -> str:
+        """The broker URL nodes are given; `{gateway}` stands for their subnet's gateway."""
         if self.broker_url:
             return self.broker_url.rstrip("/")
         host, port = split_listen(self.broker_listen)
-        return f"https://{host}:{port}/broker/v1"
+        return f"https://{'{gateway}' if at_gateway else host}:{port}/broker/v1"
 
     @property
     def admin_token_file(self) -> Path:

@@ -403,6 +403,7 @@ class Engine:
             node=ws.name,
             host=ws.host_name,
             image=ws.image,
+            image_digest=ws.image_digest,
             cores=ws.cores,
             memory_mib=ws.memory_mib,
             address=ws.address or "",

@@ -131,6 +131,7 @@ class Workspace(Base):
     index: Mapped[int] = mapped_column(Integer)
     host_name: Mapped[str] = mapped_column(ForeignKey("hosts.name"))
     image: Mapped[str] = mapped_column(String(128))
+    image_digest: Mapped[str] = mapped_column(String(80), default="")  # pinned at launch
     cores: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
     login: Mapped[bool] = mapped_column(Boolean, default=False)  # users log in here

@@ -1,0 +1,116 @@
+"""Per-cluster networks on this machine: a bridge per cluster, a namespace per node.
+
+Each cluster's bridge carries its subnet's first address (the gateway, where the broker
+and metadata service answer); each node lives in a network namespace joined to that
+bridge by a veth pair, with its address and a route to its own subnet only. No default
+route, no NAT: node traffic cannot leave the machine, and one cluster's nodes have no
+route to another's.
+
+Names are derived from ids and kept under the kernel's 15-character limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import subprocess
+from pathlib import Path
+
+from corral.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "crl"
+NETNS_DIR = Path("/run/netns")
+
+
+def _short(text: str, size: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+def bridge_name(cluster_id: str) -> str:
+    return f"{PREFIX}b-{_short(cluster_id)}"
+
+
+def netns_name(workspace_id: str) -> str:
+    return f"{PREFIX}n-{_short(workspace_id)}"
+
+
+def veth_names(workspace_id: str) -> tuple[str, str]:
+    """(host side, node side) of a node's veth pair."""
+    tag = _short(workspace_id)
+    return f"{PREFIX}h-{tag}", f"{PREFIX}p-{tag}"
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `ip ARGS`; raises BackendError with ip's own message when it fails."""
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise BackendError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def link_exists(name: str) -> bool:
+    return ip("link", "show", "dev", name, check=False).returncode == 0
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def ensure_bridge(cluster_id: str, subnet: str) -> str:
+    """Create the cluster's bridge with the gateway address, if it is not there yet."""
+    name = bridge_name(cluster_id)
+    network = ipaddress.ip_network(subnet)
+    gateway = next(network.hosts())
+    if not link_exists(name):
+        ip("link", "add", name, "type", "bridge")
+        ip("addr", "add", f"{gateway}/{network.prefixlen}", "dev", name)
+        ip("link", "set", name, "up")
+        log.info("network: bridge %s for %s at %s", name, cluster_id, gateway)
+    return name
+
+
+def remove_bridge(cluster_id: str) -> None:
+    name = bridge_name(cluster_id)
+    if link_exists(name):
+        ip("link", "del", name)
+        log.info("network: removed bridge %s", name)
+
+
+def bridge_ports(cluster_id: str) -> list[str]:
+    result = ip("-o", "link", "show", "master", bridge_name(cluster_id), check=False)
+    return [line.split(":")[1].strip().split("@")[0] for line in result.stdout.splitlines()]
+
+
+def attach_node(workspace_id: str, cluster_id: str, address: str, subnet: str) -> str:
+    """Make the node's namespace, joined to its cluster's bridge; returns the namespace."""
+    namespace = netns_name(workspace_id)
+    host_side, node_side = veth_names(workspace_id)
+    prefix = ipaddress.ip_network(subnet).prefixlen
+    bridge = ensure_bridge(cluster_id, subnet)
+    if not netns_exists(namespace):
+        ip("netns", "add", namespace)
+    if not link_exists(host_side):
+        ip("link", "add", host_side, "type", "veth", "peer", "name", node_side)
+        ip("link", "set", node_side, "netns", namespace)
+        ip("link", "set", host_side, "master", bridge)
+        ip("link", "set", host_side, "up")
+        inside = ["netns", "exec", namespace, "ip"]
+        ip(*inside, "link", "set", node_side, "name", "eth0")
+        ip(*inside, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
+        ip(*inside, "link", "set", "eth0", "up")
+        ip(*inside, "link", "set", "lo", "up")
+    log.info("network: %s at %s in %s on %s", workspace_id, address, namespace, bridge)
+    return namespace
+
+
+def detach_node(workspace_id: str) -> None:
+    """Remove the node's namespace and veth pair; what is already gone is fine."""
+    host_side, _ = veth_names(workspace_id)
+    if link_exists(host_side):
+        ip("link", "del", host_side)
+    namespace = netns_name(workspace_id)
+    if netns_exists(namespace):
+        ip("netns", "del", namespace)

@@ -1,0 +1,277 @@
+"""Real system containers: systemd-nspawn booting systemd from an appliance image.
+
+Each workspace gets a copy-on-write root (overlayfs over the image's read-only rootfs),
+its hostname, its bootstrap document written root-only into that root, and a network
+namespace on its cluster's bridge (backends/network.py). `systemd-nspawn --boot` runs as
+a process of its own session, so containers outlive the service; the machine records
+are kept in a state file to find them again after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from corral.backends import network
+from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
+from corral.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 20.0
+
+
+@dataclass
+class _Container:
+    workspace_id: str
+    cluster_id: str
+    node: str
+    host: str
+    address: str
+    pid: int
+    directory: str
+
+
+class NspawnBackend(Backend):
+    """systemd-nspawn containers on this machine, one bridge per cluster."""
+
+    name = "nspawn"
+    capabilities = frozenset(
+        {
+            Capability.REAL_MACHINES,
+            Capability.RUNS_AGENT,
+            Capability.OUTLIVES_SERVICE,
+            Capability.GATEWAY_SERVICES,
+        }
+    )
+
+    def __init__(self, root: Path, images: Path) -> None:
+        self.root = root
+        self.images = images
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_file = root / "machines.json"
+        self._lock = threading.Lock()
+        self._containers = self._load()
+
+    @classmethod
+    def from_options(cls, options: dict[str, str], data_dir: Path) -> NspawnBackend:
+        """No options; containers live in `data_dir`/nspawn, images in `data_dir`/images."""
+        if options:
+            raise ValueError(f"backend nspawn takes no options (got {', '.join(options)})")
+        if os.geteuid() != 0:
+            raise ValueError("backend nspawn needs root (network namespaces, overlay mounts)")
+        if shutil.which("systemd-nspawn") is None:
+            raise ValueError("backend nspawn needs systemd-nspawn (apt install systemd-container)")
+        return cls(data_dir / "nspawn", data_dir / "images")
+
+    # -- the interface -------------------------------------------------------------------
+
+    def boot(self, spec: BootSpec) -> Machine:
+        with self._lock:
+            existing = self._containers.get(spec.workspace_id)
+        if existing is not None:
+            return self._view(existing)
+        image = self.images / spec.image_digest.removeprefix("sha256:") / "rootfs"
+        if not spec.image_digest or not image.is_dir():
+            raise BackendError(
+                f"{spec.node}: image {spec.image} ({spec.image_digest or 'no digest'}) is not "
+                f"in the image store {self.images}",
+                node=spec.node,
+            )
+        directory = self.root / spec.workspace_id
+        try:
+            merged = self._mount_root(directory, image)
+            self._personalize(merged, spec)
+            namespace = network.attach_node(
+                spec.workspace_id, spec.cluster_id, spec.address, spec.subnet
+            )
+            pid = self._start(directory, merged, spec, namespace)
+        except (OSError, BackendError) as exc:
+            self._clean(spec.workspace_id, spec.cluster_id, str(directory))
+            raise BackendError(f"{spec.node}: could not start its container: {exc}") from exc
+        container = _Container(
+            spec.workspace_id,
+            spec.cluster_id,
+            spec.node,
+            spec.host,
+            spec.address,
+            pid,
+            str(directory),
+        )
+        with self._lock:
+            self._containers[spec.workspace_id] = container
+            self._save()
+        log.info(
+            "nspawn: booting %s (%s) at %s, pid %d", spec.node, spec.workspace_id, spec.address, pid
+        )
+        return self._view(container)
+
+    def terminate(self, workspace_id: str) -> None:
+        with self._lock:
+            container = self._containers.get(workspace_id)
+        if container is None:
+            # nothing recorded; still remove what a crash between steps may have left
+            self._clean(workspace_id, None, str(self.root / workspace_id))
+            return
+        _stop(container.pid, container.directory)
+        self._clean(workspace_id, container.cluster_id, container.directory)
+        with self._lock:
+            self._containers.pop(workspace_id, None)
+            self._save()
+        log.info("nspawn: terminated %s (%s)", container.node, workspace_id)
+
+    def describe(self, workspace_id: str) -> Machine | None:
+        with self._lock:
+            container = self._containers.get(workspace_id)
+        return self._view(container) if container else None
+
+    def list_machines(self) -> list[Machine]:
+        with self._lock:
+            containers = list(self._containers.values())
+        return [self._view(c) for c in containers]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _mount_root(self, directory: Path, image: Path) -> Path:
+        upper, work, merged = directory / "upper", directory / "work", directory / "merged"
+        for path in (upper, work, merged):
+            path.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(merged):
+            _run(
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={image},upperdir={upper},workdir={work}",
+                str(merged),
+            )
+        return merged
+
+    def _personalize(self, merged: Path, spec: BootSpec) -> None:
+        (merged / "etc" / "hostname").write_text(spec.node + "\n")
+        state = merged / "var" / "lib" / "corral"
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = state / "bootstrap.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(spec.user_data)
+
+    def _start(self, directory: Path, merged: Path, spec: BootSpec, namespace: str) -> int:
+        command = [
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            f"--directory={merged}",
+            f"--machine={network.netns_name(spec.workspace_id)}",
+            f"--hostname={spec.node}",
+            f"--network-namespace-path={network.NETNS_DIR / namespace}",
+            "--link-journal=no",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--console=read-only",
+        ]
+        with open(directory / "console.log", "ab") as console:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return process.pid
+
+    def _clean(self, workspace_id: str, cluster_id: str | None, directory: str) -> None:
+        merged = Path(directory) / "merged"
+        unmounted = subprocess.run(["umount", str(merged)], capture_output=True)
+        if os.path.ismount(merged) and unmounted.returncode != 0:
+            subprocess.run(["umount", "--lazy", str(merged)], capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        network.detach_node(workspace_id)
+        if cluster_id is not None:
+            with self._lock:
+                others = [
+                    c
+                    for c in self._containers.values()
+                    if c.cluster_id == cluster_id and c.workspace_id != workspace_id
+                ]
+            if not others and not network.bridge_ports(cluster_id):
+                network.remove_bridge(cluster_id)
+
+    def _view(self, container: _Container) -> Machine:
+        if _alive(container.pid, container.directory):
+            return Machine(
+                container.workspace_id, MachineState.RUNNING, container.host, container.address
+            )
+        tail = _tail(Path(container.directory) / "console.log")
+        return Machine(
+            container.workspace_id,
+            MachineState.STOPPED,
+            container.host,
+            container.address,
+            f"its container exited: {tail}" if tail else "its container exited",
+        )
+
+    def _load(self) -> dict[str, _Container]:
+        if not self.state_file.exists():
+            return {}
+        return {r["workspace_id"]: _Container(**r) for r in json.loads(self.state_file.read_text())}
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(c) for c in self._containers.values()]))
+        os.replace(tmp, self.state_file)
+
+
+def _run(*command: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackendError(f"{' '.join(command[:2])}: {result.stderr.strip()}")
+
+
+def _alive(pid: int, directory: str) -> bool:
+    """True while `pid` is the nspawn of this container (pids are recycled)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return directory.encode() in command and "\nState:\tZ" not in status
+
+
+def _stop(pid: int, directory: str) -> None:
+    """Ask the container to power off (SIGTERM to nspawn), then kill it if it lingers."""
+    if not _alive(pid, directory):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    while _alive(pid, directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid, directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        _alive(pid, directory)  # reaps it when it is our child
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
