@@ -6,6 +6,9 @@ from corral.broker import pki
 from corral.broker.schemas import Identity
 from corral.store.models import Cluster, ClusterSecret, NodeSecret, Workspace
 
+# the principal nodes' root keys are certified for; nodes let it log in as root
+NODE_PRINCIPAL = "corral-node"
+
 
 def create_cluster_secret(cluster_id: str) -> ClusterSecret:
     authority = pki.create_cluster_authority(cluster_id)
@@ -44,8 +47,15 @@ def issue_node_secret(secret: ClusterSecret, ws: Workspace, identity: Identity) 
         ssh_cert = pki.sign_ssh_host_key(
             authority, host_keys[0], principals, key_id=f"{ws.cluster_id}/{ws.name}"
         )
+    root_key, root_public = pki.generate_ssh_user_key()
+    root_cert = pki.sign_ssh_user_key(authority, root_public, NODE_PRINCIPAL, days=30)
     return NodeSecret(
-        workspace_id=ws.id, tls_cert_pem=cert, tls_key_pem=key, ssh_host_cert=ssh_cert
+        workspace_id=ws.id,
+        tls_cert_pem=cert,
+        tls_key_pem=key,
+        ssh_host_cert=ssh_cert,
+        ssh_root_key=root_key,
+        ssh_root_cert=root_cert,
     )
 
 

@@ -11,7 +11,7 @@ import base64
 import json
 
 from corral.broker import pki
-from corral.broker.issuance import authority_of
+from corral.broker.issuance import NODE_PRINCIPAL, authority_of
 from corral.broker.schemas import ContextView, FileItem, HostEntry, Member, RequirementView
 from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
@@ -22,6 +22,9 @@ REGISTERED = frozenset({NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.R
 GONE = frozenset({NodeState.FAILED, NodeState.LOST, NodeState.TERMINATING, NodeState.TERMINATED})
 
 SSH_HOST_CERT = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
+SSHD_CONFIG = "/etc/ssh/sshd_config.d/corral.conf"
+USER_CA = "/etc/ssh/corral_user_ca.pub"
+PRINCIPALS = "/etc/ssh/corral_principals"
 
 
 def member_of(ws: Workspace) -> Member:
@@ -64,7 +67,7 @@ def build_view(
         members=[member_of(w) for w in registered],
         hosts=[HostEntry(name=w.name, address=w.address) for w in registered if w.address],
         data=dict(doc.data),
-        files=node_files(secret, node_secret) if satisfied else [],
+        files=node_files(secret, node_secret, cluster.owner.name) if satisfied else [],
         ssh_known_hosts=pki.known_hosts_line(authority_of(secret), ["*"]),
     )
 
@@ -106,25 +109,32 @@ def blocked_by_group(
     return blocked
 
 
-def node_files(secret: ClusterSecret, node_secret: NodeSecret | None) -> list[FileItem]:
-    """The files every node of the cluster gets, plus what was issued to this node."""
+def node_files(secret: ClusterSecret, node_secret: NodeSecret | None, owner: str) -> list[FileItem]:
+    """The files every node of the cluster gets, plus what was issued to this node.
+
+    Root logs in with a certificate of the cluster's SSH CA: for the principal of the
+    cluster's nodes, or for the cluster's owner (`corral ssh`).
+    """
     files = [
         _file("/etc/corral/tls/ca.crt", "0644", secret.ca_cert_pem),
         _file("/etc/munge/munge.key", "0400", base64.b64decode(secret.munge_key_b64)),
+        _file(USER_CA, "0644", secret.ssh_ca_public.strip() + "\n"),
+        _file(f"{PRINCIPALS}/root", "0644", f"{NODE_PRINCIPAL}\n{owner}\n"),
     ]
     if node_secret is not None:
         files += [
             _file("/etc/corral/tls/host.crt", "0644", node_secret.tls_cert_pem),
             _file("/etc/corral/tls/host.key", "0600", node_secret.tls_key_pem),
         ]
+        sshd = [f"TrustedUserCAKeys {USER_CA}", f"AuthorizedPrincipalsFile {PRINCIPALS}/%u"]
         if node_secret.ssh_host_cert:
+            sshd.insert(0, f"HostCertificate {SSH_HOST_CERT}")
+            files.append(_file(SSH_HOST_CERT, "0644", node_secret.ssh_host_cert.strip() + "\n"))
+        files.append(_file(SSHD_CONFIG, "0644", "# written by corral\n" + "\n".join(sshd) + "\n"))
+        if node_secret.ssh_root_key:
             files += [
-                _file(SSH_HOST_CERT, "0644", node_secret.ssh_host_cert.strip() + "\n"),
-                _file(
-                    "/etc/ssh/sshd_config.d/corral.conf",
-                    "0644",
-                    f"# written by corral\nHostCertificate {SSH_HOST_CERT}\n",
-                ),
+                _file("/root/.ssh/id_ed25519", "0600", node_secret.ssh_root_key),
+                _file("/root/.ssh/id_ed25519-cert.pub", "0644", node_secret.ssh_root_cert + "\n"),
             ]
     return files
 

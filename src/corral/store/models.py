@@ -216,6 +216,9 @@ class NodeSecret(Base):
     tls_cert_pem: Mapped[str] = mapped_column(Text)
     tls_key_pem: Mapped[str] = mapped_column(Text)
     ssh_host_cert: Mapped[str] = mapped_column(Text)
+    # root's key on the node, certified to log in as root on the cluster's other nodes
+    ssh_root_key: Mapped[str] = mapped_column(Text, default="")
+    ssh_root_cert: Mapped[str] = mapped_column(Text, default="")
 
 
 class BootstrapToken(Base):
