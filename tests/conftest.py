@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from inprocess import free_port
 
 from corral.backends.base import Backend
 from corral.service.app import Service
 from corral.service.config import ServiceConfig
 from corral.service.servers import ServersThread
 from corral.store.models import utcnow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,14 +32,20 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         data_dir: Path | None = None,
         serve: bool = False,
         backend: Backend | None = None,
+        backend_name: str = "fake",
         **settings: Any,
     ) -> Service:
         settings.setdefault("listen", f"127.0.0.1:{free_port()}")
-        settings.setdefault("broker_listen", f"127.0.0.1:{free_port()}")
+        # nspawn nodes reach the broker at their bridge, so it listens on every address
+        broker_host = "0.0.0.0" if backend_name == "nspawn" else "127.0.0.1"
+        settings.setdefault("broker_listen", f"{broker_host}:{free_port()}")
+        if backend_name == "fake":
+            backend_options = {"boot_delay": "0.05", **(backend_options or {})}
         config = ServiceConfig(
             data_dir=data_dir or tmp_path / "service",
             tick_seconds=0.05,
-            backend_options={"boot_delay": "0.05", **(backend_options or {})},
+            backend=backend_name,
+            backend_options=backend_options or {},
             **settings,
         )
         service = Service(config, backend=backend, clock=clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,12 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
         time.sleep(interval)
         value = check()
     return value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def admin_token(service: Service) -> str:

@@ -18,8 +18,9 @@ import click
 from corral import __version__
 from corral.cli import exit_codes, render
 from corral.cli.connection import connect
+from corral.cli.credentials import ssh_command, write_credentials
 from corral.document import load_document
-from corral.errors import CorralError
+from corral.errors import ConflictError, CorralError
 from corral.units import describe_size_mib, format_duration, parse_duration, parse_size_mib
 
 WAIT_POLL_SECONDS = 0.5
@@ -402,18 +403,6 @@ def logs(cluster: str, node: str, as_json: bool) -> None:
             click.echo(report["log_tail"].rstrip("\n"))
 
 
-CREDENTIAL_FILES = {
-    # file name: (field, mode)
-    "ca.crt": ("ca_cert_pem", 0o644),
-    "user.crt": ("user_cert_pem", 0o644),
-    "user.key": ("user_key_pem", 0o600),
-    "known_hosts": ("ssh_known_hosts", 0o644),
-    "id_ed25519": ("ssh_user_key", 0o600),
-    "id_ed25519.pub": ("ssh_user_public", 0o644),
-    "id_ed25519-cert.pub": ("ssh_user_cert", 0o644),
-}
-
-
 @cli.command()
 @click.argument("cluster")
 @click.option(
@@ -429,21 +418,38 @@ CREDENTIAL_FILES = {
 def credentials(cluster: str, output: Path, as_json: bool) -> None:
     """Write the cluster's CA certificate, your certificate and key, and its known_hosts line."""
     issued = connect().credentials(cluster)
-    output.mkdir(parents=True, exist_ok=True, mode=0o700)
-    written = []
-    for name, (field, mode) in CREDENTIAL_FILES.items():
-        path = output / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as out:
-            out.write(issued[field].rstrip("\n") + "\n")
-        os.chmod(path, mode)  # also when the file was there with another mode
-        written.append(str(path))
+    written = [str(path) for path in write_credentials(issued, output)]
     if as_json:
         render.emit_json({"cluster": issued["cluster"], "files": written})
     else:
         click.echo(f"wrote credentials for {issued['cluster']} to {output}:")
         for path in written:
             click.echo(f"  {path}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("cluster")
+@click.argument("node", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def ssh(cluster: str, node: str | None, command: tuple[str, ...]) -> None:
+    """Log in to a node (default: the login node) as root: `corral ssh C [NODE] [-- CMD]`.
+
+    Host keys are checked strictly against the cluster's CA, and nothing else is trusted.
+    """
+    if node is not None and _follows_double_dash(node):
+        node, command = None, (node, *command)  # `corral ssh C -- CMD`: no node given
+    client = connect()
+    view = client.cluster(cluster)
+    if view["state"] not in ("ready", "failed", "launching"):
+        raise ConflictError(f"cluster {view['id']} is {view['state']}")
+    argv = ssh_command(client, view, node, command)
+    os.execvp(argv[0], argv)
+
+
+def _follows_double_dash(word: str) -> bool:
+    argv = sys.argv
+    return "--" in argv and argv.index("--") + 1 < len(argv) and argv[argv.index("--") + 1] == word
 
 
 # -- admin -------------------------------------------------------------------------------
