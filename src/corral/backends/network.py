@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import logging
 import subprocess
+import threading
 from pathlib import Path
 
 from corral.errors import BackendError
@@ -22,6 +23,8 @@ from corral.errors import BackendError
 log = logging.getLogger(__name__)
 
 PREFIX = "crl"
+# boots run in parallel; a cluster's first nodes must not race to create its bridge
+_bridges = threading.Lock()
 NETNS_DIR = Path("/run/netns")
 
 
@@ -64,19 +67,23 @@ def ensure_bridge(cluster_id: str, subnet: str) -> str:
     name = bridge_name(cluster_id)
     network = ipaddress.ip_network(subnet)
     gateway = next(network.hosts())
-    if not link_exists(name):
+    with _bridges:
+        if link_exists(name):
+            return name
         ip("link", "add", name, "type", "bridge")
         ip("addr", "add", f"{gateway}/{network.prefixlen}", "dev", name)
         ip("link", "set", name, "up")
-        log.info("network: bridge %s for %s at %s", name, cluster_id, gateway)
+    log.info("network: bridge %s for %s at %s", name, cluster_id, gateway)
     return name
 
 
 def remove_bridge(cluster_id: str) -> None:
     name = bridge_name(cluster_id)
-    if link_exists(name):
+    with _bridges:
+        if not link_exists(name):
+            return
         ip("link", "del", name)
-        log.info("network: removed bridge %s", name)
+    log.info("network: removed bridge %s", name)
 
 
 def bridge_ports(cluster_id: str) -> list[str]:
