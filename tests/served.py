@@ -72,6 +72,7 @@ def client_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a user whose corral talks to no configured service."""
     env = {k: v for k, v in os.environ.items() if k not in ("CORRAL_URL", "CORRAL_TOKEN")}
     env["CORRAL_HOME"] = str(data_dir)
+    env["CORRAL_BACKEND"] = "fake"  # what these tests run on; nspawn has tests of its own
     env.update(extra)
     return env
 

@@ -64,7 +64,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--backend", default=None, help="Backend for the local pool (default: fake).")
+@click.option(
+    "--backend",
+    default=None,
+    help="Backend for the local pool (default: $CORRAL_BACKEND, else nspawn if usable, else fake).",
+)
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in data dir).")
 @click.option("--listen", default=None, metavar="HOST:PORT", help="API address.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,15 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"a listen address must be HOST:PORT, not {listen!r}")
     return host, int(port)
+
+
+def default_backend() -> str:
+    """$CORRAL_BACKEND, else real containers where this machine can run them, else fake."""
+    if env := os.environ.get("CORRAL_BACKEND"):
+        return env
+    if os.geteuid() == 0 and shutil.which("systemd-nspawn"):
+        return "nspawn"
+    return "fake"
 
 
 def default_data_dir() -> Path:
@@ -49,7 +59,7 @@ class ServiceConfig:
     broker_listen: str = f"127.0.0.1:{DEFAULT_BROKER_PORT}"
     broker_url: str | None = None  # what nodes are told; None: from broker_listen
     bootstrap_token_lifetime: timedelta = timedelta(minutes=10)
-    backend: str = "fake"
+    backend: str = field(default_factory=lambda: default_backend())
     backend_options: dict[str, str] = field(default_factory=dict)
     pool: str = "local"
     address_range: str = "10.180.0.0/16"
