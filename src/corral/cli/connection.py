@@ -21,7 +21,12 @@ import click
 
 from corral.cli.client import Client
 from corral.errors import ServiceUnavailableError
-from corral.service.config import DEFAULT_BROKER_PORT, DEFAULT_PORT, default_data_dir
+from corral.service.config import (
+    DEFAULT_BROKER_PORT,
+    DEFAULT_PORT,
+    default_backend,
+    default_data_dir,
+)
 
 STATE_FILE = "service.json"
 START_TIMEOUT = 30.0
@@ -88,7 +93,8 @@ def start_local(data_dir: Path) -> str:
         "--listen",
         f"127.0.0.1:{port}",
         "--broker-listen",
-        f"127.0.0.1:{broker_port}",
+        # containers reach the broker at their bridge; other backends need only loopback
+        f"{'0.0.0.0' if default_backend() == 'nspawn' else '127.0.0.1'}:{broker_port}",
     ]
     with open(log_path, "ab") as log:
         subprocess.Popen(

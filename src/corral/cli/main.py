@@ -18,7 +18,7 @@ import click
 from corral import __version__
 from corral.cli import exit_codes, render
 from corral.cli.connection import connect
-from corral.cli.credentials import ssh_command, write_credentials
+from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
 from corral.document import load_document
 from corral.errors import ConflictError, CorralError
 from corral.units import describe_size_mib, format_duration, parse_duration, parse_size_mib
@@ -218,6 +218,13 @@ def run(
         sys.exit(130)
     if cluster["state"] == "ready":
         _print_cluster(cluster, as_json, short=True)
+        known_hosts = cached_credentials(client, cluster["id"]) / "known_hosts"
+        if not as_json:
+            click.echo(
+                f"log in with `corral ssh {cluster['id']}` (host keys are checked against "
+                f"{known_hosts})",
+                err=True,
+            )
         return
     if cluster["state"] in ("launching",):
         _print_cluster(cluster, as_json, short=True)
