@@ -128,3 +128,15 @@ class Client:
 
     def remove_host(self, name: str) -> None:
         self._call("DELETE", f"/hosts/{name}")
+
+    def images(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/images")
+
+    def register_image(
+        self, name: str, digest: str, size_bytes: int | None = None, replace: bool = False
+    ) -> dict[str, Any]:
+        body = {"name": name, "digest": digest, "size_bytes": size_bytes, "replace": replace}
+        return self._call("POST", "/images", json=body)
+
+    def remove_image(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/images/{name}")

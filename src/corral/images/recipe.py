@@ -175,8 +175,10 @@ DEBIAN_12_SLURM = Recipe(
         "apt-daily.timer",
         "apt-daily-upgrade.timer",
     ),
-    # every node makes its own host keys; the image holds no secret (munge's key too)
+    # every node makes its own host keys; the image holds no secret (munge's key too);
+    # without /etc/hostname, systemd keeps the hostname the backend gave the node
     remove=(
+        "/etc/hostname",
         "/etc/ssh/ssh_host_*",
         "/etc/munge/munge.key",
         "/var/lib/dbus/machine-id",

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,9 +153,12 @@ class ImageStore:
                 if not self.has(digest):
                     raise
                 log.info("image %s appeared while it was written; keeping that one", digest)
-                _remove_tree(work)
+                remove_tree(work)
         except BaseException:
-            _remove_tree(work)
+            try:
+                remove_tree(work)
+            except ImageError as exc:
+                log.error("image store: %s", exc.message)
             raise
         log.info("image store: added %s (%s)", name, digest)
         return self.get(digest)
@@ -199,26 +203,33 @@ class ImageStore:
         Raises NotFoundError if the store lacks it, and ConflictError while a mount
         (a running node's overlayfs) still uses it.
         """
-        rootfs = self.path(digest)
-        users = [m for m in _mounts() if str(rootfs) in m[1] or m[0].startswith(str(rootfs))]
+        rootfs = self.path(digest).resolve()
+        users = [point for point, lower in _overlays() if rootfs in lower]
         if users:
             raise ConflictError(
-                f"image {digest} is in use by {len(users)} mount(s), such as {users[0][0]}",
+                f"image {digest} is the lower layer of {len(users)} mounted overlay(s), "
+                f"such as {users[0]}; its nodes are still running",
                 digest=digest,
             )
         # rename first, so the digest is gone at once even if removal takes a while
         doomed = self.root / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self._dir(digest).rename(doomed)
-        _remove_tree(doomed)
+        remove_tree(doomed)
         log.info("image store: deleted %s", digest)
 
     def _sweep(self) -> None:
         """Remove temporary directories whose writer process is gone."""
         for entry in self.root.glob(f"{_TMP_PREFIX}*"):
             pid = entry.name[len(_TMP_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not _process_exists(int(pid)):
-                log.info("image store: removing %s, left by a bake or import that died", entry)
-                _remove_tree(entry)
+            if not pid.isdigit() or _process_exists(int(pid)):
+                continue
+            prefix = str(entry.resolve()) + "/"
+            if any(point.startswith(prefix) for point, _ in _mounts()):
+                # an orphaned mmdebstrap may still be working in it; leave it be
+                log.warning("image store: %s is dead but has mounts; not removing it", entry)
+                continue
+            log.info("image store: removing %s, left by a bake or import that died", entry)
+            remove_tree(entry)
 
 
 def tree_size(root: Path) -> int:
@@ -228,9 +239,9 @@ def tree_size(root: Path) -> int:
     for directory, _dirs, files in os.walk(root):
         for name in files:
             info = os.lstat(os.path.join(directory, name))
-            if (info.st_dev, info.st_ino) not in seen:
+            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
                 seen.add((info.st_dev, info.st_ino))
-                total += info.st_size if not os.path.islink(os.path.join(directory, name)) else 0
+                total += info.st_size
     return total
 
 
@@ -258,13 +269,27 @@ def _mounts() -> list[tuple[str, str]]:
     return found
 
 
+def _overlays() -> list[tuple[str, set[Path]]]:
+    """(mount point, resolved lower directories) of every overlayfs mount."""
+    found = []
+    for point, options in _mounts():
+        for option in options.split(","):
+            if option.startswith("lowerdir="):
+                lower = {Path(p).resolve() for p in option[len("lowerdir=") :].split(":") if p}
+                found.append((point, lower))
+    return found
+
+
 def _unescape(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove `path`, first unmounting whatever is mounted below it (a killed mmdebstrap
-    can leave /proc and /sys mounted in its target); never follows a mount elsewhere."""
+def remove_tree(path: Path) -> None:
+    """Remove `path`, first unmounting whatever is mounted below it.
+
+    A killed mmdebstrap can leave /proc and /sys mounted in its target; removing files
+    through those mounts must never happen. Raises ImageError if a mount stays.
+    """
     if not path.exists() and not path.is_symlink():
         return
     prefix = str(path.resolve()) + "/"

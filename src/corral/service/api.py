@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +21,8 @@ from corral.broker import pki
 from corral.broker.issuance import authority_of, user_patterns
 from corral.broker.views import blocked_by_group, live_providers
 from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.images import records as image_records
+from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import inventory, metadata, quotas
 from corral.service.auth import authenticate, require_admin
@@ -36,6 +38,9 @@ from corral.service.schemas import (
     HealthView,
     HostBody,
     HostView,
+    ImageBody,
+    ImageRemovedView,
+    ImageView,
     LaunchBody,
     NewUserView,
     NodeView,
@@ -255,6 +260,43 @@ def remove_host(service: Svc, name: str, db: DB, _admin: Admin) -> None:
     with service.decisions:
         inventory.remove_host(db, name)
         db.commit()
+
+
+@router.get("/images")
+def list_images(db: DB, _user: Caller) -> list[ImageView]:
+    return [
+        ImageView.model_validate(i, from_attributes=True) for i in image_records.list_images(db)
+    ]
+
+
+@router.post("/images", status_code=201)
+def register_image(
+    service: Svc, body: ImageBody, db: DB, response: Response, _admin: Admin
+) -> ImageView:
+    """Name an image of the service's image store (201), or confirm the name (200)."""
+    store = ImageStore.of_data_dir(service.config.data_dir)
+    with service.decisions:
+        image, changed = image_records.register(
+            db, store, body.name, body.digest, body.size_bytes, body.replace
+        )
+        view = ImageView.model_validate(image, from_attributes=True)
+        db.commit()
+    if not changed:
+        response.status_code = 200
+    return view
+
+
+@router.delete("/images/{name}")
+def remove_image(service: Svc, name: str, db: DB, _admin: Admin) -> ImageRemovedView:
+    """Forget an image name; its files stay in the store (`corral image delete` removes them)."""
+    with service.decisions:
+        image, others = image_records.remove(db, name)
+        view = ImageRemovedView(
+            **ImageView.model_validate(image, from_attributes=True).model_dump(),
+            other_names=others,
+        )
+        db.commit()
+    return view
 
 
 def _node_counts(db: Session, cluster_ids: list[str]) -> dict[str, tuple[int, int]]:

@@ -44,6 +44,17 @@ class HostBody(BaseModel):
     memory_mib: int = Field(gt=0)
 
 
+class ImageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+    digest: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$", description="an image in the service's image store"
+    )
+    size_bytes: int | None = Field(None, ge=0, description="default: what the store measured")
+    replace: bool = Field(False, description="point an existing name at another digest")
+
+
 class NodeView(BaseModel):
     id: str
     name: str
@@ -140,6 +151,19 @@ class HostView(BaseModel):
     memory_mib: int
     free_cores: int
     free_memory_mib: int
+
+
+class ImageView(BaseModel):
+    name: str
+    digest: str
+    size_bytes: int
+    created_at: datetime
+
+
+class ImageRemovedView(ImageView):
+    other_names: list[str] = Field(
+        description="names that still point to the digest; its files stay while there are any"
+    )
 
 
 class HealthView(BaseModel):

@@ -1,0 +1,166 @@
+"""Real clusters on this machine: nspawn containers from the baked appliance, Slurm inside.
+
+Slow: the first run bakes the image (about a minute, cached under /var/tmp by digest);
+each test boots real containers. Needs root, systemd-nspawn and mmdebstrap, which
+scripts/install-system-packages installs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from inprocess import admin_token, api, document, wait_for
+
+from corral.backends import network
+from corral.cli.client import Client
+from corral.cli.credentials import ssh_command
+from corral.images.bake import bake
+from corral.images.recipe import RECIPES
+from corral.images.store import ImageStore
+from corral.store.models import Image
+
+pytestmark = pytest.mark.slow
+
+IMAGE_CACHE = Path("/var/tmp/corral-test-images")
+
+
+@pytest.fixture(scope="session")
+def baked() -> tuple[Path, str]:
+    """The base-cluster image, baked once per recipe digest and kept between runs."""
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    store = ImageStore(IMAGE_CACHE)
+    digest = bake(RECIPES["debian-12-slurm"], store, progress=lambda line: None)
+    return IMAGE_CACHE, digest
+
+
+@pytest.fixture
+def nspawn_service(make_service, baked, tmp_path, monkeypatch):
+    cache, digest = baked
+    data_dir = tmp_path / "svc"
+    data_dir.mkdir()
+    (data_dir / "images").symlink_to(cache)
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "user"))  # where `ssh` keeps credentials
+    service = make_service(data_dir=data_dir, serve=True, backend_name="nspawn")
+    with service.store.session() as session:
+        session.add(Image(name="debian-12-slurm", digest=digest))
+    return service
+
+
+def launch_ready(service, text: str) -> dict:
+    client = api(service, admin_token(service))
+    created = client.post("/v1/clusters", json={"document": text, "lease_seconds": 3600})
+    assert created.status_code == 201, created.text
+    cluster_id = created.json()["id"]
+    wait_for(
+        lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] != "launching",
+        timeout=300,
+        interval=1,
+    )
+    view = client.get(f"/v1/clusters/{cluster_id}").json()
+    assert view["state"] == "ready", view
+    return view
+
+
+def on_node(service, cluster: dict, node: str, *command: str) -> subprocess.CompletedProcess:
+    client = Client(f"http://{service.config.listen}", admin_token(service))
+    try:
+        argv = ssh_command(client, cluster, node, command)
+    finally:
+        client.close()
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def leftovers(service, clusters: list[dict]) -> list[str]:
+    """Everything of these clusters still on the machine: processes, mounts, links."""
+    marker = str(service.config.data_dir)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "systemd-nspawn" in command and marker in command:
+                found.append(f"process {proc.name}: {command[:80]}")
+    found += [
+        f"mount {line.split()[1]}"
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if marker in line
+    ]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    for cluster in clusters:
+        if network.bridge_name(cluster["id"]) in links:
+            found.append(f"bridge {network.bridge_name(cluster['id'])}")
+        for node in cluster["nodes"]:
+            host_side, _ = network.veth_names(node["id"])
+            if host_side in links:
+                found.append(f"veth {host_side}")
+            if network.netns_name(node["id"]) in namespaces:
+                found.append(f"netns {network.netns_name(node['id'])}")
+    return found
+
+
+def test_a_slurm_job_runs_across_workers_and_ssh_is_strict(nspawn_service):
+    service = nspawn_service
+    cluster = launch_ready(service, document())
+    jobs = on_node(service, cluster, "head-0", "srun", "-N2", "hostname")
+    assert jobs.returncode == 0, jobs.stderr
+    assert sorted(jobs.stdout.split()) == ["worker-0", "worker-1"]
+    hop = on_node(
+        service,
+        cluster,
+        "head-0",
+        "ssh",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "worker-0",
+        "hostname",
+    )
+    assert hop.returncode == 0, hop.stderr
+    assert hop.stdout.strip() == "worker-0"
+
+
+def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_service):
+    service = nspawn_service
+    first = launch_ready(service, document())
+    second = launch_ready(service, document().replace("count: 2", "count: 1"))
+    target = second["nodes"][0]["address"]
+    probe = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('{target}', 22), timeout=3)\n"
+        "    print('reached')\n"
+        "except OSError as exc:\n"
+        "    print('unreachable', exc)\n"
+    )
+    crossed = on_node(service, first, "head-0", "python3", "-c", shlex.quote(probe))
+    assert crossed.returncode == 0, crossed.stderr
+    assert crossed.stdout.startswith("unreachable"), crossed.stdout
+    inside = on_node(
+        service,
+        first,
+        "head-0",
+        "python3",
+        "-c",
+        shlex.quote(probe.replace(target, first["nodes"][1]["address"])),
+    )
+    assert inside.stdout.startswith("reached")  # the probe itself works
+
+    client = api(service, admin_token(service))
+    for cluster in (first, second):
+        client.delete(f"/v1/clusters/{cluster['id']}")
+    for cluster in (first, second):
+        wait_for(
+            lambda c=cluster: client.get(f"/v1/clusters/{c['id']}").json()["state"] == "terminated",
+            timeout=120,
+            interval=1,
+        )
+    assert leftovers(service, [first, second]) == []
+    assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json"}
