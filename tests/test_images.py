@@ -22,8 +22,7 @@ import pytest
 from inprocess import admin_token, api, document, wait_for
 from served import ServedCorral, corral
 
-from corral.errors import ConflictError, NotFoundError
-from corral.images import ImageError
+from corral.errors import ConflictError, ImageError, NotFoundError
 from corral.images.bake import bake
 from corral.images.recipe import (
     AGENT,

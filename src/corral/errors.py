@@ -12,9 +12,10 @@
     │   └── LeaseError               a lease outside policy (too long, already ended)
     ├── IllegalTransitionError       a state machine was asked for a transition its table forbids
     ├── BackendError                 a backend failed to boot, terminate or describe a machine
+    ├── ImageError                   an image cannot be baked, imported or removed
     └── ServiceUnavailableError      the CLI cannot reach or start a service
 
-The HTTP layer maps each class to one status code (service/errors.py); the CLI maps them
+The HTTP layer maps each class to one status code (service/http_errors.py); the CLI maps them
 back from the JSON body, so a user sees the same message either side of the wire.
 """
 
@@ -124,6 +125,12 @@ class BackendError(CorralError):
     """Raised by a backend when a machine cannot be booted, terminated or described."""
 
     code = "backend-error"
+
+
+class ImageError(CorralError):
+    """Raised by the image store and by `bake` when an image cannot be made or removed."""
+
+    code = "image-error"
 
 
 class ServiceUnavailableError(CorralError):

@@ -1,22 +1,9 @@
 """Appliance images: recipes, the content-addressed image store, and baking.
 
-    recipe.py   what an image is made of (Debian suite, packages, baked-in files, units)
-                and its digest
-    store.py    `<data_dir>/images/<hex>/rootfs` trees with their manifests; atomic writes
-    bake.py     recipe -> rootfs with mmdebstrap, then the corral customizations
-    files/      the files every image gets, laid out as in the image (units, sshd config)
-    roles/      the role scripts, copied to /etc/corral/roles/
-
-ImageError sits under CorralError beside BackendError: raised when an image cannot be
-built, imported or removed (a missing tool, a failed mmdebstrap or tar, an image in use).
+recipe.py   what an image is made of (Debian suite, packages, baked-in files, units)
+            and its digest
+store.py    `<data_dir>/images/<hex>/rootfs` trees with their manifests; atomic writes
+bake.py     recipe -> rootfs with mmdebstrap, then the corral customizations
+files/      the files every image gets, laid out as in the image (units, sshd config)
+roles/      the role scripts, copied to /etc/corral/roles/
 """
-
-from __future__ import annotations
-
-from corral.errors import CorralError
-
-
-class ImageError(CorralError):
-    """Raised by the image store and by `bake` when an image cannot be made or removed."""
-
-    code = "image-error"

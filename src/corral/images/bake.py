@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from corral.images import ImageError
+from corral.errors import ImageError
 from corral.images.recipe import Content, Recipe, contents, describe, recipe_digest
 from corral.images.store import ImageStore, remove_tree
 

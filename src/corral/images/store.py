@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from corral.errors import ConflictError, NotFoundError
-from corral.images import ImageError
+from corral.errors import ConflictError, ImageError, NotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ STATUS_BY_ERROR: dict[type[errors.CorralError], int] = {
     errors.ConflictError: 409,
     errors.IllegalTransitionError: 409,
     errors.BackendError: 502,
+    errors.ImageError: 422,
     errors.ServiceUnavailableError: 503,
 }
 
