@@ -108,6 +108,12 @@ def leftovers(service, clusters: list[dict]) -> list[str]:
 def test_a_slurm_job_runs_across_workers_and_ssh_is_strict(nspawn_service):
     service = nspawn_service
     cluster = launch_ready(service, document())
+    for node in cluster["nodes"]:
+        # ready means logins are open: pam_nologin's /run/nologin is gone
+        assert (
+            on_node(service, cluster, node["name"], "test", "!", "-e", "/run/nologin").returncode
+            == 0
+        )
     jobs = on_node(service, cluster, "head-0", "srun", "-N2", "hostname")
     assert jobs.returncode == 0, jobs.stderr
     assert sorted(jobs.stdout.split()) == ["worker-0", "worker-1"]
