@@ -1,4 +1,4 @@
-"""Shared fixtures: in-process services on a real SQLite store with the fake backend."""
+"""Shared fixtures: in-process services on a real SQLite store, and the baked appliance."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 from inprocess import free_port
 
 from corral.backends.base import Backend
+from corral.images.bake import bake
+from corral.images.recipe import RECIPES
+from corral.images.store import ImageStore
 from corral.service.app import Service
 from corral.service.config import ServiceConfig
 from corral.service.servers import ServersThread
@@ -70,3 +73,18 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     for service, _ in started:
         for machine in service.backend.list_machines():
             service.backend.terminate(machine.workspace_id)
+
+
+IMAGE_CACHE = Path("/var/tmp/corral-test-images")
+
+
+@pytest.fixture(scope="session")
+def baked() -> tuple[Path, str]:
+    """The base-cluster image, baked once per recipe digest and kept between runs.
+
+    Returns the image store's directory and the digest. Baking needs root and mmdebstrap.
+    """
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    store = ImageStore(IMAGE_CACHE)
+    digest = bake(RECIPES["debian-12-slurm"], store, progress=lambda line: None)
+    return IMAGE_CACHE, digest

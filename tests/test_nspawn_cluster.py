@@ -1,8 +1,7 @@
 """Real clusters on this machine: nspawn containers from the baked appliance, Slurm inside.
 
-Slow: the first run bakes the image (about a minute, cached under /var/tmp by digest);
-each test boots real containers. Needs root, systemd-nspawn and mmdebstrap, which
-scripts/install-system-packages installs.
+Slow: the first run bakes the image (conftest.py's `baked`), and each test boots real
+containers. Needs root, systemd-nspawn and mmdebstrap (scripts/install-system-packages).
 """
 
 from __future__ import annotations
@@ -18,23 +17,9 @@ from inprocess import admin_token, api, document, wait_for
 from corral.backends import network
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
-from corral.images.bake import bake
-from corral.images.recipe import RECIPES
-from corral.images.store import ImageStore
 from corral.store.models import Image
 
 pytestmark = pytest.mark.slow
-
-IMAGE_CACHE = Path("/var/tmp/corral-test-images")
-
-
-@pytest.fixture(scope="session")
-def baked() -> tuple[Path, str]:
-    """The base-cluster image, baked once per recipe digest and kept between runs."""
-    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-    store = ImageStore(IMAGE_CACHE)
-    digest = bake(RECIPES["debian-12-slurm"], store, progress=lambda line: None)
-    return IMAGE_CACHE, digest
 
 
 @pytest.fixture
