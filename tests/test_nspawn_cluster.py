@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -155,3 +156,42 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
         )
     assert leftovers(service, [first, second]) == []
     assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json"}
+
+
+def nspawn_pid(service, workspace_id: str) -> int:
+    machine = f"--machine={network.netns_name(workspace_id)}"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if argv[0].endswith("systemd-nspawn") and machine in argv:
+                return int(proc.name)
+    raise AssertionError(f"no systemd-nspawn process for {workspace_id}")
+
+
+def slurm_nodes(service, cluster: dict) -> list[str]:
+    listed = on_node(service, cluster, "head-0", "sinfo", "--noheader", "--Node", "--format=%N")
+    return sorted(listed.stdout.split()) if listed.returncode == 0 else [listed.stderr]
+
+
+def test_the_controller_drops_a_worker_that_is_lost(nspawn_service):
+    service = nspawn_service
+    cluster = launch_ready(service, document().replace("all-or-nothing", "best-effort"))
+    assert slurm_nodes(service, cluster) == ["worker-0", "worker-1"]
+    lost = next(n for n in cluster["nodes"] if n["name"] == "worker-1")
+    os.kill(nspawn_pid(service, lost["id"]), signal.SIGKILL)
+
+    client = api(service, admin_token(service))
+
+    def state_of(node: str) -> str:
+        nodes = client.get(f"/v1/clusters/{cluster['id']}").json()["nodes"]
+        return next(n["state"] for n in nodes if n["name"] == node)
+
+    wait_for(lambda: state_of("worker-1") == "terminated", timeout=120, interval=1)
+    # the membership change reaches the head's agent, whose `leave` rewrites slurm.conf
+    wait_for(lambda: slurm_nodes(service, cluster) == ["worker-0"], timeout=60, interval=1)
+    jobs = on_node(service, cluster, "head-0", "srun", "-N1", "hostname")
+    assert jobs.stdout.split() == ["worker-0"], jobs.stderr
+    assert client.get(f"/v1/clusters/{cluster['id']}").json()["state"] == "ready"
