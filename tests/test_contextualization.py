@@ -14,6 +14,8 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -301,6 +303,40 @@ def test_a_service_restarted_while_nodes_configure_still_gets_the_cluster_ready(
     )
     client = api(second, admin_token(second))
     wait_for(lambda: state(client, cluster_id) == "ready", timeout=90)
+
+
+def test_stopping_the_service_answers_held_long_polls_instead_of_dropping_them(
+    agent_service, make_service
+):
+    service = agent_service()
+    _, cluster_id = launch_ready(service)
+    credential = (node_roots(service)["worker-0"] / "var/lib/corral/credential").read_text()
+    headers = {"Authorization": f"Bearer {credential.strip()}"}
+    with broker_client(service) as broker:
+        version = broker.get("/context", headers=headers).json()["version"]
+        answers: list[httpx.Response | Exception] = []
+
+        def hold() -> None:
+            try:
+                answers.append(
+                    broker.get(
+                        "/context",
+                        params={"since": version, "wait": 25},
+                        headers=headers,
+                        timeout=60,
+                    )
+                )
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        poll = threading.Thread(target=hold)
+        poll.start()
+        time.sleep(1)  # let the request reach the broker and wait there
+        make_service.stop(service)
+        poll.join(timeout=60)
+    assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
+    assert answers[0].status_code == 200
+    assert answers[0].json()["version"] == version  # nothing changed; the agent asks again
 
 
 def test_running_the_agent_again_leaves_every_file_byte_identical(agent_service):

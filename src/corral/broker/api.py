@@ -103,7 +103,7 @@ async def context(
     while True:
         version = await run_in_threadpool(_version, service, cluster_id)
         remaining = deadline - time.monotonic()
-        if version > since or remaining <= 0:
+        if version > since or remaining <= 0 or service.notifier.closing:
             return await run_in_threadpool(_view, service, credential, workspace_id)
         await service.notifier.wait(cluster_id, remaining)
 

@@ -21,6 +21,7 @@ class ContextNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
         self._lock = threading.Lock()
+        self.closing = False
 
     def watch(self, sessions: sessionmaker) -> None:
         """Notify after every commit of `sessions` that changed a context."""
@@ -34,6 +35,18 @@ class ContextNotifier:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the event loop the broker's requests wait on."""
         self._loop = loop
+        self.closing = False
+
+    def close(self) -> None:
+        """Wake every waiter for good: the servers are stopping and must not wait for them."""
+        self.closing = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._fire_all)
+
+    def _fire_all(self) -> None:
+        for cluster_id in list(self._events):
+            self._fire(cluster_id)
 
     def notify(self, cluster_id: str) -> None:
         loop = self._loop
@@ -47,7 +60,9 @@ class ContextNotifier:
             waiters.set()
 
     async def wait(self, cluster_id: str, timeout: float) -> None:
-        """Return when the cluster's context changes, or after `timeout` seconds."""
+        """Return when the cluster's context changes, after `timeout` seconds, or on close."""
+        if self.closing:
+            return
         waiters = self._events.get(cluster_id)
         if waiters is None:
             waiters = self._events[cluster_id] = asyncio.Event()

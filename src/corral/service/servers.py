@@ -54,8 +54,7 @@ class Servers:
                 ssl_certfile=str(service.broker_identity.cert_path),
                 ssl_keyfile=str(service.broker_identity.key_path),
                 timeout_keep_alive=75,  # longer than an agent's long-poll
-                # held long-polls would delay a stop; agents retry on their own
-                timeout_graceful_shutdown=1,
+                timeout_graceful_shutdown=5,
             )
         )
 
@@ -64,6 +63,7 @@ class Servers:
         return self.api.started and self.broker.started
 
     def stop(self) -> None:
+        self.service.notifier.close()  # held long-polls answer now instead of being cancelled
         self.api.should_exit = True
         self.broker.should_exit = True
 
