@@ -7,7 +7,7 @@ import itertools
 import pytest
 from backend_contract import BackendContract
 
-from corral.backends.base import BootSpec, MachineState
+from corral.backends.base import BootSpec, Capability, MachineState
 from corral.backends.fake import FakeBackend
 from corral.backends.registry import load_backend
 from corral.errors import BackendError
@@ -261,3 +261,23 @@ def test_registry_rejects_an_unknown_backend_listing_the_known_ones(tmp_path):
         load_backend("nope", {}, tmp_path)
     assert "nope" in str(caught.value)
     assert "fake" in str(caught.value)
+
+
+def test_bootstrap_dir_hands_each_machine_its_bootstrap_owner_only_until_terminated(
+    tmp_path, spec_factory
+):
+    backend = FakeBackend.from_options({"bootstrap_dir": str(tmp_path / "boot")}, tmp_path)
+    assert Capability.RUNS_AGENT in backend.capabilities
+    machine = backend.boot(spec_factory("worker-0"))
+    written = tmp_path / "boot" / f"{machine.workspace_id}.json"
+    assert written.read_bytes() == b"token"
+    assert written.stat().st_mode & 0o777 == 0o600
+    backend.terminate(machine.workspace_id)
+    assert not written.exists()
+
+
+def test_bootstrap_dir_and_agent_image_are_refused_together(tmp_path):
+    (tmp_path / "image").mkdir()
+    options = {"bootstrap_dir": str(tmp_path / "boot"), "agent_image": str(tmp_path / "image")}
+    with pytest.raises(ValueError, match="not both"):
+        FakeBackend.from_options(options, tmp_path)

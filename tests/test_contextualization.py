@@ -211,12 +211,9 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
         headers = {"Authorization": f"Bearer {credential}"}
         view = broker.get("/context", headers=headers).json()
         assert (view["cluster"], view["node"]) == (first, "worker-0")
-        assert {m["name"] for m in view["members"]} == {
-            "head-0",
-            "worker-0",
-            "worker-1",
-            "worker-2",
-        }
+        # members: itself and the provider of the role it requires; hosts: the whole cluster
+        assert {m["name"] for m in view["members"]} == {"head-0", "worker-0"}
+        assert {h["name"] for h in view["hosts"]} == {"head-0", "worker-0", "worker-1", "worker-2"}
         assert not any(m.get("address") in _addresses(client, second) for m in view["members"])
         munge = next(f for f in view["files"] if f["path"] == "/etc/munge/munge.key")
         assert base64.b64decode(munge["content_b64"]) != other_munge

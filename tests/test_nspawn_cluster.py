@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from inprocess import admin_token, api, document, wait_for
+from served import process_alive
 
 from corral.backends import network
 from corral.cli.client import Client
@@ -181,7 +182,9 @@ def test_the_controller_drops_a_worker_that_is_lost(nspawn_service):
     cluster = launch_ready(service, document().replace("all-or-nothing", "best-effort"))
     assert slurm_nodes(service, cluster) == ["worker-0", "worker-1"]
     lost = next(n for n in cluster["nodes"] if n["name"] == "worker-1")
-    os.kill(nspawn_pid(service, lost["id"]), signal.SIGKILL)
+    nspawn = nspawn_pid(service, lost["id"])
+    (container_init,) = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+    os.kill(nspawn, signal.SIGKILL)  # the container's systemd lives on, orphaned
 
     client = api(service, admin_token(service))
 
@@ -190,6 +193,7 @@ def test_the_controller_drops_a_worker_that_is_lost(nspawn_service):
         return next(n["state"] for n in nodes if n["name"] == node)
 
     wait_for(lambda: state_of("worker-1") == "terminated", timeout=120, interval=1)
+    wait_for(lambda: not process_alive(int(container_init)), timeout=10)  # killed, not orphaned
     # the membership change reaches the head's agent, whose `leave` rewrites slurm.conf
     wait_for(lambda: slurm_nodes(service, cluster) == ["worker-0"], timeout=60, interval=1)
     jobs = on_node(service, cluster, "head-0", "srun", "-N1", "hostname")

@@ -732,6 +732,7 @@ class Agent:
         self.owner_root = is_system_root(self.root) and os.geteuid() == 0
         self.broker: Broker
         self.credential = ""
+        self.first_view: dict[str, Any] | None = None  # what register answered, if anything
 
     def path(self, node_path: str) -> str:
         return under_root(self.root, node_path)
@@ -807,6 +808,9 @@ class Agent:
         state.foreign = False
         state.save()
         log.info("registered; credential stored in %s", path)
+        first = answer.get("view")
+        if isinstance(first, dict) and isinstance(first.get("version"), int):
+            self.first_view = first
         return credential
 
     def _poll(self, since: int) -> dict[str, Any]:
@@ -825,7 +829,7 @@ class Agent:
     def _wait_until_satisfied(self) -> dict[str, Any]:
         since = 0
         while True:
-            view = self._poll(since)
+            view, self.first_view = self.first_view or self._poll(since), None
             if view.get("satisfied"):
                 log.info("view %d: satisfied", view["version"])
                 return view

@@ -9,7 +9,8 @@ lease-enforcement tests mean something.
 Given an image directory (`agent_image`), each machine also gets a root directory copied
 from it, an SSH host key and its bootstrap document, and runs the real context agent
 on that root as a process of its own, so the whole contextualization path runs without
-root privileges.
+root privileges. Given `bootstrap_dir` instead, it only writes each machine's bootstrap
+document there, as `<workspace id>.json`, for simulated agents (bench/) to pick up.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FakeBackend(Backend):
         clock=time.time,
         agent_image: Path | None = None,
         roots: Path | None = None,
+        bootstrap_dir: Path | None = None,
     ) -> None:
         for pattern, mode in (fail or {}).items():
             if mode not in FAILURE_MODES:
@@ -87,6 +89,12 @@ class FakeBackend(Backend):
             if not agent_image.is_dir():
                 raise ValueError(f"fake backend: agent_image {agent_image} is not a directory")
             self.capabilities = self.capabilities | {Capability.RUNS_AGENT}
+        self.bootstrap_dir = bootstrap_dir
+        if bootstrap_dir is not None:
+            if agent_image is not None:
+                raise ValueError("fake backend: give agent_image or bootstrap_dir, not both")
+            bootstrap_dir.mkdir(parents=True, exist_ok=True)
+            self.capabilities = self.capabilities | {Capability.RUNS_AGENT}
         self._clock = clock
         self._lock = threading.Lock()
         self._machines: dict[str, _FakeMachine] = self._load()
@@ -96,7 +104,8 @@ class FakeBackend(Backend):
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> FakeBackend:
         """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH,
-        agent_image=DIR (run the agent on a copy of DIR per machine).
+        agent_image=DIR (run the agent on a copy of DIR per machine), bootstrap_dir=DIR
+        (write each machine's bootstrap document there for agents run elsewhere).
 
         Machines are kept in `data_dir`/fake-machines.json unless state_file says otherwise.
         """
@@ -111,10 +120,11 @@ class FakeBackend(Backend):
             fail[pattern] = mode or "boot"
         state_file = Path(options.pop("state_file", data_dir / "fake-machines.json"))
         agent_image = options.pop("agent_image", None)
+        bootstrap_dir = options.pop("bootstrap_dir", None)
         if options:
             raise ValueError(
                 f"fake backend: unknown option(s) {', '.join(sorted(options))} "
-                "(known: boot_delay, fail, state_file, agent_image)"
+                "(known: boot_delay, fail, state_file, agent_image, bootstrap_dir)"
             )
         return cls(
             boot_delay,
@@ -122,6 +132,7 @@ class FakeBackend(Backend):
             state_file,
             agent_image=Path(agent_image) if agent_image else None,
             roots=data_dir / "fake-roots",
+            bootstrap_dir=Path(bootstrap_dir) if bootstrap_dir else None,
         )
 
     def boot(self, spec: BootSpec) -> Machine:
@@ -137,6 +148,8 @@ class FakeBackend(Backend):
                 )
                 if self.agent_image is not None and mode is None:
                     machine.root, machine.agent_pid = self._start_agent(spec)
+                if self.bootstrap_dir is not None and mode is None:
+                    _write_private(self.bootstrap_dir / f"{spec.workspace_id}.json", spec.user_data)
                 self._machines[spec.workspace_id] = machine
                 self.boots += 1
                 self._save()
@@ -157,6 +170,8 @@ class FakeBackend(Backend):
                 self.terminations += 1
                 self._save()
         if machine is not None:
+            if self.bootstrap_dir is not None:
+                (self.bootstrap_dir / f"{workspace_id}.json").unlink(missing_ok=True)
             if machine.root:
                 _stop_agent(machine.agent_pid, machine.root)
                 shutil.rmtree(machine.root, ignore_errors=True)
@@ -181,9 +196,7 @@ class FakeBackend(Backend):
         _write_host_key(root / "etc" / "ssh", spec.node)
         state = root / "var" / "lib" / "corral"
         state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state / "bootstrap.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(spec.user_data)
+        _write_private(state / "bootstrap.json", spec.user_data)
         log_dir = root / "var" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "corral-agent.log", "ab") as agent_log:
@@ -272,3 +285,12 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` readable by its owner only, from the first byte on."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)

@@ -20,12 +20,13 @@ from sqlalchemy import select
 from corral.broker.credentials import issue_credential, node_for_credential, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
 from corral.broker.schemas import ContextView, RegisterBody, RegisterReply, ReportBody
+from corral.broker.snapshots import Peer, Snapshot, peer_of
 from corral.broker.views import build_view
 from corral.errors import ConflictError, CorralError
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
-from corral.store.models import Cluster, ClusterSecret, NodeSecret, Report, Workspace, utcnow
+from corral.store.models import ClusterSecret, NodeSecret, Report, Workspace, utcnow
 
 if TYPE_CHECKING:
     from corral.service.app import Service
@@ -85,10 +86,12 @@ def register(body: RegisterBody, service: Svc) -> RegisterReply:
         ws.registered_at = now
         credential = issue_credential(ws)
         move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
-        version = ws.cluster.context_version
+        me = peer_of(ws)
     log.info("broker: %s/%s registered", body.cluster, body.node)
     service.engine.poke()
-    return RegisterReply(credential=credential, version=version)
+    # the first view comes with the credential, saving every node a request
+    view = build_view(service.snapshots.get(body.cluster), me, node_secret)
+    return RegisterReply(credential=credential, version=view.version, view=view)
 
 
 @router.get("/context")
@@ -99,37 +102,28 @@ async def context(
     wait: Annotated[float, Query(ge=0)] = 0.0,
 ) -> ContextView:
     deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
-    workspace_id, cluster_id = await run_in_threadpool(_whoami, service, credential)
+    me, cluster_id = await run_in_threadpool(_whoami, service, credential)
     while True:
-        version = await run_in_threadpool(_version, service, cluster_id)
+        waiters = service.notifier.waiter(cluster_id, me.group)  # before reading: no lost wake
+        snapshot = service.snapshots.latest(cluster_id) or await run_in_threadpool(
+            service.snapshots.get, cluster_id
+        )
         remaining = deadline - time.monotonic()
-        if version > since or remaining <= 0 or service.notifier.closing:
-            return await run_in_threadpool(_view, service, credential, workspace_id)
-        await service.notifier.wait(cluster_id, remaining)
+        closing = service.notifier.closing
+        if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
+            return await run_in_threadpool(_view, service, snapshot, me)
+        await service.notifier.wait(waiters, remaining)
 
 
-def _whoami(service: Service, credential: str | None) -> tuple[str, str]:
+def _whoami(service: Service, credential: str | None) -> tuple[Peer, str]:
     with service.store.session() as session:
         ws = node_for_credential(session, credential)
-        return ws.id, ws.cluster_id
+        return peer_of(ws), ws.cluster_id
 
 
-def _version(service: Service, cluster_id: str) -> int:
+def _view(service: Service, snapshot: Snapshot, me: Peer) -> ContextView:
     with service.store.session() as session:
-        return session.scalar(select(Cluster.context_version).where(Cluster.id == cluster_id))
-
-
-def _view(service: Service, credential: str | None, workspace_id: str) -> ContextView:
-    with service.store.session() as session:
-        ws = node_for_credential(session, credential)  # still live, still this node
-        cluster = ws.cluster
-        return build_view(
-            cluster,
-            service.documents.of(cluster),
-            ws,
-            session.get(ClusterSecret, cluster.id),
-            session.get(NodeSecret, workspace_id),
-        )
+        return build_view(snapshot, me, session.get(NodeSecret, me.id))
 
 
 @router.post("/report")

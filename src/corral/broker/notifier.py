@@ -1,26 +1,36 @@
-"""Waking long-polling agents when their cluster's context changes.
+"""Waking long-polling agents when what their group acts on changes.
 
 Writers mark a cluster changed in their session (transitions.bump_context); once the
-session commits, the notifier wakes every request waiting on that cluster, on the
-broker's event loop. A waiter re-reads the store, so a missed wake-up costs at most its
-poll slice, never a wrong answer.
+session commits, the notifier schedules one refresh of that cluster's snapshot after a
+short settling delay, so a burst of registrations and reports costs one re-read, not one
+per change. The refresh says which groups' views changed, and only their waiters wake.
+A waiter re-reads its snapshot, so a missed wake-up costs at most its poll, never a
+wrong answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import logging
+from collections.abc import Callable
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 0.05
+
 
 class ContextNotifier:
-    def __init__(self) -> None:
+    def __init__(self, refresh: Callable[[str], set[str]], settle: float = SETTLE_SECONDS) -> None:
+        """`refresh(cluster_id)` re-reads a cluster and returns the groups whose views changed."""
+        self.refresh = refresh
+        self.settle = settle
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: dict[str, asyncio.Event] = {}
-        self._lock = threading.Lock()
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._scheduled: set[str] = set()
         self.closing = False
 
     def watch(self, sessions: sessionmaker) -> None:
@@ -44,27 +54,49 @@ class ContextNotifier:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._fire_all)
 
-    def _fire_all(self) -> None:
-        for cluster_id in list(self._events):
-            self._fire(cluster_id)
-
     def notify(self, cluster_id: str) -> None:
+        """Thread-safe: the cluster changed; its waiters learn of it after the settling delay."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        loop.call_soon_threadsafe(self._fire, cluster_id)
+        loop.call_soon_threadsafe(self._schedule, cluster_id)
 
-    def _fire(self, cluster_id: str) -> None:
-        waiters = self._events.pop(cluster_id, None)
+    def waiter(self, cluster_id: str, group: str) -> asyncio.Event:
+        """The event set at the next change of `group`'s view; take it before reading."""
+        key = (cluster_id, group)
+        waiters = self._events.get(key)
+        if waiters is None:
+            waiters = self._events[key] = asyncio.Event()
+        return waiters
+
+    async def wait(self, waiters: asyncio.Event, timeout: float) -> None:
+        """Return when `waiters` is set, after `timeout` seconds, or on close."""
+        if self.closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiters.wait(), timeout)
+
+    def _schedule(self, cluster_id: str) -> None:
+        if cluster_id not in self._scheduled:
+            self._scheduled.add(cluster_id)
+            asyncio.get_running_loop().create_task(self._refresh(cluster_id))
+
+    async def _refresh(self, cluster_id: str) -> None:
+        await asyncio.sleep(self.settle)
+        self._scheduled.discard(cluster_id)  # a change from now on schedules another refresh
+        try:
+            groups = await asyncio.to_thread(self.refresh, cluster_id)
+        except Exception:  # noqa: BLE001 - waiters must still wake; they re-read on their own
+            log.exception("broker: could not re-read cluster %s; waking its waiters", cluster_id)
+            groups = {group for cluster, group in self._events if cluster == cluster_id}
+        for group in groups:
+            self._fire((cluster_id, group))
+
+    def _fire(self, key: tuple[str, str]) -> None:
+        waiters = self._events.pop(key, None)
         if waiters is not None:
             waiters.set()
 
-    async def wait(self, cluster_id: str, timeout: float) -> None:
-        """Return when the cluster's context changes, after `timeout` seconds, or on close."""
-        if self.closing:
-            return
-        waiters = self._events.get(cluster_id)
-        if waiters is None:
-            waiters = self._events[cluster_id] = asyncio.Event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiters.wait(), timeout)
+    def _fire_all(self) -> None:
+        for key in list(self._events):
+            self._fire(key)

@@ -22,11 +22,6 @@ class RegisterBody(BaseModel):
     identity: Identity
 
 
-class RegisterReply(BaseModel):
-    credential: str
-    version: int
-
-
 class Member(BaseModel):
     name: str
     group: str
@@ -67,6 +62,12 @@ class ContextView(BaseModel):
     data: dict[str, str]
     files: list[FileItem] = Field(repr=False)
     ssh_known_hosts: str
+
+
+class RegisterReply(BaseModel):
+    credential: str
+    version: int
+    view: ContextView | None = None  # the node's first view; older brokers sent none
 
 
 class ReportBody(BaseModel):

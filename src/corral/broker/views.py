@@ -2,20 +2,33 @@
 
 A requirement is met when every live provider of the role has registered (or, with
 `wait: ready`, is ready). Until every requirement of a node is met, its view carries no
-files; it says what it is blocked on.
+files; it says what it is blocked on. Its members are the node itself and its peers
+(see snapshots.py); its hosts are every registered node of the cluster.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from corral.broker import pki
 from corral.broker.issuance import NODE_PRINCIPAL, authority_of
-from corral.broker.schemas import ContextView, FileItem, HostEntry, Member, RequirementView
+from corral.broker.schemas import ContextView, FileItem, HostEntry, RequirementView
 from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
-from corral.store.models import Cluster, ClusterSecret, NodeSecret, Workspace
+from corral.store.models import ClusterSecret, NodeSecret
+
+if TYPE_CHECKING:
+    from corral.broker.snapshots import Peer, Snapshot
+
+
+class Node(Protocol):
+    """A workspace record or a snapshot's peer: what requirements are judged on."""
+
+    group: str
+    state: str
+
 
 REGISTERED = frozenset({NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY})
 # providers in these states will never provide: they no longer count
@@ -27,59 +40,59 @@ USER_CA = "/etc/ssh/corral_user_ca.pub"
 PRINCIPALS = "/etc/ssh/corral_principals"
 
 
-def member_of(ws: Workspace) -> Member:
-    return Member(
-        name=ws.name,
-        group=ws.group,
-        address=ws.address,
-        hostname=ws.hostname,
-        ssh_host_keys=json.loads(ws.ssh_host_keys or "[]"),
-        state=ws.state,
-    )
-
-
-def build_view(
-    cluster: Cluster,
-    doc: ClusterDocument,
-    ws: Workspace,
-    secret: ClusterSecret,
-    node_secret: NodeSecret | None,
-) -> ContextView:
-    group = next(g for g in doc.nodes if g.group == ws.group)
-    registered = [w for w in cluster.workspaces if NodeState(w.state) in REGISTERED]
-    providers = live_providers(cluster, doc)
-    roles = {
-        need.role: [member_of(w) for w in providers[need.role] if NodeState(w.state) in REGISTERED]
-        for need in group.requires
-    }
-    blocked = blocked_by_group(doc, providers)[ws.group]
+def build_view(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> ContextView:
+    """Node `me`'s view at `snapshot`: who it deals with, and its files once satisfied."""
+    doc = snapshot.doc
+    group = next(g for g in doc.nodes if g.group == me.group)
+    peers = snapshot.peers[me.group]
+    known = peers if any(p.id == me.id for p in peers) else sorted([*peers, me], key=_name)
+    blocked = snapshot.blocked[me.group]
     satisfied = not blocked
+    provided_by = {role: {g.group for g in doc.nodes if role in g.provides} for role in _roles(doc)}
     return ContextView(
-        version=cluster.context_version,
-        cluster=cluster.id,
-        node=ws.name,
-        group=ws.group,
+        version=snapshot.group_versions[me.group],
+        cluster=snapshot.cluster_id,
+        node=me.name,
+        group=me.group,
         provides=list(group.provides),
         requires=[RequirementView(role=r.role, wait=r.wait) for r in group.requires],
         satisfied=satisfied,
         blocked_on=blocked,
-        roles=roles,
-        members=[member_of(w) for w in registered],
-        hosts=[HostEntry(name=w.name, address=w.address) for w in registered if w.address],
+        roles={
+            need.role: [p.member() for p in peers if p.group in provided_by[need.role]]
+            for need in group.requires
+        },
+        members=[p.member() for p in known],
+        hosts=_with_me(snapshot.hosts, me),
         data=dict(doc.data),
-        files=node_files(secret, node_secret, cluster.owner.name) if satisfied else [],
-        ssh_known_hosts=pki.known_hosts_line(authority_of(secret), ["*"]),
+        files=node_files(snapshot.secret, node_secret, snapshot.owner) if satisfied else [],
+        ssh_known_hosts=pki.known_hosts_line(authority_of(snapshot.secret), ["*"]),
     )
 
 
-def live_providers(cluster: Cluster, doc: ClusterDocument) -> dict[str, list[Workspace]]:
+def _with_me(hosts: list[HostEntry], me: Peer) -> list[HostEntry]:
+    """The cluster's hosts, and this node even when the snapshot predates its registering."""
+    if not me.address or any(h.name == me.name for h in hosts):
+        return hosts
+    return sorted([*hosts, HostEntry(name=me.name, address=me.address)], key=lambda h: h.name)
+
+
+def _name(peer: Peer) -> str:
+    return peer.name
+
+
+def _roles(doc: ClusterDocument) -> set[str]:
+    return {need.role for g in doc.nodes for need in g.requires}
+
+
+def live_providers(nodes: Iterable[Node], doc: ClusterDocument) -> dict[str, list[Node]]:
     """Each role's providers that may still provide it, in one pass over the nodes."""
     provided_by: dict[str, list[str]] = {}
     for g in doc.nodes:
         for role in g.provides:
             provided_by.setdefault(role, []).append(g.group)
-    by_group: dict[str, list[Workspace]] = {}
-    for w in cluster.workspaces:
+    by_group: dict[str, list[Node]] = {}
+    for w in nodes:
         if NodeState(w.state) not in GONE:
             by_group.setdefault(w.group, []).append(w)
     return {
@@ -89,7 +102,7 @@ def live_providers(cluster: Cluster, doc: ClusterDocument) -> dict[str, list[Wor
 
 
 def blocked_by_group(
-    doc: ClusterDocument, providers: dict[str, list[Workspace]]
+    doc: ClusterDocument, providers: dict[str, list[Node]]
 ) -> dict[str, list[str]]:
     """For each group, the required roles whose providers are not far enough yet."""
     met: dict[tuple[str, str], bool] = {}

@@ -329,9 +329,8 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
 
 
 def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
-    blocked = blocked_by_group(
-        service.documents.of(cluster), live_providers(cluster, service.documents.of(cluster))
-    )
+    doc = service.documents.of(cluster)
+    blocked = blocked_by_group(doc, live_providers(cluster.workspaces, doc))
     nodes = [
         NodeView(
             id=w.id,

@@ -23,6 +23,7 @@ from corral.broker.api import create_broker_app
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.broker.notifier import ContextNotifier
 from corral.broker.pki import load_or_create_broker_identity
+from corral.broker.snapshots import Snapshots
 from corral.errors import ConflictError
 from corral.lifecycle import ClusterState
 from corral.service import inventory
@@ -65,7 +66,8 @@ class Service:
         self.decisions = threading.Lock()
         self._prepare()
         self.documents = DocumentCache()
-        self.notifier = ContextNotifier()
+        self.snapshots = Snapshots(self.store, self.documents)
+        self.notifier = ContextNotifier(self.snapshots.refresh)
         self.notifier.watch(self.store.sessions)
         broker_host, _ = split_listen(config.broker_listen)
         self.broker_identity = load_or_create_broker_identity(

@@ -1,0 +1,5 @@
+"""Benchmarks: `python3 -m bench.report` runs them all and rewrites BENCHMARKS.md.
+
+Each benchmark module has `run() -> Section`; the figures it returns carry their method
+and, where the project has one, the target they are held to.
+"""

@@ -1,0 +1,210 @@
+"""The broker under N simulated agents speaking the real protocol over real HTTPS.
+
+A real service (own process, SQLite store, fake backend) launches one cluster of the
+base-cluster shape: a controller and N-1 workers that wait until it is ready. The fake
+backend boots machines at once and leaves each bootstrap document in a directory; for
+each one an asyncio agent here registers, long-polls its context until satisfied,
+reports its role configured and the node ready, then keeps following its view as a
+real agent does, until every node is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bench.section import Section
+from bench.service import ServiceProcess, add_capacity, slurm_like_document
+
+SIZES = (100, 1000)
+POLL_WAIT = 60
+
+
+@dataclass
+class Tally:
+    """What the agents did, and when."""
+
+    latencies: list[float] = field(default_factory=list)  # requests answered at once
+    requests: int = 0  # register, reports and contexts that were not waits
+    holds: int = 0  # long-polls sent to wait for a change
+    follow_wakes: int = 0  # holds of ready nodes that came back with a new view
+    first_register: float = float("inf")
+    last_registered: float = 0.0
+    ready_at: dict[str, float] = field(default_factory=dict)
+
+    def answered(self, started: float, hold: bool) -> None:
+        if hold:
+            self.holds += 1
+        else:
+            self.requests += 1
+            self.latencies.append(time.monotonic() - started)
+
+
+def _ssh_key() -> str:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    encoded = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return encoded.decode()
+
+
+async def _call(tally: Tally, hold: bool, request) -> dict:
+    started = time.monotonic()
+    response = await request
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
+    tally.answered(started, hold)
+    return response.json()
+
+
+async def simulated_agent(boot: dict, tls: ssl.SSLContext, key: str, tally: Tally) -> None:
+    async with httpx.AsyncClient(base_url=boot["broker"], verify=tls, timeout=120) as http:
+        identity = {"hostname": boot["node"], "addresses": [], "ssh_host_keys": [key]}
+        body = {k: boot[k] for k in ("cluster", "node", "token")} | {"identity": identity}
+        tally.first_register = min(tally.first_register, time.monotonic())
+        registered = await _call(tally, False, http.post("/register", json=body))
+        tally.last_registered = max(tally.last_registered, time.monotonic())
+        http.headers["Authorization"] = f"Bearer {registered['credential']}"
+
+        def context(since: int):
+            params = {"since": since, "wait": POLL_WAIT}
+            return _call(tally, since > 0, http.get("/context", params=params))
+
+        view = registered.get("view") or await context(0)
+        while not view["satisfied"]:
+            view = await context(view["version"])
+        for role in view["provides"]:
+            for state in ("running", "ok"):
+                report = {"phase": "configure", "role": role, "state": state}
+                if state == "ok":
+                    report["exit_code"] = 0
+                await _call(tally, False, http.post("/report", json=report | {"version": 1}))
+        await _call(tally, False, http.post("/report", json={"phase": "node", "state": "ready"}))
+        tally.ready_at[boot["node"]] = time.monotonic()
+        version = view["version"]
+        while True:  # following, until cancelled
+            view = await context(version)
+            if view["version"] > version:
+                tally.follow_wakes += 1
+                version = view["version"]
+
+
+async def _swarm(service: ServiceProcess, nodes: int, tally: Tally) -> None:
+    tls = ssl.create_default_context(cafile=str(service.broker_cert))
+    keys = [_ssh_key() for _ in range(nodes)]
+    started: set[str] = set()
+    agents: list[asyncio.Task] = []
+    try:
+        while len(tally.ready_at) < nodes:
+            for path in service.bootstrap_dir.glob("*.json"):
+                if path.name not in started:
+                    started.add(path.name)
+                    boot = json.loads(path.read_bytes())
+                    agent = simulated_agent(boot, tls, keys.pop(), tally)
+                    agents.append(asyncio.create_task(agent))
+            failed = [a for a in agents if a.done() and a.exception() is not None]
+            if failed:
+                raise failed[0].exception()
+            await asyncio.sleep(0.02)
+    finally:
+        for agent in agents:
+            agent.cancel()
+        await asyncio.gather(*agents, return_exceptions=True)
+
+
+def measure(nodes: int) -> dict:
+    tally = Tally()
+    with ServiceProcess({"boot_delay": "0"}, with_agents=True) as service:
+        client = service.client()
+        add_capacity(client, nodes)
+        cpu_before = service.cpu_seconds()
+        launched = time.monotonic()
+        created = client.post("/v1/clusters", json={"document": slurm_like_document(nodes - 1)})
+        created.raise_for_status()
+        asyncio.run(_swarm(service, nodes, tally))
+        all_ready = max(tally.ready_at.values())
+        cpu = service.cpu_seconds() - cpu_before
+        state = client.get(f"/v1/clusters/{created.json()['id']}").json()["state"]
+        memory = service.peak_memory_mib()
+        client.close()
+    latencies = sorted(tally.latencies)
+    return {
+        "nodes": nodes,
+        "cluster_state": state,
+        "launch_to_first_register_s": tally.first_register - launched,
+        "first_register_to_all_ready_s": all_ready - tally.first_register,
+        "last_registration_to_all_ready_s": all_ready - tally.last_registered,
+        "requests_per_node": tally.requests / nodes,
+        "holds_per_node": tally.holds / nodes,
+        "follow_wakes_per_node": tally.follow_wakes / nodes,
+        "service_cpu_s": cpu,
+        "service_cpu_ms_per_node": cpu * 1000 / nodes,
+        "latency_p50_ms": statistics.median(latencies) * 1000,
+        "latency_p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "service_peak_memory_mib": memory,
+    }
+
+
+def run(sizes: tuple[int, ...] = SIZES) -> Section:
+    results = [measure(n) for n in sizes]
+    section = Section(
+        title="Broker: N simulated agents",
+        method=(
+            "`bench/broker_swarm.py`. A real `corral serve` process (SQLite, fake backend "
+            "with `bootstrap_dir`) launches one cluster of the base-cluster shape: 1 "
+            "controller and N-1 workers that require it `ready`. For every bootstrap "
+            "document the backend writes, an asyncio agent (httpx, one TLS connection "
+            "per agent, the broker's certificate pinned as CA) registers (the reply "
+            "carries its first view), long-polls `/context` until satisfied, reports "
+            "`configure` running and ok and `node` ready, then keeps following its "
+            "view until all N nodes are ready. "
+            "Requests per node count register, reports and context requests that are "
+            "answered at once; long-polls sent to wait (`since` > 0) are counted apart "
+            "as holds. Service CPU is user+system time of the service process from "
+            "the launch request until the last node is ready (engine and API "
+            "included, so it is an upper bound for the broker). Latency is of the "
+            "requests answered at once, seen by the agents."
+        ),
+        raw={"runs": results},
+    )
+    for r in results:
+        n = r["nodes"]
+        section.add(
+            f"N={n}: first registration to all ready", r["first_register_to_all_ready_s"], "s"
+        )
+        last = r["last_registration_to_all_ready_s"]
+        section.add(f"N={n}: last registration to all ready", last, "s", "< 5 s", last < 5)
+        per_node = r["requests_per_node"]
+        section.add(f"N={n}: requests per node (holds apart)", per_node, "", "<= 4", per_node <= 4)
+        section.add(f"N={n}: long-poll holds per node", r["holds_per_node"], "")
+        section.add(f"N={n}: follow wake-ups per node", r["follow_wakes_per_node"], "")
+        cpu = r["service_cpu_ms_per_node"]
+        section.add(f"N={n}: service CPU per node", cpu, "ms", "<= 2 ms", cpu <= 2)
+        section.add(f"N={n}: request latency p50", r["latency_p50_ms"], "ms")
+        section.add(f"N={n}: request latency p99", r["latency_p99_ms"], "ms")
+        section.add(f"N={n}: service peak memory", r["service_peak_memory_mib"], "MiB")
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        growth = large["service_cpu_ms_per_node"] / small["service_cpu_ms_per_node"]
+        section.add(
+            f"CPU per node, N={large['nodes']} / N={small['nodes']}",
+            growth,
+            "x",
+            "not rising (<= 1.2x)",
+            growth <= 1.2,
+        )
+    return section
+
+
+if __name__ == "__main__":
+    import sys
+
+    sizes = tuple(int(a) for a in sys.argv[1:]) or SIZES
+    for figure in run(sizes).figures:
+        print(f"{figure.measure:55} {figure.shown():>12}  {figure.target}")

@@ -1,0 +1,172 @@
+"""One cluster's membership, read once and shared by every view built from it.
+
+Views are built from a snapshot of the cluster's nodes rather than from the store, so a
+burst of N long-polls costs one read of the cluster, not N. A snapshot is a consistent
+point in time: a view built from an old one is still true of its version, and the node
+is woken again for whatever changed after it.
+
+Each group's view has its own version: the cluster's context version at which something
+that group's nodes act on last changed. While a group is blocked that is only what it
+is blocked on; once satisfied it is also who its peers are (the providers of the roles it
+requires, the nodes that require a role it provides) and their addresses and keys, and
+the cluster's host names. A node is therefore never woken by another node's state
+changing, and a blocked node is woken only when it may go on: launching N nodes costs
+O(N) wake-ups, not one per node per change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+
+from corral.broker.schemas import HostEntry, Member
+from corral.broker.views import REGISTERED, blocked_by_group, live_providers
+from corral.document import ClusterDocument
+from corral.lifecycle import NodeState
+from corral.store.models import Cluster, ClusterSecret, Workspace
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What other nodes learn of one node."""
+
+    id: str
+    name: str
+    group: str
+    state: str
+    address: str | None
+    hostname: str | None
+    ssh_host_keys: tuple[str, ...]
+
+    def member(self) -> Member:
+        return Member(
+            name=self.name,
+            group=self.group,
+            address=self.address,
+            hostname=self.hostname,
+            ssh_host_keys=list(self.ssh_host_keys),
+            state=self.state,
+        )
+
+
+@dataclass
+class Snapshot:
+    cluster_id: str
+    version: int  # the cluster's context version when it was read
+    owner: str
+    doc: ClusterDocument
+    secret: ClusterSecret
+    blocked: dict[str, list[str]]  # group -> roles it still waits for
+    peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
+    hosts: list[HostEntry]  # every registered node with an address, for /etc/hosts
+    group_versions: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+def peer_of(ws: Workspace) -> Peer:
+    return Peer(
+        id=ws.id,
+        name=ws.name,
+        group=ws.group,
+        state=ws.state,
+        address=ws.address,
+        hostname=ws.hostname,
+        ssh_host_keys=tuple(json.loads(ws.ssh_host_keys or "[]")),
+    )
+
+
+def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
+    """For each group, the groups it deals with: providers of its needs, and its consumers."""
+    providers: dict[str, set[str]] = {}
+    for g in doc.nodes:
+        for role in g.provides:
+            providers.setdefault(role, set()).add(g.group)
+    related: dict[str, set[str]] = {g.group: set() for g in doc.nodes}
+    for g in doc.nodes:
+        for need in g.requires:
+            for provider in providers.get(need.role, ()):
+                related[g.group].add(provider)
+                related[provider].add(g.group)
+    return related
+
+
+def _digest(blocked: list[str], peers: list[Peer], hosts: list[HostEntry]) -> str:
+    if blocked:  # a blocked node acts only on becoming unblocked
+        relevant: object = ["blocked", blocked]
+    else:
+        relevant = [
+            [[p.name, p.address, p.hostname, list(p.ssh_host_keys)] for p in peers],
+            [[h.name, h.address] for h in hosts],
+        ]
+    return hashlib.sha256(json.dumps(relevant).encode()).hexdigest()
+
+
+def read_snapshot(cluster: Cluster, doc: ClusterDocument, secret: ClusterSecret) -> Snapshot:
+    nodes = [peer_of(w) for w in cluster.workspaces]
+    blocked = blocked_by_group(doc, live_providers(nodes, doc))
+    by_group: dict[str, list[Peer]] = {}
+    hosts = []
+    for p in sorted(nodes, key=lambda p: p.name):
+        if NodeState(p.state) in REGISTERED:
+            by_group.setdefault(p.group, []).append(p)
+            if p.address:
+                hosts.append(HostEntry(name=p.name, address=p.address))
+    peers = {
+        group: sorted((p for g in related for p in by_group.get(g, [])), key=lambda p: p.name)
+        for group, related in _peer_groups(doc).items()
+    }
+    return Snapshot(
+        cluster_id=cluster.id,
+        version=cluster.context_version,
+        owner=cluster.owner.name,
+        doc=doc,
+        secret=secret,
+        blocked=blocked,
+        peers=peers,
+        hosts=hosts,
+    )
+
+
+class Snapshots:
+    """The latest snapshot of each cluster, re-read only when `refresh` is called."""
+
+    def __init__(self, store, documents) -> None:
+        self.store = store
+        self.documents = documents
+        self._latest: dict[str, Snapshot] = {}
+        self._lock = threading.Lock()
+
+    def get(self, cluster_id: str) -> Snapshot:
+        """The latest snapshot (read now if there is none yet)."""
+        snapshot = self._latest.get(cluster_id)
+        return snapshot if snapshot is not None else self._read(cluster_id)[0]
+
+    def latest(self, cluster_id: str) -> Snapshot | None:
+        """The latest snapshot if there is one, without reading the store."""
+        return self._latest.get(cluster_id)
+
+    def refresh(self, cluster_id: str) -> set[str]:
+        """Re-read the cluster; returns the groups whose views changed since the last read."""
+        return self._read(cluster_id)[1]
+
+    def _read(self, cluster_id: str) -> tuple[Snapshot, set[str]]:
+        with self._lock, self.store.session() as session:
+            cluster = session.get(Cluster, cluster_id)
+            snapshot = read_snapshot(
+                cluster, self.documents.of(cluster), session.get(ClusterSecret, cluster_id)
+            )
+            previous = self._latest.get(cluster_id)
+            changed = set()
+            for group, blocked in snapshot.blocked.items():
+                digest = _digest(blocked, snapshot.peers[group], snapshot.hosts)
+                snapshot.digests[group] = digest
+                if previous is not None and previous.digests.get(group) == digest:
+                    snapshot.group_versions[group] = previous.group_versions[group]
+                else:
+                    snapshot.group_versions[group] = snapshot.version
+                    changed.add(group)
+            if previous is None or previous.version <= snapshot.version:
+                self._latest[cluster_id] = snapshot
+            return snapshot, changed
