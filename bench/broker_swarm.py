@@ -14,6 +14,7 @@ import asyncio
 import json
 import ssl
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -120,17 +121,23 @@ async def _swarm(service: ServiceProcess, nodes: int, tally: Tally) -> None:
 
 def measure(nodes: int) -> dict:
     tally = Tally()
-    with ServiceProcess({"boot_delay": "0"}, with_agents=True) as service:
+    with ServiceProcess({"boot_delay": "0", "state_file": ""}, with_agents=True) as service:
         client = service.client()
         add_capacity(client, nodes)
         cpu_before = service.cpu_seconds()
         launched = time.monotonic()
         created = client.post("/v1/clusters", json={"document": slurm_like_document(nodes - 1)})
         created.raise_for_status()
-        asyncio.run(_swarm(service, nodes, tally))
+        cluster_id = created.json()["id"]
+        try:
+            asyncio.run(_swarm(service, nodes, tally))
+        except Exception:
+            failure = client.get(f"/v1/clusters/{cluster_id}").json()["failure"]
+            print(f"cluster {cluster_id} failed: {failure}", file=sys.stderr)
+            raise
         all_ready = max(tally.ready_at.values())
         cpu = service.cpu_seconds() - cpu_before
-        state = client.get(f"/v1/clusters/{created.json()['id']}").json()["state"]
+        state = client.get(f"/v1/clusters/{cluster_id}").json()["state"]
         memory = service.peak_memory_mib()
         client.close()
     latencies = sorted(tally.latencies)
@@ -159,7 +166,8 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
             "`bench/broker_swarm.py`. A real `corral serve` process (SQLite, fake backend "
             "with `bootstrap_dir`) launches one cluster of the base-cluster shape: 1 "
             "controller and N-1 workers that require it `ready`. For every bootstrap "
-            "document the backend writes, an asyncio agent (httpx, one TLS connection "
+            "document the backend writes (its machines kept in memory only), an "
+            "asyncio agent (httpx, one TLS connection "
             "per agent, the broker's certificate pinned as CA) registers (the reply "
             "carries its first view), long-polls `/context` until satisfied, reports "
             "`configure` running and ok and `node` ready, then keeps following its "
@@ -203,8 +211,6 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
 
 
 if __name__ == "__main__":
-    import sys
-
     sizes = tuple(int(a) for a in sys.argv[1:]) or SIZES
     for figure in run(sizes).figures:
         print(f"{figure.measure:55} {figure.shown():>12}  {figure.target}")

@@ -25,7 +25,7 @@ def _wait_ready(client, cluster_id: str, timeout: float = 300) -> None:
 
 
 def run() -> Section:
-    with ServiceProcess({"boot_delay": "0"}) as service:
+    with ServiceProcess({"boot_delay": "0", "state_file": ""}) as service:
         client = service.client()
         add_capacity(client, NODES)
         created = client.post("/v1/clusters", json={"document": slurm_like_document(NODES - 1)})

@@ -103,7 +103,7 @@ class FakeBackend(Backend):
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> FakeBackend:
-        """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH,
+        """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH (empty: none),
         agent_image=DIR (run the agent on a copy of DIR per machine), bootstrap_dir=DIR
         (write each machine's bootstrap document there for agents run elsewhere).
 
@@ -118,7 +118,9 @@ class FakeBackend(Backend):
         for item in filter(None, options.pop("fail", "").split(",")):
             pattern, _, mode = item.partition(":")
             fail[pattern] = mode or "boot"
-        state_file = Path(options.pop("state_file", data_dir / "fake-machines.json"))
+        # an empty state_file keeps machines in memory only: they end with the service
+        state_path = options.pop("state_file", str(data_dir / "fake-machines.json"))
+        state_file = Path(state_path) if state_path else None
         agent_image = options.pop("agent_image", None)
         bootstrap_dir = options.pop("bootstrap_dir", None)
         if options:

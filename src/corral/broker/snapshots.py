@@ -21,6 +21,9 @@ import json
 import threading
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from corral.broker.schemas import HostEntry, Member
 from corral.broker.views import REGISTERED, blocked_by_group, live_providers
 from corral.document import ClusterDocument
@@ -77,6 +80,23 @@ def peer_of(ws: Workspace) -> Peer:
     )
 
 
+_PEER_COLUMNS = (
+    Workspace.id,
+    Workspace.name,
+    Workspace.group,
+    Workspace.state,
+    Workspace.address,
+    Workspace.hostname,
+    Workspace.ssh_host_keys,
+)
+
+
+def _peers(session: Session, cluster_id: str) -> list[Peer]:
+    """The cluster's nodes as plain rows: a snapshot is read often, so no ORM objects."""
+    rows = session.execute(select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id))
+    return [Peer(*row[:6], tuple(json.loads(row[6] or "[]"))) for row in rows]
+
+
 def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
     """For each group, the groups it deals with: providers of its needs, and its consumers."""
     providers: dict[str, set[str]] = {}
@@ -103,8 +123,9 @@ def _digest(blocked: list[str], peers: list[Peer], hosts: list[HostEntry]) -> st
     return hashlib.sha256(json.dumps(relevant).encode()).hexdigest()
 
 
-def read_snapshot(cluster: Cluster, doc: ClusterDocument, secret: ClusterSecret) -> Snapshot:
-    nodes = [peer_of(w) for w in cluster.workspaces]
+def read_snapshot(
+    cluster: Cluster, nodes: list[Peer], doc: ClusterDocument, secret: ClusterSecret
+) -> Snapshot:
     blocked = blocked_by_group(doc, live_providers(nodes, doc))
     by_group: dict[str, list[Peer]] = {}
     hosts = []
@@ -155,7 +176,10 @@ class Snapshots:
         with self._lock, self.store.session() as session:
             cluster = session.get(Cluster, cluster_id)
             snapshot = read_snapshot(
-                cluster, self.documents.of(cluster), session.get(ClusterSecret, cluster_id)
+                cluster,
+                _peers(session, cluster_id),
+                self.documents.of(cluster),
+                session.get(ClusterSecret, cluster_id),
             )
             previous = self._latest.get(cluster_id)
             changed = set()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -36,6 +37,8 @@ from corral.store.models import Cluster, Workspace, utcnow
 from corral.units import format_duration
 
 log = logging.getLogger(__name__)
+
+MIN_TICK_GAP_SECONDS = 0.1
 
 _IN_PROGRESS = {
     NodeState.PENDING,
@@ -108,12 +111,17 @@ class Engine:
             future.result(timeout=timeout)
 
     def _loop(self) -> None:
+        # pokes come with every registration and report; during a launch of N nodes they
+        # would make N ticks of N nodes each, so ticks keep at least this gap between them
+        gap = min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds)
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self.tick()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("engine tick failed; retrying next tick")
             self._wake.wait(self.config.tick_seconds)
+            self._stop.wait(max(0.0, started + gap - time.monotonic()))
             self._wake.clear()
 
     def tick(self) -> None:
@@ -388,7 +396,9 @@ class Engine:
     def _set_node(
         self, workspace_id: str, expect: NodeState, target: NodeState, reason: str
     ) -> None:
-        with self.store.session() as session:
+        # under the decision lock: a node's agent may register (booting -> registered)
+        # between this read and this write, which would then undo its registration
+        with self.decisions, self.store.session() as session:
             ws = session.get(Workspace, workspace_id)
             if ws is not None and ws.state == expect.value:
                 move_node(session, ws, target, reason)
