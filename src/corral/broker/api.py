@@ -111,7 +111,7 @@ async def context(
         remaining = deadline - time.monotonic()
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
-            return await run_in_threadpool(_view, service, snapshot, me)
+            return await run_in_threadpool(_view, service, snapshot, me, credential)
         await service.notifier.wait(waiters, remaining)
 
 
@@ -121,8 +121,9 @@ def _whoami(service: Service, credential: str | None) -> tuple[Peer, str]:
         return peer_of(ws), ws.cluster_id
 
 
-def _view(service: Service, snapshot: Snapshot, me: Peer) -> ContextView:
+def _view(service: Service, snapshot: Snapshot, me: Peer, credential: str | None) -> ContextView:
     with service.store.session() as session:
+        node_for_credential(session, credential)  # still live after a long hold
         return build_view(snapshot, me, session.get(NodeSecret, me.id))
 
 
