@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.broker.schemas import HostEntry, Member
-from corral.broker.views import REGISTERED, blocked_by_group, live_providers
+from corral.broker.views import REGISTERED, blocked_by_group, live_providers, provider_groups
 from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
 from corral.store.models import Cluster, ClusterSecret, Workspace
@@ -68,18 +69,6 @@ class Snapshot:
     digests: dict[str, str] = field(default_factory=dict)
 
 
-def peer_of(ws: Workspace) -> Peer:
-    return Peer(
-        id=ws.id,
-        name=ws.name,
-        group=ws.group,
-        state=ws.state,
-        address=ws.address,
-        hostname=ws.hostname,
-        ssh_host_keys=tuple(json.loads(ws.ssh_host_keys or "[]")),
-    )
-
-
 _PEER_COLUMNS = (
     Workspace.id,
     Workspace.name,
@@ -91,18 +80,25 @@ _PEER_COLUMNS = (
 )
 
 
+def _peer(values: Sequence) -> Peer:
+    """A peer from the values of _PEER_COLUMNS, in that order."""
+    *fields, keys = values
+    return Peer(*fields, tuple(json.loads(keys or "[]")))
+
+
+def peer_of(ws: Workspace) -> Peer:
+    return _peer([getattr(ws, column.key) for column in _PEER_COLUMNS])
+
+
 def _peers(session: Session, cluster_id: str) -> list[Peer]:
     """The cluster's nodes as plain rows: a snapshot is read often, so no ORM objects."""
     rows = session.execute(select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id))
-    return [Peer(*row[:6], tuple(json.loads(row[6] or "[]"))) for row in rows]
+    return [_peer(row) for row in rows]
 
 
 def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
     """For each group, the groups it deals with: providers of its needs, and its consumers."""
-    providers: dict[str, set[str]] = {}
-    for g in doc.nodes:
-        for role in g.provides:
-            providers.setdefault(role, set()).add(g.group)
+    providers = provider_groups(doc)
     related: dict[str, set[str]] = {g.group: set() for g in doc.nodes}
     for g in doc.nodes:
         for need in g.requires:

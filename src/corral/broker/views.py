@@ -48,7 +48,7 @@ def build_view(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> 
     known = peers if any(p.id == me.id for p in peers) else sorted([*peers, me], key=_name)
     blocked = snapshot.blocked[me.group]
     satisfied = not blocked
-    provided_by = {role: {g.group for g in doc.nodes if role in g.provides} for role in _roles(doc)}
+    provided_by = provider_groups(doc)
     return ContextView(
         version=snapshot.group_versions[me.group],
         cluster=snapshot.cluster_id,
@@ -59,7 +59,7 @@ def build_view(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> 
         satisfied=satisfied,
         blocked_on=blocked,
         roles={
-            need.role: [p.member() for p in peers if p.group in provided_by[need.role]]
+            need.role: [p.member() for p in peers if p.group in provided_by.get(need.role, [])]
             for need in group.requires
         },
         members=[p.member() for p in known],
@@ -81,16 +81,18 @@ def _name(peer: Peer) -> str:
     return peer.name
 
 
-def _roles(doc: ClusterDocument) -> set[str]:
-    return {need.role for g in doc.nodes for need in g.requires}
-
-
-def live_providers(nodes: Iterable[Node], doc: ClusterDocument) -> dict[str, list[Node]]:
-    """Each role's providers that may still provide it, in one pass over the nodes."""
+def provider_groups(doc: ClusterDocument) -> dict[str, list[str]]:
+    """Each role the document's groups provide, with those groups in document order."""
     provided_by: dict[str, list[str]] = {}
     for g in doc.nodes:
         for role in g.provides:
             provided_by.setdefault(role, []).append(g.group)
+    return provided_by
+
+
+def live_providers(nodes: Iterable[Node], doc: ClusterDocument) -> dict[str, list[Node]]:
+    """Each role's providers that may still provide it, in one pass over the nodes."""
+    provided_by = provider_groups(doc)
     by_group: dict[str, list[Node]] = {}
     for w in nodes:
         if NodeState(w.state) not in GONE:
