@@ -336,6 +336,36 @@ def test_stopping_the_service_answers_held_long_polls_instead_of_dropping_them(
     assert answers[0].json()["version"] == version  # nothing changed; the agent asks again
 
 
+def test_a_destroyed_clusters_credentials_are_refused_even_during_a_held_long_poll(
+    agent_service,
+):
+    service = agent_service()
+    client, cluster_id = launch_ready(service)
+    credential = (node_roots(service)["worker-0"] / "var/lib/corral/credential").read_text()
+    headers = {"Authorization": f"Bearer {credential.strip()}"}
+    with broker_client(service) as broker:
+        version = broker.get("/context", headers=headers).json()["version"]
+        assert service.known_nodes.cached(credential.strip()) is not None
+        answers: list[httpx.Response] = []
+        params = {"since": version, "wait": 30}
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                broker.get("/context", params=params, headers=headers, timeout=60)
+            )
+        )
+        poll.start()
+        time.sleep(1)  # let the request reach the broker and wait there
+        client.delete(f"/v1/clusters/{cluster_id}")
+        poll.join(timeout=60)
+        assert answers and answers[0].status_code == 401, answers
+        assert "terminat" in answers[0].json()["message"]
+        wait_for(lambda: state(client, cluster_id) == "terminated")
+        # the broker lets go of a terminated cluster's nodes, and reads the store again
+        wait_for(lambda: service.known_nodes.cached(credential.strip()) is None)
+        later = broker.get("/context", headers=headers)
+        assert later.status_code == 401 and "terminated" in later.json()["message"]
+
+
 def test_running_the_agent_again_leaves_every_file_byte_identical(agent_service):
     service = agent_service()
     client, cluster_id = launch_ready(service)

@@ -19,14 +19,15 @@ from sqlalchemy import select
 
 from corral.broker.credentials import issue_credential, node_for_credential, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
+from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import ContextView, RegisterBody, RegisterReply, ReportBody
 from corral.broker.snapshots import Peer, Snapshot, peer_of
 from corral.broker.views import build_view
-from corral.errors import ConflictError, CorralError
+from corral.errors import AuthError, ConflictError, CorralError
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
-from corral.store.models import ClusterSecret, NodeSecret, Report, Workspace, utcnow
+from corral.store.models import ClusterSecret, Report, Workspace, utcnow
 
 if TYPE_CHECKING:
     from corral.service.app import Service
@@ -49,11 +50,12 @@ def create_broker_app(service: Service) -> FastAPI:
     return app
 
 
-def _service(request: Request) -> Any:
+# async, so that FastAPI runs them on the event loop rather than a worker thread each
+async def _service(request: Request) -> Any:
     return request.app.state.service
 
 
-def _credential(authorization: Annotated[str | None, Header()] = None) -> str | None:
+async def _credential(authorization: Annotated[str | None, Header()] = None) -> str | None:
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
     return None
@@ -87,6 +89,7 @@ def register(body: RegisterBody, service: Svc) -> RegisterReply:
         credential = issue_credential(ws)
         move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
         me = peer_of(ws)
+    service.known_nodes.remember(credential, KnownNode(ws.cluster_id, me, node_secret))
     log.info("broker: %s/%s registered", body.cluster, body.node)
     service.engine.poke()
     # the first view comes with the credential, saving every node a request
@@ -102,29 +105,27 @@ async def context(
     wait: Annotated[float, Query(ge=0)] = 0.0,
 ) -> ContextView:
     deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
-    me, cluster_id = await run_in_threadpool(_whoami, service, credential)
+    known = service.known_nodes.cached(credential) or await run_in_threadpool(
+        service.known_nodes.find, credential
+    )
+    me = known.me
     while True:
-        waiters = service.notifier.waiter(cluster_id, me.group)  # before reading: no lost wake
-        snapshot = service.snapshots.latest(cluster_id) or await run_in_threadpool(
-            service.snapshots.get, cluster_id
+        waiters = service.notifier.waiter(known.cluster_id, me.group)  # before reading
+        snapshot = service.snapshots.latest(known.cluster_id) or await run_in_threadpool(
+            service.snapshots.get, known.cluster_id
         )
+        _still_live(snapshot, me)  # also after a long hold
         remaining = deadline - time.monotonic()
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
-            return await run_in_threadpool(_view, service, snapshot, me, credential)
+            return build_view(snapshot, me, known.secret)
         await service.notifier.wait(waiters, remaining)
 
 
-def _whoami(service: Service, credential: str | None) -> tuple[Peer, str]:
-    with service.store.session() as session:
-        ws = node_for_credential(session, credential)
-        return peer_of(ws), ws.cluster_id
-
-
-def _view(service: Service, snapshot: Snapshot, me: Peer, credential: str | None) -> ContextView:
-    with service.store.session() as session:
-        node_for_credential(session, credential)  # still live after a long hold
-        return build_view(snapshot, me, session.get(NodeSecret, me.id))
+def _still_live(snapshot: Snapshot, me: Peer) -> None:
+    state = snapshot.states.get(me.id)  # none yet when it registered after the snapshot
+    if state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
+        raise AuthError(f"node {me.name} is {state}")
 
 
 @router.post("/report")

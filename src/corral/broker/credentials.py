@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from corral.errors import AuthError
 from corral.lifecycle import NodeState
@@ -22,7 +22,8 @@ from corral.store.models import BootstrapToken, Workspace
 MAX_TOKEN_LIFETIME = timedelta(minutes=10)
 
 
-def _digest(secret: str) -> str:
+def secret_digest(secret: str) -> str:
+    """What the store keeps of a token or credential (and what memory is keyed by)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -33,7 +34,7 @@ def issue_bootstrap_token(
     token = "bt_" + secrets.token_urlsafe(32)
     session.add(
         BootstrapToken(
-            token_hash=_digest(token),
+            token_hash=secret_digest(token),
             workspace_id=workspace_id,
             expires_at=now + min(lifetime, MAX_TOKEN_LIFETIME),
         )
@@ -48,7 +49,7 @@ def spend_bootstrap_token(
 
     Raises AuthError, saying which, for an unknown, spent, expired or misdirected token.
     """
-    record = session.get(BootstrapToken, _digest(token)) if token else None
+    record = session.get(BootstrapToken, secret_digest(token)) if token else None
     if record is None:
         raise AuthError("unknown bootstrap token")
     ws = session.get(Workspace, record.workspace_id)
@@ -66,7 +67,7 @@ def spend_bootstrap_token(
 
 def issue_credential(ws: Workspace) -> str:
     credential = "nc_" + secrets.token_urlsafe(32)
-    ws.credential_hash = _digest(credential)
+    ws.credential_hash = secret_digest(credential)
     return credential
 
 
@@ -74,8 +75,13 @@ def node_for_credential(session: Session, credential: str | None) -> Workspace:
     """The workspace a credential acts for; raises AuthError if none or if it has ended."""
     if not credential:
         raise AuthError("no node credential given")
-    digest = _digest(credential)
-    ws = session.scalars(select(Workspace).where(Workspace.credential_hash == digest)).first()
+    digest = secret_digest(credential)
+    query = (
+        select(Workspace)
+        .where(Workspace.credential_hash == digest)
+        .options(joinedload(Workspace.cluster))  # a report moves the node: one read, not two
+    )
+    ws = session.scalars(query).first()
     if ws is None or not hmac.compare_digest(ws.credential_hash or "", digest):
         raise AuthError("unknown node credential")
     if ws.state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from corral.broker.schemas import HostEntry, Member
 from corral.broker.views import REGISTERED, blocked_by_group, live_providers, provider_groups
 from corral.document import ClusterDocument
-from corral.lifecycle import NodeState
+from corral.lifecycle import ClusterState, NodeState
 from corral.store.models import Cluster, ClusterSecret, Workspace
 
 
@@ -65,6 +65,7 @@ class Snapshot:
     blocked: dict[str, list[str]]  # group -> roles it still waits for
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
     hosts: list[HostEntry]  # every registered node with an address, for /etc/hosts
+    states: dict[str, str]  # every node's state, by workspace id
     group_versions: dict[str, int] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
 
@@ -143,15 +144,18 @@ def read_snapshot(
         blocked=blocked,
         peers=peers,
         hosts=hosts,
+        states={p.id: p.state for p in nodes},
     )
 
 
 class Snapshots:
-    """The latest snapshot of each cluster, re-read only when `refresh` is called."""
+    """The latest snapshot of each live cluster, re-read only when `refresh` is called."""
 
-    def __init__(self, store, documents) -> None:
+    def __init__(self, store, documents, on_terminated: Callable[[str], None]) -> None:
+        """`on_terminated(cluster_id)` is called when a read finds the cluster terminated."""
         self.store = store
         self.documents = documents
+        self.on_terminated = on_terminated
         self._latest: dict[str, Snapshot] = {}
         self._lock = threading.Lock()
 
@@ -187,6 +191,9 @@ class Snapshots:
                 else:
                     snapshot.group_versions[group] = snapshot.version
                     changed.add(group)
-            if previous is None or previous.version <= snapshot.version:
+            if cluster.state == ClusterState.TERMINATED.value:
+                self._latest.pop(cluster_id, None)
+                self.on_terminated(cluster_id)
+            elif previous is None or previous.version <= snapshot.version:
                 self._latest[cluster_id] = snapshot
             return snapshot, changed

@@ -21,6 +21,7 @@ from corral.backends.base import Backend, Capability
 from corral.backends.registry import load_backend
 from corral.broker.api import create_broker_app
 from corral.broker.bootstrap import BootstrapIssuer
+from corral.broker.known_nodes import KnownNodes
 from corral.broker.notifier import ContextNotifier
 from corral.broker.pki import load_or_create_broker_identity
 from corral.broker.snapshots import Snapshots
@@ -66,7 +67,8 @@ class Service:
         self.decisions = threading.Lock()
         self._prepare()
         self.documents = DocumentCache()
-        self.snapshots = Snapshots(self.store, self.documents)
+        self.known_nodes = KnownNodes(self.store)
+        self.snapshots = Snapshots(self.store, self.documents, self.known_nodes.forget_cluster)
         self.notifier = ContextNotifier(self.snapshots.refresh)
         self.notifier.watch(self.store.sessions)
         broker_host, _ = split_listen(config.broker_listen)

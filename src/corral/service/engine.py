@@ -39,6 +39,9 @@ from corral.units import format_duration
 log = logging.getLogger(__name__)
 
 MIN_TICK_GAP_SECONDS = 0.1
+# a tick reads every live node; spacing ticks by this many times the last one's length
+# keeps the engine to a fifth of a core however many nodes there are
+TICK_SPACING = 4
 
 _IN_PROGRESS = {
     NodeState.PENDING,
@@ -112,16 +115,18 @@ class Engine:
 
     def _loop(self) -> None:
         # pokes come with every registration and report; during a launch of N nodes they
-        # would make N ticks of N nodes each, so ticks keep at least this gap between them
-        gap = min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds)
+        # would make N ticks of N nodes each, so ticks keep a gap that grows with their cost
+        least_gap = min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds)
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.tick()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("engine tick failed; retrying next tick")
+            took = time.monotonic() - started
             self._wake.wait(self.config.tick_seconds)
-            self._stop.wait(max(0.0, started + gap - time.monotonic()))
+            gap = max(least_gap, TICK_SPACING * took)
+            self._stop.wait(max(0.0, started + took + gap - time.monotonic()))
             self._wake.clear()
 
     def tick(self) -> None:

@@ -85,6 +85,7 @@ def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reaso
     if target is ClusterState.FAILED:
         cluster.failure = reason
     record(session, cluster, "state", reason, current.value, target.value)
+    bump_context(session, cluster)  # the broker re-reads it, and lets go of it once terminated
     log.info("cluster %s (%s): %s -> %s: %s", cluster.id, cluster.name, current, target, reason)
 
 

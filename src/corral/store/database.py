@@ -29,6 +29,9 @@ class Store:
         kwargs: dict[str, object] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            # room for every API and broker worker thread: a connection made and dropped
+            # per request would cost more than the request's own queries
+            kwargs["pool_size"] = 48
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
