@@ -16,11 +16,11 @@ O(N) wake-ups, not one per node per change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from corral.broker.schemas import HostEntry, Member
 from corral.broker.views import REGISTERED, blocked_by_group, live_providers, provider_groups
 from corral.document import ClusterDocument
-from corral.lifecycle import ClusterState, NodeState
+from corral.lifecycle import ClusterState
 from corral.store.models import Cluster, ClusterSecret, Workspace
 
 
@@ -43,6 +43,11 @@ class Peer:
     address: str | None
     hostname: str | None
     ssh_host_keys: tuple[str, ...]
+
+    @property
+    def seen_as(self) -> tuple:
+        """What a peer's view holds of this node and acts on (not its state)."""
+        return (self.name, self.address, self.hostname, self.ssh_host_keys)
 
     def member(self) -> Member:
         return Member(
@@ -67,7 +72,7 @@ class Snapshot:
     hosts: list[HostEntry]  # every registered node with an address, for /etc/hosts
     states: dict[str, str]  # every node's state, by workspace id
     group_versions: dict[str, int] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
 
 
 _PEER_COLUMNS = (
@@ -81,6 +86,7 @@ _PEER_COLUMNS = (
 )
 
 
+@lru_cache(maxsize=1 << 14)  # a cluster is re-read often; most of its rows are as before
 def _peer(values: Sequence) -> Peer:
     """A peer from the values of _PEER_COLUMNS, in that order."""
     *fields, keys = values
@@ -88,13 +94,13 @@ def _peer(values: Sequence) -> Peer:
 
 
 def peer_of(ws: Workspace) -> Peer:
-    return _peer([getattr(ws, column.key) for column in _PEER_COLUMNS])
+    return _peer(tuple(getattr(ws, column.key) for column in _PEER_COLUMNS))
 
 
 def _peers(session: Session, cluster_id: str) -> list[Peer]:
     """The cluster's nodes as plain rows: a snapshot is read often, so no ORM objects."""
     rows = session.execute(select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id))
-    return [_peer(row) for row in rows]
+    return [_peer(tuple(row)) for row in rows]
 
 
 def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
@@ -109,15 +115,11 @@ def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
     return related
 
 
-def _digest(blocked: list[str], peers: list[Peer], hosts: list[HostEntry]) -> str:
+def _seen(blocked: list[str], peers: list[Peer], hosts: tuple) -> tuple:
+    """What a group's nodes act on: a change of it is what wakes them."""
     if blocked:  # a blocked node acts only on becoming unblocked
-        relevant: object = ["blocked", blocked]
-    else:
-        relevant = [
-            [[p.name, p.address, p.hostname, list(p.ssh_host_keys)] for p in peers],
-            [[h.name, h.address] for h in hosts],
-        ]
-    return hashlib.sha256(json.dumps(relevant).encode()).hexdigest()
+        return ("blocked", tuple(blocked))
+    return (tuple(p.seen_as for p in peers), hosts)
 
 
 def read_snapshot(
@@ -127,7 +129,7 @@ def read_snapshot(
     by_group: dict[str, list[Peer]] = {}
     hosts = []
     for p in sorted(nodes, key=lambda p: p.name):
-        if NodeState(p.state) in REGISTERED:
+        if p.state in REGISTERED:
             by_group.setdefault(p.group, []).append(p)
             if p.address:
                 hosts.append(HostEntry(name=p.name, address=p.address))
@@ -183,10 +185,11 @@ class Snapshots:
             )
             previous = self._latest.get(cluster_id)
             changed = set()
+            hosts = tuple((h.name, h.address) for h in snapshot.hosts)
             for group, blocked in snapshot.blocked.items():
-                digest = _digest(blocked, snapshot.peers[group], snapshot.hosts)
-                snapshot.digests[group] = digest
-                if previous is not None and previous.digests.get(group) == digest:
+                seen = _seen(blocked, snapshot.peers[group], hosts)
+                snapshot.seen[group] = seen
+                if previous is not None and previous.seen.get(group) == seen:
                     snapshot.group_versions[group] = previous.group_versions[group]
                 else:
                     snapshot.group_versions[group] = snapshot.version

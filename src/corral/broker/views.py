@@ -95,7 +95,7 @@ def live_providers(nodes: Iterable[Node], doc: ClusterDocument) -> dict[str, lis
     provided_by = provider_groups(doc)
     by_group: dict[str, list[Node]] = {}
     for w in nodes:
-        if NodeState(w.state) not in GONE:
+        if w.state not in GONE:  # states are StrEnums: a plain string compares as its state
             by_group.setdefault(w.group, []).append(w)
     return {
         role: [w for group in groups for w in by_group.get(group, [])]
@@ -117,7 +117,7 @@ def blocked_by_group(
                 enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
                 role_providers = providers.get(need.role, [])
                 met[key] = bool(role_providers) and all(
-                    NodeState(w.state) in enough for w in role_providers
+                    w.state in enough for w in role_providers
                 )
             if not met[key]:
                 blocked[g.group].append(need.role)
