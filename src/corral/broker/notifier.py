@@ -65,6 +65,10 @@ class ContextNotifier:
             return
         loop.call_soon_threadsafe(self._schedule, cluster_id)
 
+    def forget(self, cluster_id: str) -> None:
+        """Drop what is kept of a cluster that has ended."""
+        self._refresh_seconds.pop(cluster_id, None)
+
     def waiter(self, cluster_id: str, group: str) -> asyncio.Event:
         """The event set at the next change of `group`'s view; take it before reading."""
         key = (cluster_id, group)

@@ -116,9 +116,7 @@ def blocked_by_group(
             if key not in met:
                 enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
                 role_providers = providers.get(need.role, [])
-                met[key] = bool(role_providers) and all(
-                    w.state in enough for w in role_providers
-                )
+                met[key] = bool(role_providers) and all(w.state in enough for w in role_providers)
             if not met[key]:
                 blocked[g.group].append(need.role)
     return blocked

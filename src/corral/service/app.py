@@ -68,7 +68,7 @@ class Service:
         self._prepare()
         self.documents = DocumentCache()
         self.known_nodes = KnownNodes(self.store)
-        self.snapshots = Snapshots(self.store, self.documents, self.known_nodes.forget_cluster)
+        self.snapshots = Snapshots(self.store, self.documents, self._forget_cluster)
         self.notifier = ContextNotifier(self.snapshots.refresh)
         self.notifier.watch(self.store.sessions)
         broker_host, _ = split_listen(config.broker_listen)
@@ -93,6 +93,11 @@ class Service:
         )
         self.app = create_app(self)
         self.broker_app = create_broker_app(self)
+
+    def _forget_cluster(self, cluster_id: str) -> None:
+        """The broker found the cluster terminated: let go of what it kept in memory."""
+        self.known_nodes.forget_cluster(cluster_id)
+        self.notifier.forget(cluster_id)
 
     def start(self) -> None:
         self.engine.start()
