@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -306,31 +307,11 @@ def test_stopping_the_service_answers_held_long_polls_instead_of_dropping_them(
     agent_service, make_service
 ):
     service = agent_service()
-    _, cluster_id = launch_ready(service)
-    credential = (node_roots(service)["worker-0"] / "var/lib/corral/credential").read_text()
-    headers = {"Authorization": f"Bearer {credential.strip()}"}
+    launch_ready(service)
+    headers = {"Authorization": f"Bearer {_worker_credential(service)}"}
     with broker_client(service) as broker:
         version = broker.get("/context", headers=headers).json()["version"]
-        answers: list[httpx.Response | Exception] = []
-
-        def hold() -> None:
-            try:
-                answers.append(
-                    broker.get(
-                        "/context",
-                        params={"since": version, "wait": 25},
-                        headers=headers,
-                        timeout=60,
-                    )
-                )
-            except httpx.HTTPError as exc:
-                answers.append(exc)
-
-        poll = threading.Thread(target=hold)
-        poll.start()
-        time.sleep(1)  # let the request reach the broker and wait there
-        make_service.stop(service)
-        poll.join(timeout=60)
+        answers = _hold_long_poll(broker, headers, version, lambda: make_service.stop(service))
     assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
     assert answers[0].status_code == 200
     assert answers[0].json()["version"] == version  # nothing changed; the agent asks again
@@ -341,29 +322,46 @@ def test_a_destroyed_clusters_credentials_are_refused_even_during_a_held_long_po
 ):
     service = agent_service()
     client, cluster_id = launch_ready(service)
-    credential = (node_roots(service)["worker-0"] / "var/lib/corral/credential").read_text()
-    headers = {"Authorization": f"Bearer {credential.strip()}"}
+    credential = _worker_credential(service)
+    headers = {"Authorization": f"Bearer {credential}"}
     with broker_client(service) as broker:
         version = broker.get("/context", headers=headers).json()["version"]
-        assert service.known_nodes.cached(credential.strip()) is not None
-        answers: list[httpx.Response] = []
-        params = {"since": version, "wait": 30}
-        poll = threading.Thread(
-            target=lambda: answers.append(
-                broker.get("/context", params=params, headers=headers, timeout=60)
-            )
+        assert service.known_nodes.cached(credential) is not None
+        answers = _hold_long_poll(
+            broker, headers, version, lambda: client.delete(f"/v1/clusters/{cluster_id}")
         )
-        poll.start()
-        time.sleep(1)  # let the request reach the broker and wait there
-        client.delete(f"/v1/clusters/{cluster_id}")
-        poll.join(timeout=60)
         assert answers and answers[0].status_code == 401, answers
         assert "terminat" in answers[0].json()["message"]
         wait_for(lambda: state(client, cluster_id) == "terminated")
         # the broker lets go of a terminated cluster's nodes, and reads the store again
-        wait_for(lambda: service.known_nodes.cached(credential.strip()) is None)
+        wait_for(lambda: service.known_nodes.cached(credential) is None)
         later = broker.get("/context", headers=headers)
         assert later.status_code == 401 and "terminated" in later.json()["message"]
+
+
+def _worker_credential(service) -> str:
+    return (node_roots(service)["worker-0"] / "var/lib/corral/credential").read_text().strip()
+
+
+def _hold_long_poll(
+    broker: httpx.Client, headers: dict[str, str], since: int, meanwhile: Callable[[], object]
+) -> list[httpx.Response | Exception]:
+    """Hold a long poll of /context past `since`, run `meanwhile` as it waits; its answer."""
+    answers: list[httpx.Response | Exception] = []
+
+    def hold() -> None:
+        try:
+            params = {"since": since, "wait": 30}
+            answers.append(broker.get("/context", params=params, headers=headers, timeout=60))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    poll = threading.Thread(target=hold)
+    poll.start()
+    time.sleep(1)  # let the request reach the broker and wait there
+    meanwhile()
+    poll.join(timeout=60)
+    return answers
 
 
 def test_running_the_agent_again_leaves_every_file_byte_identical(agent_service):
