@@ -1,8 +1,9 @@
 """The broker's HTTPS API under /broker/v1: register, context (long-poll), report.
 
 Nodes authenticate with their bootstrap token once, then with their credential. A node
-reads only its own view and reports only for itself. State changes take the service's
-decision lock, as API writes do, so they never race the engine.
+reads only its own view and reports only for itself. Registrations and reports are
+written through the service's group commit (store/group_commit.py): under its decision
+lock, as API writes are, so they never race the engine, and a burst in one transaction.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from corral.broker.credentials import issue_credential, node_for_credential, spend_bootstrap_token
+from corral.broker.credentials import issue_credential, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import ContextView, RegisterBody, RegisterReply, ReportBody
@@ -66,35 +69,39 @@ Credential = Annotated[str | None, Depends(_credential)]
 
 
 @router.post("/register")
-def register(body: RegisterBody, service: Svc) -> RegisterReply:
-    now = utcnow()
-    with service.decisions, service.store.session() as session:
-        ws = spend_bootstrap_token(session, body.token, body.cluster, body.node, now)
-        state = NodeState(ws.state)
-        if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
-            move_node(
-                session, ws, NodeState.BOOTING, "its agent called before the boot was recorded"
-            )
-        elif state is not NodeState.BOOTING:
-            raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
-        secret = session.get(ClusterSecret, ws.cluster_id)
-        try:
-            node_secret = issue_node_secret(secret, ws, body.identity)
-        except ValueError as exc:
-            raise ConflictError(f"node {ws.name}: {exc}") from exc
-        session.merge(node_secret)
-        ws.hostname = body.identity.hostname
-        ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
-        ws.registered_at = now
-        credential = issue_credential(ws)
-        move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
-        me = peer_of(ws)
-    service.known_nodes.remember(credential, KnownNode(ws.cluster_id, me, node_secret))
+async def register(body: RegisterBody, service: Svc) -> RegisterReply:
+    credential, known = await service.writes.write(partial(_register, body))
+    service.known_nodes.remember(credential, known)
     log.info("broker: %s/%s registered", body.cluster, body.node)
     service.engine.poke()
     # the first view comes with the credential, saving every node a request
-    view = build_view(service.snapshots.get(body.cluster), me, node_secret)
+    snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
+        service.snapshots.get, body.cluster
+    )
+    view = build_view(snapshot, known.me, known.secret)
     return RegisterReply(credential=credential, version=view.version, view=view)
+
+
+def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
+    now = utcnow()
+    ws = spend_bootstrap_token(session, body.token, body.cluster, body.node, now)
+    state = NodeState(ws.state)
+    if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
+        move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
+    elif state is not NodeState.BOOTING:
+        raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
+    secret = session.get(ClusterSecret, ws.cluster_id)
+    try:
+        node_secret = issue_node_secret(secret, ws, body.identity)
+    except ValueError as exc:
+        raise ConflictError(f"node {ws.name}: {exc}") from exc
+    session.merge(node_secret)
+    ws.hostname = body.identity.hostname
+    ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
+    ws.registered_at = now
+    credential = issue_credential(ws)
+    move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
+    return credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret)
 
 
 @router.get("/context")
@@ -129,35 +136,52 @@ def _still_live(snapshot: Snapshot, me: Peer) -> None:
 
 
 @router.post("/report")
-def report(body: ReportBody, service: Svc, credential: Credential) -> dict[str, str]:
-    with service.decisions, service.store.session() as session:
-        ws = node_for_credential(session, credential)
-        seen = session.scalars(
-            select(Report.id).where(
-                Report.workspace_id == ws.id,
-                Report.phase == body.phase,
-                Report.role == body.role,
-                Report.version == body.version,
-                Report.state == body.state,
-            )
-        ).first()
-        if seen is None:
-            session.add(
-                Report(
-                    cluster_id=ws.cluster_id,
-                    workspace_id=ws.id,
-                    node=ws.name,
-                    phase=body.phase,
-                    role=body.role,
-                    state=body.state,
-                    exit_code=body.exit_code,
-                    log_tail=body.log_tail,
-                    version=body.version,
-                )
-            )
-            _apply(session, ws, body)
+async def report(body: ReportBody, service: Svc, credential: Credential) -> dict[str, str]:
+    known = service.known_nodes.cached(credential) or await run_in_threadpool(
+        service.known_nodes.find, credential
+    )
+    recorded = await service.writes.write(partial(_record, body, known.me))
     service.engine.poke()
-    return {"status": "recorded" if seen is None else "already recorded"}
+    return {"status": "recorded" if recorded else "already recorded"}
+
+
+def _record(body: ReportBody, me: Peer, session: Session) -> bool:
+    """Store the report and move its node; False if the same report was stored before."""
+    ws = session.get(Workspace, me.id)
+    if ws.state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
+        raise AuthError(f"node {ws.name} is {ws.state}")
+    key = (ws.id, body.phase, body.role, body.version, body.state)
+    in_this_burst = session.info.setdefault("reports", set())
+    if key in in_this_burst or _stored(session, key):
+        return False
+    in_this_burst.add(key)
+    session.add(
+        Report(
+            cluster_id=ws.cluster_id,
+            workspace_id=ws.id,
+            node=ws.name,
+            phase=body.phase,
+            role=body.role,
+            state=body.state,
+            exit_code=body.exit_code,
+            log_tail=body.log_tail,
+            version=body.version,
+        )
+    )
+    _apply(session, ws, body)
+    return True
+
+
+def _stored(session: Session, key: tuple) -> bool:
+    workspace_id, phase, role, version, state = key
+    stored = select(Report.id).where(
+        Report.workspace_id == workspace_id,
+        Report.phase == phase,
+        Report.role == role,
+        Report.version == version,
+        Report.state == state,
+    )
+    return session.scalars(stored).first() is not None
 
 
 def _apply(session, ws: Workspace, body: ReportBody) -> None:

@@ -39,6 +39,7 @@ from corral.service.config import (
 from corral.service.documents import DocumentCache
 from corral.service.engine import Engine
 from corral.store.database import Store
+from corral.store.group_commit import GroupCommit
 from corral.store.models import Cluster, Host, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Service:
             config.backend, config.backend_options, config.data_dir
         )
         self.decisions = threading.Lock()
+        self.writes = GroupCommit(self.store, self.decisions)
         self._prepare()
         self.documents = DocumentCache()
         self.known_nodes = KnownNodes(self.store)
@@ -89,7 +91,7 @@ class Service:
         )
         self.clusters = Clusters(config, self.backend.capabilities)
         self.engine = Engine(
-            self.store, self.backend, config, self.decisions, self.documents, issuer, clock
+            self.store, self.backend, config, self.writes, self.documents, issuer, clock
         )
         self.app = create_app(self)
         self.broker_app = create_broker_app(self)
@@ -105,6 +107,7 @@ class Service:
 
     def stop(self) -> None:
         self.engine.stop()
+        self.writes.stop()
         self.backend.close()
         self.store.close()
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -33,6 +34,7 @@ from corral.service.config import ServiceConfig
 from corral.service.documents import DocumentCache
 from corral.service.transitions import move_cluster, move_node, record
 from corral.store.database import Store
+from corral.store.group_commit import GroupCommit
 from corral.store.models import Cluster, Workspace, utcnow
 from corral.units import format_duration
 
@@ -66,7 +68,7 @@ class Engine:
         store: Store,
         backend: Backend,
         config: ServiceConfig,
-        decisions: threading.Lock,
+        writes: GroupCommit,
         documents: DocumentCache,
         bootstrap: BootstrapIssuer | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -74,8 +76,10 @@ class Engine:
         self.store = store
         self.backend = backend
         self.config = config
-        # held while deciding, and by API writes, so a tick and a request never race
-        self.decisions = decisions
+        # its lock is held while deciding, and by API writes, so a tick and a request
+        # never race; jobs write their results through it
+        self.writes = writes
+        self.decisions = writes.decisions
         self.clock = clock
         self.documents = documents
         # nodes of a backend that runs agents get a bootstrap document, and are ready
@@ -369,11 +373,10 @@ class Engine:
     def _boot_job(self, spec: BootSpec) -> None:
         if self.bootstrap is not None:
             # committed before the machine starts, so its agent always finds its token
-            with self.store.session() as session:
-                ws = session.get(Workspace, spec.workspace_id)
-                if ws is None or ws.state != NodeState.PENDING.value:
-                    return
-                spec = replace(spec, user_data=self.bootstrap.user_data(session, ws, self.clock()))
+            user_data = self.writes.write_from_thread(partial(self._user_data, spec.workspace_id))
+            if user_data is None:
+                return
+            spec = replace(spec, user_data=user_data)
         try:
             self.backend.boot(spec)
         except BackendError as exc:
@@ -385,6 +388,13 @@ class Engine:
             NodeState.BOOTING,
             f"boot requested on {spec.host}",
         )
+
+    def _user_data(self, workspace_id: str, session: Session) -> bytes | None:
+        """The node's bootstrap document, with a new token; None if it no longer boots."""
+        ws = session.get(Workspace, workspace_id)
+        if ws is None or ws.state != NodeState.PENDING.value:
+            return None
+        return self.bootstrap.user_data(session, ws, self.clock())
 
     def _terminate_job(self, workspace_id: str) -> None:
         self.backend.terminate(workspace_id)
@@ -403,10 +413,12 @@ class Engine:
     ) -> None:
         # under the decision lock: a node's agent may register (booting -> registered)
         # between this read and this write, which would then undo its registration
-        with self.decisions, self.store.session() as session:
+        def move(session: Session) -> None:
             ws = session.get(Workspace, workspace_id)
             if ws is not None and ws.state == expect.value:
                 move_node(session, ws, target, reason)
+
+        self.writes.write_from_thread(move)
         self.poke()
 
     # -- helpers -----------------------------------------------------------------------
