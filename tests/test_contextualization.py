@@ -224,6 +224,10 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
             json={"phase": "node", "state": "failed", "node": "worker-1"},
         )
         assert for_other.status_code == 422  # a report names no node: it is the caller's
+        assert for_other.json()["error"] == "bad-request"
+        assert for_other.json()["message"].startswith("node: ")
+        backwards = broker.get("/context", params={"since": -1}, headers=headers)
+        assert backwards.status_code == 422 and "since" in backwards.json()["message"]
         nobody = broker.get("/context", headers={"Authorization": "Bearer nc_forged"})
         assert nobody.status_code == 401
     assert state(client, first) == "ready"

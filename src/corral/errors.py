@@ -3,6 +3,7 @@
     CorralError                      base; `message` is what a user reads
     ├── DocumentError                a malformed cluster document (field and line)
     ├── NotFoundError                no such cluster, node, user, host or image (or not yours)
+    ├── BadRequestError              a request whose body or parameters do not fit the API
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
@@ -71,6 +72,12 @@ class NotFoundError(CorralError):
     """Raised when a named object does not exist or belongs to another user."""
 
     code = "not-found"
+
+
+class BadRequestError(CorralError):
+    """Raised when a request's body or parameters do not fit the API (`problems` says where)."""
+
+    code = "bad-request"
 
 
 class AuthError(CorralError):
