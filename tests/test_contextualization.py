@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from inprocess import admin_token, api, wait_for
 from corral.backends.base import Capability
 from corral.backends.fake import FakeBackend
 from corral.broker.credentials import issue_bootstrap_token
-from corral.store.models import Workspace, utcnow
+from corral.broker.snapshots import peer_of
+from corral.broker.views import build_view, view_json
+from corral.store.models import NodeSecret, Workspace, utcnow
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
 
@@ -231,6 +234,25 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
         nobody = broker.get("/context", headers={"Authorization": "Bearer nc_forged"})
         assert nobody.status_code == 401
     assert state(client, first) == "ready"
+
+
+def test_a_view_serialized_with_its_shared_hosts_is_the_view_itself(agent_service):
+    service = agent_service()
+    cluster_id = launch(api(service, admin_token(service)))
+    wait_for(lambda: state(api(service, admin_token(service)), cluster_id) == "ready", 90)
+    snapshot = service.snapshots.get(cluster_id)
+    with service.store.session() as session:
+        nodes = list(session.query(Workspace).filter_by(cluster_id=cluster_id))
+        secrets = {ws.id: session.get(NodeSecret, ws.id) for ws in nodes}
+    assert len(snapshot.hosts) == 4
+    for ws in nodes:
+        me = peer_of(ws)
+        whole = build_view(snapshot, me, secrets[ws.id]).model_dump(mode="json")
+        assert json.loads(view_json(snapshot, me, secrets[ws.id])) == whole
+    # a node that registered after the snapshot was read still finds itself among the hosts
+    newcomer = replace(peer_of(nodes[0]), id="ws-new", name="worker-9", address="10.9.9.9")
+    hosts = json.loads(view_json(snapshot, newcomer, None))["hosts"]
+    assert {"name": "worker-9", "address": "10.9.9.9"} in hosts and len(hosts) == 5
 
 
 def _addresses(client, cluster_id):

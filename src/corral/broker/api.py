@@ -31,9 +31,9 @@ from starlette.routing import Route
 from corral.broker.credentials import issue_credential, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
-from corral.broker.schemas import ContextView, RegisterBody, RegisterReply, ReportBody
+from corral.broker.schemas import RegisterBody, ReportBody
 from corral.broker.snapshots import Peer, Snapshot, peer_of
-from corral.broker.views import build_view
+from corral.broker.views import view_json
 from corral.errors import AuthError, BadRequestError, ConflictError, CorralError
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
@@ -104,10 +104,6 @@ async def _known_node(request: Request, service: Service) -> KnownNode:
     )
 
 
-def _json(reply: RegisterReply | ContextView) -> Response:
-    return Response(reply.model_dump_json(), media_type="application/json")
-
-
 async def register(request: Request, service: Service) -> Response:
     body = await _body(request, RegisterBody)
     credential, known = await service.writes.write(partial(_register, body))
@@ -118,8 +114,10 @@ async def register(request: Request, service: Service) -> Response:
     snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
         service.snapshots.get, body.cluster
     )
-    view = build_view(snapshot, known.me, known.secret)
-    return _json(RegisterReply(credential=credential, version=view.version, view=view))
+    version = snapshot.group_versions[known.me.group]
+    view = view_json(snapshot, known.me, known.secret)
+    reply = f'{{"credential":{json.dumps(credential)},"version":{version},"view":{view}}}'
+    return Response(reply, media_type="application/json")  # a RegisterReply
 
 
 def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
@@ -158,7 +156,8 @@ async def context(request: Request, service: Service) -> Response:
         remaining = deadline - time.monotonic()
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
-            return _json(build_view(snapshot, me, known.secret))
+            view = view_json(snapshot, me, known.secret)
+            return Response(view, media_type="application/json")  # a ContextView
         await service.notifier.wait(waiters, remaining)
 
 

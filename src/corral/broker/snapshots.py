@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -70,10 +71,13 @@ class Snapshot:
     blocked: dict[str, list[str]]  # group -> roles it still waits for
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
     hosts: list[HostEntry]  # every registered node with an address, for /etc/hosts
+    hosts_json: str  # the same, serialized once for every view that carries it
     states: dict[str, str]  # every node's state, by workspace id
     group_versions: dict[str, int] = field(default_factory=dict)
     seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
 
+
+_HOST_LIST = TypeAdapter(list[HostEntry])
 
 _PEER_COLUMNS = (
     Workspace.id,
@@ -146,6 +150,7 @@ def read_snapshot(
         blocked=blocked,
         peers=peers,
         hosts=hosts,
+        hosts_json=_HOST_LIST.dump_json(hosts).decode(),
         states={p.id: p.state for p in nodes},
     )
 

@@ -40,7 +40,9 @@ USER_CA = "/etc/ssh/corral_user_ca.pub"
 PRINCIPALS = "/etc/ssh/corral_principals"
 
 
-def build_view(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> ContextView:
+def build_view(
+    snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None, with_hosts: bool = True
+) -> ContextView:
     """Node `me`'s view at `snapshot`: who it deals with, and its files once satisfied."""
     doc = snapshot.doc
     group = next(g for g in doc.nodes if g.group == me.group)
@@ -63,18 +65,36 @@ def build_view(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> 
             for need in group.requires
         },
         members=[p.member() for p in known],
-        hosts=_with_me(snapshot.hosts, me),
+        hosts=_with_me(snapshot, me) if with_hosts else [],
         data=dict(doc.data),
         files=node_files(snapshot.secret, node_secret, snapshot.owner) if satisfied else [],
         ssh_known_hosts=pki.known_hosts_line(authority_of(snapshot.secret), ["*"]),
     )
 
 
-def _with_me(hosts: list[HostEntry], me: Peer) -> list[HostEntry]:
+def view_json(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> str:
+    """`build_view` serialized, with the hosts serialized once per snapshot, not per node.
+
+    Every node's view lists every host of the cluster: serializing that list for each
+    node would make waking N nodes cost N*N.
+    """
+    if not _listed(snapshot, me):  # a snapshot older than its registering: the whole way
+        return build_view(snapshot, me, node_secret).model_dump_json()
+    view = build_view(snapshot, me, node_secret, with_hosts=False)
+    return view.model_dump_json(exclude={"hosts"})[:-1] + ',"hosts":' + snapshot.hosts_json + "}"
+
+
+def _listed(snapshot: Snapshot, me: Peer) -> bool:
+    """Whether the snapshot's hosts include `me` (or would not, having no address)."""
+    return not me.address or snapshot.states.get(me.id) in REGISTERED
+
+
+def _with_me(snapshot: Snapshot, me: Peer) -> list[HostEntry]:
     """The cluster's hosts, and this node even when the snapshot predates its registering."""
-    if not me.address or any(h.name == me.name for h in hosts):
-        return hosts
-    return sorted([*hosts, HostEntry(name=me.name, address=me.address)], key=lambda h: h.name)
+    if _listed(snapshot, me):
+        return snapshot.hosts
+    me_too = [*snapshot.hosts, HostEntry(name=me.name, address=me.address)]
+    return sorted(me_too, key=lambda h: h.name)
 
 
 def _name(peer: Peer) -> str:
