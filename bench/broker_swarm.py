@@ -22,6 +22,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from bench import http_floor
 from bench.section import Section
 from bench.service import ServiceProcess, add_capacity, slurm_like_document
 
@@ -160,6 +161,7 @@ def measure(nodes: int) -> dict:
 
 def run(sizes: tuple[int, ...] = SIZES) -> Section:
     results = [measure(n) for n in sizes]
+    floor = http_floor.measure(sizes[-1])
     section = Section(
         title="Broker: N simulated agents",
         method=(
@@ -177,9 +179,12 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
             "as holds. Service CPU is user+system time of the service process from "
             "the launch request until the last node is ready (engine and API "
             "included, so it is an upper bound for the broker). Latency is of the "
-            "requests answered at once, seen by the agents."
+            "requests answered at once, seen by the agents. The HTTPS floor "
+            "(`bench/http_floor.py`) is the same server stack and TLS certificate "
+            "serving an empty app to the same number of agents, each sending the "
+            "same five requests on one connection: what no broker code can save."
         ),
-        raw={"runs": results},
+        raw={"runs": results, "https_floor": floor},
     )
     for r in results:
         n = r["nodes"]
@@ -197,6 +202,11 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
         section.add(f"N={n}: request latency p50", r["latency_p50_ms"], "ms")
         section.add(f"N={n}: request latency p99", r["latency_p99_ms"], "ms")
         section.add(f"N={n}: service peak memory", r["service_peak_memory_mib"], "MiB")
+    section.add(
+        f"N={floor['nodes']}: HTTPS floor, server CPU per node with no broker behind it",
+        floor["cpu_ms_per_node"],
+        "ms",
+    )
     if len(results) >= 2:
         small, large = results[0], results[-1]
         growth = large["service_cpu_ms_per_node"] / small["service_cpu_ms_per_node"]
