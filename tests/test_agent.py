@@ -178,6 +178,7 @@ class StubBroker:
         self.provides = ["slurm-worker", "munge-client"]
         self.controllers = [member("head-0", "10.180.0.2", "controller")]
         self.fail_next = 0
+        self.drop_kept_connections = False
         self.handshakes = 0
         self.requests: list[Seen] = []
         self.closing = False
@@ -292,6 +293,8 @@ class StubBroker:
             return self.answer(handler, 401, {"error": "unauthorized", "message": "credential"})
         status, body = route(seen)
         self.answer(handler, status, body)
+        if self.drop_kept_connections:  # as a server does with a connection it kept idle
+            handler.close_connection = True
 
     def register(self, seen: Seen) -> tuple[int, dict[str, Any]]:
         body = seen.body or {}
@@ -524,6 +527,26 @@ def test_server_errors_are_retried(broker: StubBroker, root: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "retrying" in done.stderr
     assert [r.path for r in broker.requests[:2]] == ["/broker/v1/register"] * 2
+
+
+def test_the_agent_keeps_one_connection_to_the_broker(broker: StubBroker, root: Path) -> None:
+    done = run_agent(root, "--once")
+
+    assert done.returncode == 0, done.stderr
+    assert len(broker.requests) >= 3  # register, reports
+    assert broker.handshakes == 1
+
+
+def test_a_kept_connection_the_broker_closed_is_made_again_at_once(
+    broker: StubBroker, root: Path
+) -> None:
+    broker.drop_kept_connections = True
+
+    done = run_agent(root, "--once")
+
+    assert done.returncode == 0, done.stderr
+    assert "retrying" not in done.stderr  # no back-off: the request never reached it
+    assert broker.handshakes == len(broker.requests) >= 3
 
 
 # --- waiting --------------------------------------------------------------------------------------

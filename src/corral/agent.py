@@ -305,7 +305,10 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 class Broker:
-    """The broker's API at `base_url`: one JSON request per pinned connection, with retries.
+    """The broker's API at `base_url`: JSON requests on one kept, pinned connection.
+
+    A TLS handshake costs the broker more than a request, so the connection is kept for
+    the agent's life and made again (and the pin checked again) whenever it breaks.
 
     Network errors and 5xx are retried with exponential backoff until `retry_budget`
     seconds have passed (BrokerUnavailable); 4xx raises BrokerRefused at once; a wrong
@@ -328,6 +331,7 @@ class Broker:
         self.fingerprint = fingerprint
         self.retry_budget = retry_budget
         self.sleep = sleep
+        self._connection: PinnedHTTPSConnection | None = None  # kept between requests
 
     def request(
         self,
@@ -370,13 +374,40 @@ class Broker:
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict, timeout: float
     ) -> tuple[int, bytes]:
-        connection = PinnedHTTPSConnection(self.host, self.port, self.fingerprint, timeout)
+        reused = self._connection is not None
+        try:
+            return self._send(method, path, payload, headers, timeout)
+        except (
+            http.client.RemoteDisconnected,
+            BrokenPipeError,
+            ConnectionResetError,
+            ssl.SSLEOFError,
+        ):
+            if not reused:
+                raise
+            # the broker closed the kept connection while it was idle, before this
+            # request reached it: send it again at once on a new one
+            return self._send(method, path, payload, headers, timeout)
+
+    def _send(
+        self, method: str, path: str, payload: bytes | None, headers: dict, timeout: float
+    ) -> tuple[int, bytes]:
+        if self._connection is None:
+            self._connection = PinnedHTTPSConnection(
+                self.host, self.port, self.fingerprint, timeout
+            )
+        connection = self._connection
+        connection.timeout = timeout  # for when http.client reconnects by itself
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
         try:
             connection.request(method, self.prefix + path, body=payload, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
-        finally:
+        except BaseException:
             connection.close()
+            self._connection = None
+            raise
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
