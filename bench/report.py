@@ -68,46 +68,46 @@ FINDINGS = """## What the numbers show, and what was done about them
   Now the broker re-reads a cluster once per burst of changes (`broker/snapshots.py`)
   and wakes only the groups whose views changed: one hold per node, no wake-ups while
   following. The register reply carries the node's first view: 4 requests per node.
-- **Work over all N nodes is now paced by its own cost.** A cluster's re-read and an
-  engine tick each read every node. They used to run every 50 ms and 100 ms while
-  changes kept coming, so their share grew with N. Each now waits at least four times
-  as long as it last took, which holds each to a fifth of a core. The re-read also
-  reuses unchanged peers and compares what each group acts on, where it used to hash it
-  as JSON. Its share at N=1000 fell from 14% to 9% of the service's busy time.
-- **A context request reads no store.** What a node was issued at registration never
-  changes, so the broker keeps it in memory (`broker/known_nodes.py`) until the
-  cluster is terminated. Whether the node is still live comes from the snapshot. This
-  saved two ORM sessions per context request. FastAPI dependencies no longer hop to a
-  worker thread. The SQLite pool has room for every worker thread, where connections
-  used to be made and dropped under load.
-- Together these took N=1000 from 86 to 56 ms of CPU per node, from 42 to 28 s between
-  the last registration and all ready, and from 702 to 519 MiB peak. The per-node ratio
-  from N=100 to N=1000 went from 1.8x to 1.3x.
+- **Views serialized the cluster's host list once per node.** Every view lists every
+  host (for /etc/hosts), so waking 1000 nodes serialized a million host entries. The
+  snapshot now keeps its hosts as JSON, and each reply splices them in
+  (`views.view_json`). A woken node's answer went from about 0.7 ms to 0.05 ms of CPU.
+- **Writes are committed in groups.** Registrations, reports and the engine's boot-job
+  writes go to one writer thread (`store/group_commit.py`), which runs every write
+  waiting at that moment in one session and commits once before answering each. A
+  write that fails gets its error, and the rest of its burst is written again one by
+  one. Reports find their node in memory (`broker/known_nodes.py`), not by a query.
+- **The broker is plain Starlette, not FastAPI.** FastAPI's dependency solving and
+  response re-validation cost about 1 ms per request, more than the broker's own work
+  for a report. Its three routes now validate with the same pydantic schemas and
+  serialize each reply once. The server parses HTTP with httptools rather than h11.
+- **Work over all N nodes is paced by its own cost.** A cluster's re-read and an engine
+  tick each read every node; each waits at least four times as long as it last took,
+  which holds each to a fifth of a core however fast changes come.
+- **The real agent made a TLS handshake per request;** it now keeps one connection for
+  its life (tests/test_agent.py). The swarm always used one connection per agent, so
+  this saving (about 1 ms of broker CPU per handshake) does not show in these figures.
+- Together, since the last report, N=1000 went from 56 to about 22 ms of CPU per node
+  and from 28 to about 9 s between the last registration and all ready. The per-node
+  cost no longer rises from N=100 to N=1000 (ratio below 1).
+- **Still over target (not met):**
+  - **CPU per node, target 2 ms: about 22 ms.** The HTTPS floor row shows what the
+    server stack alone spends per agent for the same TLS connection and five requests
+    with an empty app behind it: about 2.4 ms. The 2 ms target is below that floor, so
+    no broker code on this stack can meet it; it would take cheaper connections than
+    one TLS handshake per node. Of the rest, a py-spy profile at N=1000 (`--gil`) puts
+    about 40% in the grouped writes: a registration costs about 1 ms of certificate
+    signing plus its ORM work; a report is ORM work. Engine ticks take about 12%,
+    re-reads 7%, and the HTTP and TLS stack about 20%.
+  - **Last registration to all ready at N=1000, target 5 s: about 9 s.** The workers
+    wait for the controller to be `ready`, so once it is, 999 nodes wake and send 3
+    reports each: about 4000 requests. Sampling both processes' CPU through that phase
+    showed the service at one full core (the GIL) and the 1000-agent load generator at
+    the other.
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
-- **Still over target (not met):**
-  - The broker's CPU per node: 56 ms at N=1000, against a target of 2 ms.
-  - The time from the last registration to all ready at N=1000: 28 s, against 5 s.
-  - The per-node ratio: 1.3x, against 1.2x.
-
-  The service holds one core (the GIL), and the 1000-agent load generator shares the
-  machine's other core, so the service's CPU per request sets the wall time as well.
-  A py-spy profile at N=1000 (`--gil`) splits the service's time like this:
-  - 36%: register and three reports, in SQLAlchemy ORM sessions and commits. Each
-    report writes a report row, an event row and a context bump. Certificate signing
-    inside register is about 4%.
-  - 30%: the HTTP and TLS stack (uvicorn's h11, starlette, ssl, asyncio).
-  - 9%: re-reads.
-  - 8%: engine ticks.
-  - 8%: boot jobs.
-
-  2 ms per node is about what the TLS handshake and one request cost in this stack.
-  Reaching it would take reports written in batches in Core SQL rather than one ORM
-  session each, an engine that reads only the nodes with something pending, and a
-  leaner HTTP server. The `httptools` parser was tried, and its ~10% was within the
-  noise.
-- **nspawn is 4x the bare boot floor (target 2x), while well under 60 s.** The critical
+- **nspawn is 5x the bare boot floor (target 2x), while well under 60 s.** The critical
   path is the slowest boot, then the controller's configure, then the workers' (they
   wait for the controller `ready`). Boot includes `ssh-keygen -A`: the RSA-3072 key alone
   takes about 0.7 s, and the broker only uses the Ed25519 key. The role scripts poll
