@@ -87,19 +87,19 @@ FINDINGS = """## What the numbers show, and what was done about them
 - **The real agent made a TLS handshake per request;** it now keeps one connection for
   its life (tests/test_agent.py). The swarm always used one connection per agent, so
   this saving (about 1 ms of broker CPU per handshake) does not show in these figures.
-- Together, since the last report, N=1000 went from 56 to about 22 ms of CPU per node
-  and from 28 to about 9 s between the last registration and all ready. The per-node
-  cost no longer rises from N=100 to N=1000 (ratio below 1).
+- Together, since the last report, N=1000 went from 56 to 22-26 ms of CPU per node
+  and from 28 to 9-13 s between the last registration and all ready (two runs this
+  session). The per-node cost no longer rises from N=100 to N=1000 (ratio 0.8-1.0).
 - **Still over target (not met):**
-  - **CPU per node, target 2 ms: about 22 ms.** The HTTPS floor row shows what the
+  - **CPU per node, target 2 ms: 22-26 ms.** The HTTPS floor row shows what the
     server stack alone spends per agent for the same TLS connection and five requests
-    with an empty app behind it: about 2.4 ms. The 2 ms target is below that floor, so
+    with an empty app behind it: 2.4-2.8 ms. The 2 ms target is below that floor, so
     no broker code on this stack can meet it; it would take cheaper connections than
     one TLS handshake per node. Of the rest, a py-spy profile at N=1000 (`--gil`) puts
     about 40% in the grouped writes: a registration costs about 1 ms of certificate
     signing plus its ORM work; a report is ORM work. Engine ticks take about 12%,
     re-reads 7%, and the HTTP and TLS stack about 20%.
-  - **Last registration to all ready at N=1000, target 5 s: about 9 s.** The workers
+  - **Last registration to all ready at N=1000, target 5 s: 9-13 s.** The workers
     wait for the controller to be `ready`, so once it is, 999 nodes wake and send 3
     reports each: about 4000 requests. Sampling both processes' CPU through that phase
     showed the service at one full core (the GIL) and the 1000-agent load generator at
@@ -107,7 +107,8 @@ FINDINGS = """## What the numbers show, and what was done about them
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
-- **nspawn is 5x the bare boot floor (target 2x), while well under 60 s.** The critical
+- **nspawn is 3-5x the bare boot floor (target 2x), while well under 60 s.** The floor
+  itself moved between 1.2 and 1.9 s from run to run. The critical
   path is the slowest boot, then the controller's configure, then the workers' (they
   wait for the controller `ready`). Boot includes `ssh-keygen -A`: the RSA-3072 key alone
   takes about 0.7 s, and the broker only uses the Ed25519 key. The role scripts poll
