@@ -28,13 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from corral.broker.credentials import issue_credential, spend_bootstrap_token
+from corral.broker.credentials import issue_credential, refuse_ended, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import RegisterBody, ReportBody
-from corral.broker.snapshots import Peer, Snapshot, peer_of
+from corral.broker.snapshots import Peer, peer_of
 from corral.broker.views import view_json
-from corral.errors import AuthError, BadRequestError, ConflictError, CorralError
+from corral.errors import BadRequestError, ConflictError, CorralError
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
@@ -152,19 +152,14 @@ async def context(request: Request, service: Service) -> Response:
         snapshot = service.snapshots.latest(known.cluster_id) or await run_in_threadpool(
             service.snapshots.get, known.cluster_id
         )
-        _still_live(snapshot, me)  # also after a long hold
+        # also after a long hold; no state yet when it registered after the snapshot
+        refuse_ended(me.name, snapshot.states.get(me.id))
         remaining = deadline - time.monotonic()
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
             view = view_json(snapshot, me, known.secret)
             return Response(view, media_type="application/json")  # a ContextView
         await service.notifier.wait(waiters, remaining)
-
-
-def _still_live(snapshot: Snapshot, me: Peer) -> None:
-    state = snapshot.states.get(me.id)  # none yet when it registered after the snapshot
-    if state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
-        raise AuthError(f"node {me.name} is {state}")
 
 
 async def report(request: Request, service: Service) -> Response:
@@ -178,8 +173,7 @@ async def report(request: Request, service: Service) -> Response:
 def _record(body: ReportBody, me: Peer, session: Session) -> bool:
     """Store the report and move its node; False if the same report was stored before."""
     ws = session.get(Workspace, me.id)
-    if ws.state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
-        raise AuthError(f"node {ws.name} is {ws.state}")
+    refuse_ended(ws.name, ws.state)
     key = (ws.id, body.phase, body.role, body.version, body.state)
     in_this_burst = session.info.setdefault("reports", set())
     if key in in_this_burst or _stored(session, key):

@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from corral.errors import AuthError
 from corral.lifecycle import NodeState
@@ -76,14 +76,14 @@ def node_for_credential(session: Session, credential: str | None) -> Workspace:
     if not credential:
         raise AuthError("no node credential given")
     digest = secret_digest(credential)
-    query = (
-        select(Workspace)
-        .where(Workspace.credential_hash == digest)
-        .options(joinedload(Workspace.cluster))  # a report moves the node: one read, not two
-    )
-    ws = session.scalars(query).first()
+    ws = session.scalars(select(Workspace).where(Workspace.credential_hash == digest)).first()
     if ws is None or not hmac.compare_digest(ws.credential_hash or "", digest):
         raise AuthError("unknown node credential")
-    if ws.state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
-        raise AuthError(f"node {ws.name} is {ws.state}")
+    refuse_ended(ws.name, ws.state)
     return ws
+
+
+def refuse_ended(node: str, state: str | None) -> None:
+    """Raises AuthError when a node in `state` may no longer act with its credential."""
+    if state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
+        raise AuthError(f"node {node} is {state}")

@@ -79,7 +79,6 @@ class Engine:
         # its lock is held while deciding, and by API writes, so a tick and a request
         # never race; jobs write their results through it
         self.writes = writes
-        self.decisions = writes.decisions
         self.clock = clock
         self.documents = documents
         # nodes of a backend that runs agents get a bootstrap document, and are ready
@@ -139,7 +138,7 @@ class Engine:
             busy = set(self._busy)  # taken before reading rows; see _submit
         machines = {m.workspace_id: m for m in self.backend.list_machines()}
         now = self.clock()
-        with self.decisions, self.store.session() as session:
+        with self.writes.decisions, self.store.session() as session:
             clusters = list(
                 session.scalars(
                     select(Cluster)
