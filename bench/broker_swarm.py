@@ -18,11 +18,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bench import http_floor
+from bench.lean_http import Connection
 from bench.section import Section
 from bench.service import ServiceProcess, add_capacity, slurm_like_document
 
@@ -58,25 +58,23 @@ def _ssh_key() -> str:
 
 async def _call(tally: Tally, hold: bool, request) -> dict:
     started = time.monotonic()
-    response = await request
-    if response.status_code != 200:
-        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
+    reply = await request
     tally.answered(started, hold)
-    return response.json()
+    return reply
 
 
 async def simulated_agent(boot: dict, tls: ssl.SSLContext, key: str, tally: Tally) -> None:
-    async with httpx.AsyncClient(base_url=boot["broker"], verify=tls, timeout=120) as http:
+    async with Connection(boot["broker"], tls) as http:
         identity = {"hostname": boot["node"], "addresses": [], "ssh_host_keys": [key]}
         body = {k: boot[k] for k in ("cluster", "node", "token")} | {"identity": identity}
         tally.first_register = min(tally.first_register, time.monotonic())
-        registered = await _call(tally, False, http.post("/register", json=body))
+        registered = await _call(tally, False, http.request("POST", "/register", body))
         tally.last_registered = max(tally.last_registered, time.monotonic())
         http.headers["Authorization"] = f"Bearer {registered['credential']}"
 
         def context(since: int):
             params = {"since": since, "wait": POLL_WAIT}
-            return _call(tally, since > 0, http.get("/context", params=params))
+            return _call(tally, since > 0, http.request("GET", "/context", params=params))
 
         view = registered.get("view") or await context(0)
         while not view["satisfied"]:
@@ -86,8 +84,10 @@ async def simulated_agent(boot: dict, tls: ssl.SSLContext, key: str, tally: Tall
                 report = {"phase": "configure", "role": role, "state": state}
                 if state == "ok":
                     report["exit_code"] = 0
-                await _call(tally, False, http.post("/report", json=report | {"version": 1}))
-        await _call(tally, False, http.post("/report", json={"phase": "node", "state": "ready"}))
+                report["version"] = 1
+                await _call(tally, False, http.request("POST", "/report", report))
+        ready = {"phase": "node", "state": "ready"}
+        await _call(tally, False, http.request("POST", "/report", ready))
         tally.ready_at[boot["node"]] = time.monotonic()
         version = view["version"]
         while True:  # following, until cancelled
@@ -169,7 +169,7 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
             "with `bootstrap_dir`) launches one cluster of the base-cluster shape: 1 "
             "controller and N-1 workers that require it `ready`. For every bootstrap "
             "document the backend writes (its machines kept in memory only), an "
-            "asyncio agent (httpx, one TLS connection "
+            "asyncio agent (`bench/lean_http.py`: one kept TLS connection "
             "per agent, the broker's certificate pinned as CA) registers (the reply "
             "carries its first view), long-polls `/context` until satisfied, reports "
             "`configure` running and ok and `node` ready, then keeps following its "

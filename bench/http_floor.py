@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.lean_http import Connection
 from bench.service import _free_port
 from corral.broker.pki import load_or_create_broker_identity
 
@@ -44,11 +45,10 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _agents(url: str, tls: ssl.SSLContext, nodes: int) -> None:
     async def agent() -> None:
-        async with httpx.AsyncClient(base_url=url, verify=tls, timeout=120) as http:
+        async with Connection(url, tls) as http:
             for method, path in REQUESTS:
                 body = {"phase": "node", "state": "ready"} if method == "POST" else None
-                response = await http.request(method, path, json=body)
-                response.raise_for_status()
+                await http.request(method, path, body)
 
     await asyncio.gather(*(agent() for _ in range(nodes)))
 
