@@ -233,6 +233,11 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
         assert backwards.status_code == 422 and "since" in backwards.json()["message"]
         nobody = broker.get("/context", headers={"Authorization": "Bearer nc_forged"})
         assert nobody.status_code == 401
+        wrong_method = broker.post("/context", headers=headers, json={})
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET"
+        no_such_path = broker.get("/contexts", headers=headers)
+        assert no_such_path.status_code == 404
+        assert no_such_path.json()["error"] == "not-found"
     assert state(client, first) == "ready"
 
 

@@ -5,9 +5,10 @@ reads only its own view and reports only for itself. Registrations and reports a
 written through the service's group commit (store/group_commit.py): under its decision
 lock, as API writes are, so they never race the engine, and a burst in one transaction.
 
-Three endpoints called by every node of every cluster: they are plain Starlette
-routes that validate their bodies with the pydantic schemas themselves, since FastAPI's
-dependency solving and response re-validation cost more than the broker's own work.
+Three endpoints called by every node of every cluster: a bare ASGI app dispatches them
+by method and path, and they validate their bodies with the pydantic schemas themselves,
+since a framework's routing, middleware and response re-validation cost more per request
+than the broker's own work.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from corral.broker.credentials import issue_credential, refuse_ended, spend_bootstrap_token
 from corral.broker.issuance import issue_node_secret
@@ -34,7 +34,7 @@ from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import RegisterBody, ReportBody
 from corral.broker.snapshots import Peer, peer_of
 from corral.broker.views import view_json
-from corral.errors import BadRequestError, ConflictError, CorralError
+from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
@@ -50,23 +50,39 @@ MAX_WAIT_SECONDS = 60.0
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def create_broker_app(service: Service) -> Starlette:
-    def route(path: str, endpoint: Callable[..., Awaitable[Response]], method: str) -> Route:
-        async def handle(request: Request) -> Response:
-            try:
-                return await endpoint(request, service)
-            except CorralError as exc:
-                return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+Endpoint = Callable[[Request, "Service"], Awaitable[Response]]
 
-        return Route(PREFIX + path, handle, methods=[method])
 
-    return Starlette(
-        routes=[
-            route("/register", register, "POST"),
-            route("/context", context, "GET"),
-            route("/report", report, "POST"),
-        ]
-    )
+class BrokerApp:
+    """The broker's ASGI app: each route's endpoint, and errors as JSON naming the cause."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.routes: dict[str, tuple[str, Endpoint]] = {
+            PREFIX + "/register": ("POST", register),
+            PREFIX + "/context": ("GET", context),
+            PREFIX + "/report": ("POST", report),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, endpoint = self.routes.get(scope["path"], (None, None))
+        try:
+            if endpoint is None:
+                raise NotFoundError(f"the broker has no {scope['path']}")
+            if scope["method"] != method:
+                message = f"{scope['path']} takes {method}, not {scope['method']}"
+                response = JSONResponse(
+                    {"error": "method-not-allowed", "message": message, "details": {}},
+                    status_code=405,
+                    headers={"Allow": method},
+                )
+            else:
+                response = await endpoint(Request(scope, receive), self.service)
+        except CorralError as exc:
+            response = JSONResponse(exc.to_dict(), status_code=status_for(exc))
+        await response(scope, receive, send)
 
 
 async def _body(request: Request, schema: type[Body]) -> Body:

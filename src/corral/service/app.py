@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from corral.backends.base import Backend, Capability
 from corral.backends.registry import load_backend
-from corral.broker.api import create_broker_app
+from corral.broker.api import BrokerApp
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.broker.known_nodes import KnownNodes
 from corral.broker.notifier import ContextNotifier
@@ -94,7 +94,7 @@ class Service:
             self.store, self.backend, config, self.writes, self.documents, issuer, clock
         )
         self.app = create_app(self)
-        self.broker_app = create_broker_app(self)
+        self.broker_app = BrokerApp(self)
 
     def _forget_cluster(self, cluster_id: str) -> None:
         """The broker found the cluster terminated: let go of what it kept in memory."""

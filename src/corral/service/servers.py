@@ -55,6 +55,7 @@ class Servers:
                 ssl_keyfile=str(service.broker_identity.key_path),
                 http="httptools",  # parses in C: a third less CPU per agent than h11 here
                 timeout_keep_alive=75,  # longer than an agent's long-poll
+                proxy_headers=False,  # agents reach the broker directly, never via a proxy
                 timeout_graceful_shutdown=5,
             )
         )
