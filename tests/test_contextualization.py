@@ -28,10 +28,13 @@ from inprocess import admin_token, api, wait_for
 
 from corral.backends.base import Capability
 from corral.backends.fake import FakeBackend
+from corral.broker.api import _record
 from corral.broker.credentials import issue_bootstrap_token
+from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import peer_of
 from corral.broker.views import build_view, view_json
-from corral.store.models import NodeSecret, Workspace, utcnow
+from corral.lifecycle import NodeState
+from corral.store.models import NodeSecret, Report, Workspace, utcnow
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
 
@@ -239,6 +242,31 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
         assert no_such_path.status_code == 404
         assert no_such_path.json()["error"] == "not-found"
     assert state(client, first) == "ready"
+
+
+def test_a_report_sent_again_is_stored_once(agent_service):
+    service = agent_service()
+    _, cluster_id = launch_ready(service)
+    credential = (node_roots(service)["worker-1"] / "var/lib/corral/credential").read_text()
+    report = {"phase": "configure", "role": "worker", "state": "ok", "exit_code": 0}
+    report["version"] = 99
+    with broker_client(service) as broker:
+        headers = {"Authorization": f"Bearer {credential.strip()}"}
+        first = broker.post("/report", headers=headers, json=report)
+        again = broker.post("/report", headers=headers, json=report)
+        newer = broker.post("/report", headers=headers, json=report | {"version": 100})
+    assert first.json() == {"status": "recorded"}
+    assert again.json() == {"status": "already recorded"}
+    assert newer.json() == {"status": "recorded"}
+    # twice in one transaction, as a burst of the group commit may hold them
+    with service.store.session() as session:
+        me = peer_of(session.query(Workspace).filter_by(name="worker-1").one())
+        twice = ReportBody.model_validate(report | {"version": 101})
+        assert _record(twice, me, session) is NodeState.READY
+        assert _record(twice, me, session) is None
+    with service.store.session() as session:
+        stored = session.query(Report).filter_by(cluster_id=cluster_id, node="worker-1")
+        assert sorted(r.version for r in stored if r.version >= 99) == [99, 100, 101]
 
 
 def test_a_view_serialized_with_its_shared_hosts_is_the_view_itself(agent_service):

@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 from inprocess import admin_token, api, document, wait_for
 
+from corral.broker.api import _record
+from corral.broker.schemas import ReportBody
+from corral.broker.snapshots import peer_of
+from corral.lifecycle import NodeState
+from corral.store.models import Report, Workspace
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 pytestmark = pytest.mark.slow
@@ -74,6 +80,16 @@ def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, pos
     client = api(first, admin_token(first))
     cluster_id = client.post("/v1/clusters", json={"document": document()}).json()["id"]
     wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready")
+    report = ReportBody(phase="configure", role="worker", state="ok", exit_code=0, version=1)
+    # a report sent again is stored once, by the unique key of reports
+    with first.store.session() as session:
+        me = peer_of(session.query(Workspace).filter_by(cluster_id=cluster_id).first())
+        in_one_transaction = [_record(report, me, session), _record(report, me, session)]
+    with first.store.session() as session:
+        in_another = _record(report, me, session)
+        stored = session.query(Report).filter_by(cluster_id=cluster_id).count()
+    assert in_one_transaction == [NodeState.READY, None] and in_another is None
+    assert stored == 1
     first.stop()
 
     second = make_service(db_url=postgres_url)

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -181,47 +181,39 @@ async def context(request: Request, service: Service) -> Response:
 async def report(request: Request, service: Service) -> Response:
     body = await _body(request, ReportBody)
     known = await _known_node(request, service)
-    recorded = await service.writes.write(partial(_record, body, known.me))
-    service.engine.poke()
-    return JSONResponse({"status": "recorded" if recorded else "already recorded"})
+    state = await service.writes.write(partial(_record, body, known.me))
+    if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
+        service.engine.poke()
+    return JSONResponse({"status": "already recorded" if state is None else "recorded"})
 
 
-def _record(body: ReportBody, me: Peer, session: Session) -> bool:
-    """Store the report and move its node; False if the same report was stored before."""
+def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
+    """Store the report and move its node; the node's state after it, or None if the same
+    report was stored before (the unique key on reports says which)."""
     ws = session.get(Workspace, me.id)
     refuse_ended(ws.name, ws.state)
-    key = (ws.id, body.phase, body.role, body.version, body.state)
-    in_this_burst = session.info.setdefault("reports", set())
-    if key in in_this_burst or _stored(session, key):
-        return False
-    in_this_burst.add(key)
-    session.add(
-        Report(
-            cluster_id=ws.cluster_id,
-            workspace_id=ws.id,
-            node=ws.name,
-            phase=body.phase,
-            role=body.role,
-            state=body.state,
-            exit_code=body.exit_code,
-            log_tail=body.log_tail,
-            version=body.version,
-        )
+    insert = _insert_ignoring_duplicates(session).values(
+        cluster_id=ws.cluster_id,
+        workspace_id=ws.id,
+        node=ws.name,
+        phase=body.phase,
+        role=body.role,
+        state=body.state,
+        exit_code=body.exit_code,
+        log_tail=body.log_tail,
+        version=body.version,
     )
+    if session.execute(insert.returning(Report.id)).first() is None:
+        return None
     _apply(session, ws, body)
-    return True
+    return NodeState(ws.state)
 
 
-def _stored(session: Session, key: tuple) -> bool:
-    workspace_id, phase, role, version, state = key
-    stored = select(Report.id).where(
-        Report.workspace_id == workspace_id,
-        Report.phase == phase,
-        Report.role == role,
-        Report.version == version,
-        Report.state == state,
-    )
-    return session.scalars(stored).first() is not None
+def _insert_ignoring_duplicates(session: Session):
+    """An INSERT into reports that skips a row its unique key already holds."""
+    dialect = session.get_bind().dialect.name
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    return insert(Report).on_conflict_do_nothing()
 
 
 def _apply(session, ws: Workspace, body: ReportBody) -> None:
