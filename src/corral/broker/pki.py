@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -378,8 +379,7 @@ def _issue(
 ) -> tuple[str, str]:
     if days <= 0:
         raise ValueError(f"certificate lifetime must be positive, got {days} days")
-    ca_cert = _load_certificate(authority.ca_cert_pem, "cluster CA certificate")
-    ca_key = _load_private_key(authority.ca_key_pem, "cluster CA key")
+    ca_cert, ca_key = _parsed_x509_authority(authority.ca_cert_pem, authority.ca_key_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
@@ -421,9 +421,7 @@ def _sign_ssh(
     if not wanted:
         raise ValueError("an SSH certificate needs at least one principal")
     public_key = _parse_ssh_public_key(public_key_line)
-    ca_key = serialization.load_ssh_private_key(authority.ssh_ca_private.encode(), password=None)
-    if not isinstance(ca_key, ed25519.Ed25519PrivateKey):
-        raise ValueError("the cluster's SSH CA key is not an Ed25519 key")
+    ca_key = _parsed_ssh_authority(authority.ssh_ca_private)
     now = _now()
     builder = (
         serialization.SSHCertificateBuilder()
@@ -463,6 +461,25 @@ def _parse_ssh_public_key(
 
 def _abbreviate(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# a broker signs for every node of a cluster with the same authority: parse it once
+@functools.lru_cache(maxsize=64)
+def _parsed_x509_authority(
+    cert_pem: str, key_pem: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    return (
+        _load_certificate(cert_pem, "cluster CA certificate"),
+        _load_private_key(key_pem, "cluster CA key"),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_ssh_authority(private_key: str) -> ed25519.Ed25519PrivateKey:
+    key = serialization.load_ssh_private_key(private_key.encode(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("the cluster's SSH CA key is not an Ed25519 key")
+    return key
 
 
 def _load_certificate(pem: str, what: str) -> x509.Certificate:
