@@ -468,6 +468,7 @@ def test_wait_ready_holds_workers_until_the_controller_is_ready_and_says_so(make
     waiting = wait_for(waiting_workers, timeout=60)
     assert {n["group"] for n in waiting} == {"worker"}
     credential = node_roots(service)[waiting[0]["name"]] / "var/lib/corral/credential"
+    wait_for(credential.exists, timeout=10)  # its agent writes it once the reply arrives
     with broker_client(service) as broker:
         headers = {"Authorization": f"Bearer {credential.read_text().strip()}"}
         view = broker.get("/context", headers=headers).json()

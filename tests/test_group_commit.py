@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from corral.errors import ConflictError
 from corral.store.database import Store, sqlite_url
@@ -86,3 +86,52 @@ def test_an_answer_means_committed_and_stop_finishes_what_was_handed_over(writes
     writes.stop()
     assert writes.write_from_thread(_add_user("bo")) == "bo"  # starts again when needed
     assert _names(writes.store) == {"ana", "bo"}
+
+
+def test_rows_the_writes_of_a_burst_name_are_read_in_one_query(writes):
+    names = ["ana", "bo", "cy"]
+    for name in names:
+        writes.write_from_thread(_add_user(name))
+    with writes.store.session() as session:
+        ids = {u.name: u.id for u in session.scalars(select(User))}
+    selects: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    def promote(name: str, gate: threading.Event | None = None):
+        def work(session) -> bool:
+            if gate is not None:
+                gate.wait(10)  # keeps the writer busy while the others are handed over
+            session.get(User, ids[name]).is_admin = True
+            return True
+
+        return work
+
+    async def burst(with_reads: bool) -> list[bool]:
+        gate = threading.Event()
+        calls = [promote(names[0], gate)] + [promote(n) for n in names[1:]]
+        reads = [[(User, ids[n])] if with_reads else [] for n in names]
+        first = asyncio.ensure_future(writes.write(calls[0], reads[0]))
+        await asyncio.sleep(0.2)  # the first has the writer: the others form one burst
+        rest = [
+            asyncio.ensure_future(writes.write(call, read))
+            for call, read in zip(calls[1:], reads[1:], strict=True)
+        ]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return await asyncio.gather(first, *rest)
+
+    event.listen(writes.store.engine, "before_cursor_execute", count)
+    try:
+        assert asyncio.run(burst(with_reads=False)) == [True] * 3
+        unnamed = len(selects)
+        selects.clear()
+        assert asyncio.run(burst(with_reads=True)) == [True] * 3
+    finally:
+        event.remove(writes.store.engine, "before_cursor_execute", count)
+    assert unnamed == 3  # one get each: the first alone, then two in the next burst
+    assert len(selects) == 2  # the first burst's one row, then the next burst's two at once
+    with writes.store.session() as session:
+        assert all(session.scalars(select(User.is_admin)))

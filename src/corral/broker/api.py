@@ -124,8 +124,7 @@ async def register(request: Request, service: Service) -> Response:
     body = await _body(request, RegisterBody)
     credential, known = await service.writes.write(partial(_register, body))
     service.known_nodes.remember(credential, known)
-    log.info("broker: %s/%s registered", body.cluster, body.node)
-    service.engine.poke()
+    log.info("broker: %s/%s registered", body.cluster, body.node)  # nothing for the engine
     # the first view comes with the credential, saving every node a request
     snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
         service.snapshots.get, body.cluster
@@ -144,12 +143,15 @@ def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
         move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
     elif state is not NodeState.BOOTING:
         raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
-    secret = session.get(ClusterSecret, ws.cluster_id)
+    # held for the whole burst: most of its registrations are of the same cluster
+    held = session.info.setdefault("cluster_secrets", {})
+    if ws.cluster_id not in held:
+        held[ws.cluster_id] = session.get(ClusterSecret, ws.cluster_id)
     try:
-        node_secret = issue_node_secret(secret, ws, body.identity)
+        node_secret = issue_node_secret(held[ws.cluster_id], ws, body.identity)
     except ValueError as exc:
         raise ConflictError(f"node {ws.name}: {exc}") from exc
-    session.merge(node_secret)
+    session.add(node_secret)  # new: a token registers its node once
     ws.hostname = body.identity.hostname
     ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
     ws.registered_at = now
@@ -181,7 +183,8 @@ async def context(request: Request, service: Service) -> Response:
 async def report(request: Request, service: Service) -> Response:
     body = await _body(request, ReportBody)
     known = await _known_node(request, service)
-    state = await service.writes.write(partial(_record, body, known.me))
+    reads = [(Workspace, known.me.id)]
+    state = await service.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
         service.engine.poke()
     return JSONResponse({"status": "already recorded" if state is None else "recorded"})
@@ -192,28 +195,31 @@ def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
     report was stored before (the unique key on reports says which)."""
     ws = session.get(Workspace, me.id)
     refuse_ended(ws.name, ws.state)
-    insert = _insert_ignoring_duplicates(session).values(
-        cluster_id=ws.cluster_id,
-        workspace_id=ws.id,
-        node=ws.name,
-        phase=body.phase,
-        role=body.role,
-        state=body.state,
-        exit_code=body.exit_code,
-        log_tail=body.log_tail,
-        version=body.version,
-    )
-    if session.execute(insert.returning(Report.id)).first() is None:
+    insert = _INSERT_REPORT[session.get_bind().dialect.name]
+    row = {
+        "at": utcnow(),
+        "cluster_id": ws.cluster_id,
+        "workspace_id": ws.id,
+        "node": ws.name,
+        "phase": body.phase,
+        "role": body.role,
+        "state": body.state,
+        "exit_code": body.exit_code,
+        "log_tail": body.log_tail,
+        "version": body.version,
+    }
+    if session.connection().execute(insert, row).first() is None:
         return None
     _apply(session, ws, body)
     return NodeState(ws.state)
 
 
-def _insert_ignoring_duplicates(session: Session):
-    """An INSERT into reports that skips a row its unique key already holds."""
-    dialect = session.get_bind().dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
-    return insert(Report).on_conflict_do_nothing()
+# built once: a statement built per report costs more than running it; the unique key of
+# reports makes a report sent again insert nothing and return no row
+_INSERT_REPORT = {
+    name: insert(Report.__table__).on_conflict_do_nothing().returning(Report.id)
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
 
 
 def _apply(session, ws: Workspace, body: ReportBody) -> None:

@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
 from corral.broker.bootstrap import BootstrapIssuer
@@ -58,6 +58,28 @@ _RUNNING_STATES = {
     NodeState.CONFIGURING,
     NodeState.READY,
 }
+
+
+@dataclass
+class Node:
+    """A workspace as a tick reads it: plain values, not an ORM object.
+
+    A tick reads every live node but changes few, so only the nodes it moves or boots
+    are loaded as Workspace objects (see `Engine._move`).
+    """
+
+    id: str
+    cluster_id: str
+    name: str
+    group: str
+    state: str
+    state_since: datetime
+    registered_at: datetime | None
+    failure: str | None
+    failure_phase: str | None
+
+
+_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(Node)]
 
 
 class Engine:
@@ -138,18 +160,21 @@ class Engine:
             busy = set(self._busy)  # taken before reading rows; see _submit
         machines = {m.workspace_id: m for m in self.backend.list_machines()}
         now = self.clock()
+        live = Cluster.state != ClusterState.TERMINATED.value
         with self.writes.decisions, self.store.session() as session:
-            clusters = list(
-                session.scalars(
-                    select(Cluster)
-                    .where(Cluster.state != ClusterState.TERMINATED.value)
-                    .options(selectinload(Cluster.workspaces))
-                )
+            clusters = list(session.scalars(select(Cluster).where(live)))
+            members: dict[str, list[Node]] = {c.id: [] for c in clusters}
+            rows = session.execute(
+                select(*_NODE_COLUMNS)
+                .join(Cluster)
+                .where(live)
+                .order_by(Workspace.group, Workspace.index)
             )
-            live_ids = set()
+            for row in rows:
+                members[row.cluster_id].append(Node(*row))
             for cluster in clusters:
-                live_ids.update(w.id for w in cluster.workspaces)
-                self._drive(session, cluster, machines, busy, now)
+                self._drive(session, cluster, members[cluster.id], machines, busy, now)
+        live_ids = {n.id for nodes in members.values() for n in nodes}
         self._remove_orphans(machines, live_ids, busy)
 
     # -- one cluster -------------------------------------------------------------------
@@ -158,90 +183,95 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
+        members: list[Node],
         machines: dict[str, Machine],
         busy: set[str],
         now: datetime,
     ) -> None:
         doc = self.documents.of(cluster)
-        nodes = [w for w in cluster.workspaces if w.id not in busy]
+        nodes = [n for n in members if n.id not in busy]
         state = ClusterState(cluster.state)
         if state is not ClusterState.TERMINATING:
             self._enforce_lease(session, cluster, now)
             state = ClusterState(cluster.state)
         if state is ClusterState.TERMINATING:
-            self._tear_down(session, cluster, nodes, machines, busy)
+            self._tear_down(session, cluster, members, nodes, machines, busy)
             return
-        for ws in nodes:
-            self._observe(session, ws, machines.get(ws.id), doc, now)
-        self._apply_policy(session, cluster, doc)
-        for ws in nodes:
-            if ws.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
-                self._submit(ws.id, self._boot_job, self._boot_spec(cluster, ws))
-            elif ws.state == NodeState.TERMINATING.value:
-                self._submit(ws.id, self._terminate_job, ws.id)
+        for node in nodes:
+            self._observe(session, node, machines.get(node.id), doc, now)
+        self._apply_policy(session, cluster, members, doc)
+        for node in nodes:
+            if node.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
+                spec = self._boot_spec(cluster, session.get(Workspace, node.id))
+                self._submit(node.id, self._boot_job, spec)
+            elif node.state == NodeState.TERMINATING.value:
+                self._submit(node.id, self._terminate_job, node.id)
 
     def _observe(
         self,
         session: Session,
-        ws: Workspace,
+        node: Node,
         machine: Machine | None,
         doc: ClusterDocument,
         now: datetime,
     ) -> None:
-        state = NodeState(ws.state)
+        state = NodeState(node.state)
         if state not in _RUNNING_STATES:
             return
         if machine is None:
-            move_node(session, ws, NodeState.LOST, "the backend no longer has this machine")
+            self._move(session, node, NodeState.LOST, "the backend no longer has this machine")
         elif machine.state is MachineState.ERROR:
-            move_node(
-                session, ws, NodeState.FAILED, machine.detail or "the backend reports an error"
+            self._move(
+                session, node, NodeState.FAILED, machine.detail or "the backend reports an error"
             )
         elif machine.state is MachineState.STOPPED:
-            move_node(session, ws, NodeState.LOST, machine.detail or "the machine stopped")
+            self._move(session, node, NodeState.LOST, machine.detail or "the machine stopped")
         elif (
             state is NodeState.BOOTING
             and machine.state is MachineState.RUNNING
             and self.bootstrap is None
         ):
-            move_node(session, ws, NodeState.READY, "running (this backend runs no context agent)")
-        elif state is NodeState.BOOTING and now - ws.state_since > doc.policy.boot_timeout:
+            running = "running (this backend runs no context agent)"
+            self._move(session, node, NodeState.READY, running)
+        elif state is NodeState.BOOTING and now - node.state_since > doc.policy.boot_timeout:
             waited = "its agent to register" if self.bootstrap else "the machine to run"
-            move_node(
+            self._move(
                 session,
-                ws,
+                node,
                 NodeState.FAILED,
                 f"boot timed out after {format_duration(doc.policy.boot_timeout)} "
                 f"waiting for {waited}",
             )
         elif (
             state in (NodeState.REGISTERED, NodeState.CONFIGURING)
-            and ws.registered_at is not None
-            and now - ws.registered_at > doc.policy.context_timeout
+            and node.registered_at is not None
+            and now - node.registered_at > doc.policy.context_timeout
         ):
-            move_node(
+            self._move(
                 session,
-                ws,
+                node,
                 NodeState.FAILED,
                 f"contextualization timed out after "
                 f"{format_duration(doc.policy.context_timeout)} (still {state})",
             )
 
-    def _apply_policy(self, session: Session, cluster: Cluster, doc: ClusterDocument) -> None:
+    def _apply_policy(
+        self, session: Session, cluster: Cluster, members: list[Node], doc: ClusterDocument
+    ) -> None:
         state = ClusterState(cluster.state)
         if state not in (ClusterState.LAUNCHING, ClusterState.READY):
             return
-        by_group: dict[str, list[Workspace]] = {}
-        for ws in cluster.workspaces:
-            by_group.setdefault(ws.group, []).append(ws)
-        failing = [w for w in cluster.workspaces if NodeState(w.state) in _FAILING]
+        by_group: dict[str, list[Node]] = {}
+        for node in members:
+            by_group.setdefault(node.group, []).append(node)
+        failing = [n for n in members if NodeState(n.state) in _FAILING]
         best_effort = doc.policy.mode == "best-effort"
         if best_effort:
             short = []
             for group in doc.nodes:
-                members = by_group.get(group.group, [])
-                ready = sum(1 for w in members if w.state == NodeState.READY.value)
-                hopeful = sum(1 for w in members if NodeState(w.state) in _IN_PROGRESS)
+                of_group = by_group.get(group.group, [])
+                ready = sum(1 for n in of_group if n.state == NodeState.READY.value)
+                hopeful = sum(1 for n in of_group if NodeState(n.state) in _IN_PROGRESS)
                 if ready + hopeful < group.min_ready:
                     short.append((group, ready))
                 elif ready < group.min_ready:
@@ -258,9 +288,9 @@ class Engine:
                     f"node(s) ({ready} ready): {cause}",
                 )
                 return
-            for ws in failing:  # best effort carries on without its failed nodes
-                move_node(
-                    session, ws, NodeState.TERMINATING, "dropped under the best-effort policy"
+            for node in failing:  # best effort carries on without its failed nodes
+                self._move(
+                    session, node, NodeState.TERMINATING, "dropped under the best-effort policy"
                 )
             if not short and state is ClusterState.LAUNCHING:
                 move_cluster(
@@ -270,7 +300,7 @@ class Engine:
         if failing:
             self._fail(session, cluster, _describe_failures(failing))
         elif state is ClusterState.LAUNCHING and all(
-            w.state == NodeState.READY.value for w in cluster.workspaces
+            n.state == NodeState.READY.value for n in members
         ):
             move_cluster(session, cluster, ClusterState.READY, "every node is ready")
 
@@ -310,19 +340,20 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
-        nodes: list[Workspace],
+        members: list[Node],
+        nodes: list[Node],
         machines: dict[str, Machine],
         busy: set[str],
     ) -> None:
-        for ws in nodes:
-            state = NodeState(ws.state)
+        for node in nodes:
+            state = NodeState(node.state)
             if state is NodeState.TERMINATED:
                 continue
             if state is not NodeState.TERMINATING:
-                move_node(session, ws, NodeState.TERMINATING, "cluster is terminating")
-            self._submit(ws.id, self._terminate_job, ws.id)
-        ids = {w.id for w in cluster.workspaces}
-        if any(w.state != NodeState.TERMINATED.value for w in cluster.workspaces) or busy & ids:
+                self._move(session, node, NodeState.TERMINATING, "cluster is terminating")
+            self._submit(node.id, self._terminate_job, node.id)
+        ids = {n.id for n in members}
+        if any(n.state != NodeState.TERMINATED.value for n in members) or busy & ids:
             return
         leftovers = ids & machines.keys()
         if leftovers:  # the backend still runs something of ours: remove it again
@@ -344,6 +375,13 @@ class Engine:
         for workspace_id in machines.keys() - live_ids - busy:
             log.warning("backend runs %s, which no live record owns; removing it", workspace_id)
             self._submit(workspace_id, self._terminate_job, workspace_id)
+
+    def _move(self, session: Session, node: Node, target: NodeState, reason: str) -> None:
+        """Move the node's workspace, and keep `node` as it now is for the rest of the tick."""
+        ws = session.get(Workspace, node.id)
+        move_node(session, ws, target, reason)
+        node.state, node.state_since = ws.state, ws.state_since
+        node.failure, node.failure_phase = ws.failure, ws.failure_phase
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -372,7 +410,9 @@ class Engine:
     def _boot_job(self, spec: BootSpec) -> None:
         if self.bootstrap is not None:
             # committed before the machine starts, so its agent always finds its token
-            user_data = self.writes.write_from_thread(partial(self._user_data, spec.workspace_id))
+            user_data = self.writes.write_from_thread(
+                partial(self._user_data, spec.workspace_id), [(Workspace, spec.workspace_id)]
+            )
             if user_data is None:
                 return
             spec = replace(spec, user_data=user_data)
@@ -417,7 +457,7 @@ class Engine:
             if ws is not None and ws.state == expect.value:
                 move_node(session, ws, target, reason)
 
-        self.writes.write_from_thread(move)
+        self.writes.write_from_thread(move, [(Workspace, workspace_id)])
         self.poke()
 
     # -- helpers -----------------------------------------------------------------------
@@ -437,7 +477,7 @@ class Engine:
         )
 
 
-def _describe_failures(failing: list[Workspace]) -> str:
+def _describe_failures(failing: list[Node]) -> str:
     if not failing:
         return "no node failed, but too few are left"
     parts = [f"node {w.name} failed in phase {w.failure_phase}: {w.failure}" for w in failing[:5]]

@@ -12,6 +12,10 @@ session: whatever else they cause belongs after the answer.
 The burst is flushed once, at its commit: a query in one write does not see rows an
 earlier write of the same burst added, though objects that write loaded or changed are
 shared through the session.
+
+A write may name the rows it will read by primary key (`reads`): the burst loads all
+of them with one query per table before its writes run, so that each write's
+`session.get` finds its row loaded rather than querying for it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from corral.store.database import Store
@@ -33,11 +39,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BURST = 500  # bounds how long the decision lock is held at once
+Reads = Sequence[tuple[type, Any]]  # (model, primary key) of rows a write will get
 
 
 @dataclass
 class _Write:
     work: Callable[[Session], Any]
+    reads: Reads
     answer: Future
 
 
@@ -51,18 +59,19 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()  # guards starting, stopping and queueing
 
-    async def write(self, work: Callable[[Session], T]) -> T:
+    async def write(self, work: Callable[[Session], T], reads: Reads = ()) -> T:
         """Run `work(session)` in the next burst and return its result once committed.
 
+        `reads` are rows `work` will get by primary key, loaded with the burst's others.
         Raises what `work` raised, or what the commit raised, after rolling it back.
         """
-        return await asyncio.wrap_future(self._submit(work))
+        return await asyncio.wrap_future(self._submit(work, reads))
 
-    def write_from_thread(self, work: Callable[[Session], T]) -> T:
+    def write_from_thread(self, work: Callable[[Session], T], reads: Reads = ()) -> T:
         """`write` for a worker thread: blocks until committed, raises as `write` does."""
-        return self._submit(work).result()
+        return self._submit(work, reads).result()
 
-    def _submit(self, work: Callable[[Session], T]) -> Future:
+    def _submit(self, work: Callable[[Session], T], reads: Reads) -> Future:
         answer: Future = Future()
         with self._starting:  # so that no write lands behind the stop signal
             if self._thread is None:
@@ -70,7 +79,7 @@ class GroupCommit:
                     target=self._serve, name="corral-group-commit", daemon=True
                 )
                 self._thread.start()
-            self._queue.put(_Write(work, answer))
+            self._queue.put(_Write(work, reads, answer))
         return answer
 
     def stop(self) -> None:
@@ -107,6 +116,7 @@ class GroupCommit:
         results: list[Any] = []
         try:
             with self.decisions, self.store.session() as session, session.no_autoflush:
+                session.info["loaded"] = _load(session, burst)  # held until the burst ends
                 for write in burst:
                     results.append(write.work(session))
         except Exception as exc:
@@ -119,3 +129,16 @@ class GroupCommit:
             return
         for write, result in zip(burst, results, strict=True):
             write.answer.set_result(result)
+
+
+def _load(session: Session, burst: list[_Write]) -> list[object]:
+    """Every row the burst's writes named, read with one query per table."""
+    keys: dict[type, set] = defaultdict(set)
+    for write in burst:
+        for model, key in write.reads:
+            keys[model].add(key)
+    loaded: list[object] = []
+    for model, wanted in keys.items():
+        (column,) = inspect(model).primary_key
+        loaded += session.scalars(select(model).where(column.in_(wanted)))
+    return loaded
