@@ -3,8 +3,10 @@
 Writers mark a cluster changed in their session (transitions.bump_context); once the
 session commits, the notifier schedules one refresh of that cluster's snapshot after a
 short settling delay, so a burst of registrations and reports costs one re-read, not one
-per change. The delay grows with the time a re-read takes, so re-reading a large cluster
-never takes more than a fifth of a core however fast its nodes change. The refresh says
+per change. Re-reads of a cluster are also spaced by four times the last one's length,
+counted from its end, so re-reading a large cluster never takes more than a fifth of a
+core however fast its nodes change, while a change after a quiet spell waits only the
+settling delay. The refresh says
 which groups' views changed, and only their waiters wake. A waiter re-reads its
 snapshot, so a missed wake-up costs at most its poll, never a wrong answer.
 """
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.05
-REFRESH_SPACING = 4  # the settling delay is at least this many times the last re-read
+REFRESH_SPACING = 4  # re-reads are this many times their length apart, end to start
 
 
 class ContextNotifier:
@@ -34,7 +36,8 @@ class ContextNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._scheduled: set[str] = set()
-        self._refresh_seconds: dict[str, float] = {}  # how long each cluster's last re-read took
+        # when each cluster's last re-read ended, and how long it took
+        self._last_refresh: dict[str, tuple[float, float]] = {}
         self.closing = False
 
     def watch(self, sessions: sessionmaker) -> None:
@@ -67,7 +70,7 @@ class ContextNotifier:
 
     def forget(self, cluster_id: str) -> None:
         """Drop what is kept of a cluster that has ended."""
-        self._refresh_seconds.pop(cluster_id, None)
+        self._last_refresh.pop(cluster_id, None)
 
     def waiter(self, cluster_id: str, group: str) -> asyncio.Event:
         """The event set at the next change of `group`'s view; take it before reading."""
@@ -90,13 +93,15 @@ class ContextNotifier:
             asyncio.get_running_loop().create_task(self._refresh(cluster_id))
 
     async def _refresh(self, cluster_id: str) -> None:
-        took = self._refresh_seconds.get(cluster_id, 0.0)
-        await asyncio.sleep(max(self.settle, REFRESH_SPACING * took))
+        ended, took = self._last_refresh.get(cluster_id, (0.0, 0.0))
+        spaced = ended + REFRESH_SPACING * took - time.monotonic()
+        await asyncio.sleep(max(self.settle, spaced))
         self._scheduled.discard(cluster_id)  # a change from now on schedules another refresh
         started = time.monotonic()
         try:
             groups = await asyncio.to_thread(self.refresh, cluster_id)
-            self._refresh_seconds[cluster_id] = time.monotonic() - started
+            now = time.monotonic()
+            self._last_refresh[cluster_id] = (now, now - started)
         except Exception:  # noqa: BLE001 - waiters must still wake; they re-read on their own
             log.exception("broker: could not re-read cluster %s; waking its waiters", cluster_id)
             groups = {group for cluster, group in self._events if cluster == cluster_id}
