@@ -3,15 +3,17 @@
 A thousand simulated agents on httpx cost the load generator as much CPU as the broker
 spends answering them, and on a 2-core machine the generator then sets the pace. This
 client sends each request as one write and reads the reply by its Content-Length, which
-is all the broker's JSON API needs.
+is all the broker's JSON API needs, and parses it with orjson: a thousand real agents
+would each parse their own view on their own machine, not all of them on one core.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from urllib.parse import urlencode, urlsplit
+
+import orjson
 
 
 class HTTPStatusError(RuntimeError):
@@ -46,7 +48,7 @@ class Connection:
     ) -> dict:
         """The reply's JSON; raises HTTPStatusError for any status but 200."""
         target = self.prefix + path + ("?" + urlencode(params) if params else "")
-        payload = json.dumps(body).encode() if body is not None else b""
+        payload = orjson.dumps(body) if body is not None else b""
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{name}: {value}" for name, value in self.headers.items()]
         if body is not None:
@@ -55,7 +57,7 @@ class Connection:
         status, reply = await self._response()
         if status != 200:
             raise HTTPStatusError(f"{method} {target}: {status} {reply.decode(errors='replace')}")
-        return json.loads(reply)
+        return orjson.loads(reply)
 
     async def _response(self) -> tuple[int, bytes]:
         status_line = await self._reader.readline()
