@@ -33,7 +33,7 @@ async def empty_app(scope, receive, send) -> None:
         return
     while (await receive()).get("more_body"):
         pass
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"{}"})
 
