@@ -76,43 +76,58 @@ FINDINGS = """## What the numbers show, and what was done about them
   writes go to one writer thread (`store/group_commit.py`), which runs every write
   waiting at that moment in one session and commits once before answering each. A
   write that fails gets its error, and the rest of its burst is written again one by
-  one. Reports find their node in memory (`broker/known_nodes.py`), not by a query.
-- **The broker is plain Starlette, not FastAPI.** FastAPI's dependency solving and
-  response re-validation cost about 1 ms per request, more than the broker's own work
-  for a report. Its three routes now validate with the same pydantic schemas and
-  serialize each reply once. The server parses HTTP with httptools rather than h11.
+  one. A write names the rows it will read, and the burst loads them all in one query
+  per table: an ORM `session.get` cost about 0.25 ms here, more than the write itself.
+  A report is one INSERT, built once, that the unique key of reports turns into
+  nothing when the same report comes again (ON CONFLICT DO NOTHING).
+- **The broker is a bare ASGI app.** FastAPI's dependency solving and response
+  re-validation cost about 1 ms per request, then Starlette's routing and middleware a
+  little more. The three routes are now matched by path and method, validate with the
+  same pydantic schemas and serialize each reply once. The server parses HTTP with
+  httptools rather than h11.
 - **Work over all N nodes is paced by its own cost.** A cluster's re-read and an engine
-  tick each read every node; each waits at least four times as long as it last took,
-  which holds each to a fifth of a core however fast changes come.
+  tick each read every node; each starts at least four times its last length after the
+  last one ended, which holds each to a fifth of a core however fast changes come,
+  while a change after a quiet spell waits only the 50 ms settling delay. An engine
+  tick reads nodes as plain rows and loads an ORM object only for a node it moves or
+  boots; registrations no longer wake the engine, and reports only when a node becomes
+  ready or failed.
+- **The load generator was as slow as the service.** On httpx the 1000 agents cost
+  about 21 s of CPU, as much as the service, on the other of the two cores. They now
+  speak through `bench/lean_http.py` (one kept connection, replies read by
+  Content-Length, parsed with orjson), about 10 s. Each woken worker's view is about
+  50 KB, most of it the cluster's 1000 hosts, and real agents parse theirs on their own
+  machines.
 - **The real agent made a TLS handshake per request;** it now keeps one connection for
   its life (tests/test_agent.py). The swarm always used one connection per agent, so
   this saving (about 1 ms of broker CPU per handshake) does not show in these figures.
-- Together, since the last report, N=1000 went from 56 to 22-26 ms of CPU per node
-  and from 28 to 9-13 s between the last registration and all ready (two runs this
-  session). The per-node cost no longer rises from N=100 to N=1000 (ratio 0.8-1.0).
+- Together, since the last report, N=1000 went from 22-26 to 20-21 ms of CPU per node
+  and from 9-13 s to 4.4-5.3 s between the last registration and all ready (the
+  figure above and five runs of the same measure while working). The per-node cost
+  still does not rise from N=100 to N=1000 (ratio 0.95).
 - **Still over target (not met):**
-  - **CPU per node, target 2 ms: 22-26 ms.** The HTTPS floor row shows what the
+  - **CPU per node, target 2 ms: 20-21 ms.** The HTTPS floor row shows what the
     server stack alone spends per agent for the same TLS connection and five requests
-    with an empty app behind it: 2.4-2.8 ms. The 2 ms target is below that floor, so
-    no broker code on this stack can meet it; it would take cheaper connections than
-    one TLS handshake per node. Of the rest, a py-spy profile at N=1000 (`--gil`) puts
-    about 40% in the grouped writes: a registration costs about 1 ms of certificate
-    signing plus its ORM work; a report is ORM work. Engine ticks take about 12%,
-    re-reads 7%, and the HTTP and TLS stack about 20%.
-  - **Last registration to all ready at N=1000, target 5 s: 9-13 s.** The workers
-    wait for the controller to be `ready`, so once it is, 999 nodes wake and send 3
-    reports each: about 4000 requests. Sampling both processes' CPU through that phase
-    showed the service at one full core (the GIL) and the 1000-agent load generator at
-    the other.
+    with an empty app behind it: 2.3-2.8 ms. A registration's certificates cost about
+    1.4 ms more (TLS certificate 0.46 ms, SSH host certificate 0.39 ms, root's key and
+    certificate 0.52 ms). The 2 ms target is below that floor, so no broker code on
+    this stack can meet it. Of the rest, most is SQLAlchemy ORM work in the writes
+    (about 0.25 ms per object loaded, more per object flushed), then the launch itself
+    (scheduling and 1000 boot jobs, which the figure includes).
+  - **Last registration to all ready at N=1000, target 5 s: 4.4-5.3 s, so met only
+    in some runs.** The controller requires every worker registered and the workers
+    require the controller `ready`, so nothing can be ready before the last
+    registration: after it, the controller configures, then 999 workers wake and send
+    3 reports each, about 4000 requests, with the service at one full core throughout.
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
 - **nspawn is 3-5x the bare boot floor (target 2x), while well under 60 s.** The floor
-  itself moved between 1.2 and 1.9 s from run to run. The critical
-  path is the slowest boot, then the controller's configure, then the workers' (they
-  wait for the controller `ready`). Boot includes `ssh-keygen -A`: the RSA-3072 key alone
-  takes about 0.7 s, and the broker only uses the Ed25519 key. The role scripts poll
-  every 0.5 s and restart ssh, munge and Slurm one after another.
+  itself moved between 1.2 and 1.9 s from run to run (1.6 s, and 4.0x, in the run
+  above). The critical path is the slowest boot, then the controller's configure, then
+  the workers' (they wait for the controller `ready`). Boot includes `ssh-keygen -A`:
+  the RSA-3072 key alone takes about 0.7 s, and the broker only uses the Ed25519 key.
+  The role scripts poll every 0.5 s and restart ssh, munge and Slurm one after another.
 """
 
 

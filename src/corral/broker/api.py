@@ -124,7 +124,8 @@ async def register(request: Request, service: Service) -> Response:
     body = await _body(request, RegisterBody)
     credential, known = await service.writes.write(partial(_register, body))
     service.known_nodes.remember(credential, known)
-    log.info("broker: %s/%s registered", body.cluster, body.node)  # nothing for the engine
+    log.info("broker: %s/%s registered", body.cluster, body.node)
+    # the engine is not poked: none of its decisions turns on a node registering
     # the first view comes with the credential, saving every node a request
     snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
         service.snapshots.get, body.cluster
