@@ -6,9 +6,9 @@ short settling delay, so a burst of registrations and reports costs one re-read,
 per change. Re-reads of a cluster are also spaced by four times the last one's length,
 counted from its end, so re-reading a large cluster never takes more than a fifth of a
 core however fast its nodes change, while a change after a quiet spell waits only the
-settling delay. The refresh says
-which groups' views changed, and only their waiters wake. A waiter re-reads its
-snapshot, so a missed wake-up costs at most its poll, never a wrong answer.
+settling delay. The refresh says which groups' views changed, and only their waiters
+wake. A waiter re-reads its snapshot, so a missed wake-up costs at most its poll, never
+a wrong answer.
 """
 
 from __future__ import annotations
