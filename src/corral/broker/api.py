@@ -28,7 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from corral.broker.credentials import issue_credential, refuse_ended, spend_bootstrap_token
+from corral.broker.credentials import (
+    issue_credential,
+    refuse_ended,
+    secret_digest,
+    spend_bootstrap_token,
+)
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import RegisterBody, ReportBody
@@ -38,7 +43,7 @@ from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundE
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
-from corral.store.models import ClusterSecret, Report, Workspace, utcnow
+from corral.store.models import BootstrapToken, ClusterSecret, Report, Workspace, utcnow
 
 if TYPE_CHECKING:
     from corral.service.app import Service
@@ -122,7 +127,8 @@ async def _known_node(request: Request, service: Service) -> KnownNode:
 
 async def register(request: Request, service: Service) -> Response:
     body = await _body(request, RegisterBody)
-    credential, known = await service.writes.write(partial(_register, body))
+    reads = [(BootstrapToken, secret_digest(body.token)), (ClusterSecret, body.cluster)]
+    credential, known = await service.writes.write(partial(_register, body), reads)
     service.known_nodes.remember(credential, known)
     log.info("broker: %s/%s registered", body.cluster, body.node)
     # the engine is not poked: none of its decisions turns on a node registering
@@ -144,12 +150,9 @@ def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
         move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
     elif state is not NodeState.BOOTING:
         raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
-    # held for the whole burst: most of its registrations are of the same cluster
-    held = session.info.setdefault("cluster_secrets", {})
-    if ws.cluster_id not in held:
-        held[ws.cluster_id] = session.get(ClusterSecret, ws.cluster_id)
+    secret = session.get(ClusterSecret, ws.cluster_id)
     try:
-        node_secret = issue_node_secret(held[ws.cluster_id], ws, body.identity)
+        node_secret = issue_node_secret(secret, ws, body.identity)
     except ValueError as exc:
         raise ConflictError(f"node {ws.name}: {exc}") from exc
     session.add(node_secret)  # new: a token registers its node once
