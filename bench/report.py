@@ -101,12 +101,13 @@ FINDINGS = """## What the numbers show, and what was done about them
 - **The real agent made a TLS handshake per request;** it now keeps one connection for
   its life (tests/test_agent.py). The swarm always used one connection per agent, so
   this saving (about 1 ms of broker CPU per handshake) does not show in these figures.
-- Together, since the last report, N=1000 went from 22-26 to 20-22 ms of CPU per node
-  and from 9-13 s to 4.5-5.3 s between the last registration and all ready (the
-  figure above, and 4.46, 4.60 and 4.83 s in three runs of the same code while
-  working). The per-node cost still does not rise from N=100 to N=1000 (ratio 0.95).
+- Together, since the last report, N=1000 went from 22-26 to 20-25 ms of CPU per node
+  and from 9-13 s to 4.5-5.5 s between the last registration and all ready (the
+  figure above, and eight more runs while working: 4.46 to 5.51 s, 20.3 to 25.4 ms,
+  the higher ones later, on a busier machine). The per-node cost still does not rise
+  from N=100 to N=1000 (ratio 0.95).
 - **Still over target (not met):**
-  - **CPU per node, target 2 ms: 20-21 ms.** The HTTPS floor row shows what the
+  - **CPU per node, target 2 ms: 20-25 ms.** The HTTPS floor row shows what the
     server stack alone spends per agent for the same TLS connection and five requests
     with an empty app behind it: 2.3-2.8 ms. A registration's certificates cost about
     1.4 ms more (TLS certificate 0.46 ms, SSH host certificate 0.39 ms, root's key and
@@ -114,7 +115,7 @@ FINDINGS = """## What the numbers show, and what was done about them
     this stack can meet it. Of the rest, most is SQLAlchemy ORM work in the writes
     (about 0.25 ms per object loaded, more per object flushed), then the launch itself
     (scheduling and 1000 boot jobs, which the figure includes).
-  - **Last registration to all ready at N=1000, target 5 s: 4.5-5.3 s, so met only
+  - **Last registration to all ready at N=1000, target 5 s: 4.5-5.5 s, so met only
     in some runs.** The controller requires every worker registered and the workers
     require the controller `ready`, so nothing can be ready before the last
     registration: after it, the controller configures, then 999 workers wake and send
