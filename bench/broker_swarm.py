@@ -121,6 +121,16 @@ async def _swarm(service: ServiceProcess, nodes: int, tally: Tally) -> None:
         await asyncio.gather(*agents, return_exceptions=True)
 
 
+def _settled_state(client, cluster_id: str, seconds: float = 10) -> str:
+    """The cluster's state once the engine has seen its last node ready (or as it is then)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = client.get(f"/v1/clusters/{cluster_id}").json()["state"]
+        if state != "launching" or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
 def measure(nodes: int) -> dict:
     tally = Tally()
     with ServiceProcess({"boot_delay": "0", "state_file": ""}, with_agents=True) as service:
@@ -139,7 +149,7 @@ def measure(nodes: int) -> dict:
             raise
         all_ready = max(tally.ready_at.values())
         cpu = service.cpu_seconds() - cpu_before
-        state = client.get(f"/v1/clusters/{cluster_id}").json()["state"]
+        state = _settled_state(client, cluster_id)
         memory = service.peak_memory_mib()
         client.close()
     latencies = sorted(tally.latencies)

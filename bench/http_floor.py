@@ -1,6 +1,6 @@
 """The floor under the broker's CPU per node: its HTTPS stack with no broker behind it.
 
-The same server the broker runs on (uvicorn, httptools, TLS with an ECDSA P-256
+The same server the broker runs on (uvicorn, httptools, uvloop, TLS with an ECDSA P-256
 certificate made as the broker makes its own) serves an ASGI app that reads each
 request and answers `{}`. N simulated agents each open one TLS connection and send what
 a broker agent sends: one registration, one context request and three reports. What the
@@ -61,7 +61,7 @@ def measure(nodes: int) -> dict:
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.http_floor:empty_app", "--port", str(port)]
             + ["--ssl-certfile", str(identity.cert_path), "--ssl-keyfile", str(identity.key_path)]
-            + ["--http", "httptools", "--log-level", "warning", "--no-access-log"],
+            + ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"],
             stdin=subprocess.DEVNULL,
         )
         try:
