@@ -61,7 +61,8 @@ def measure(nodes: int) -> dict:
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.http_floor:empty_app", "--port", str(port)]
             + ["--ssl-certfile", str(identity.cert_path), "--ssl-keyfile", str(identity.key_path)]
-            + ["--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"],
+            + ["--http", "httptools", "--loop", "uvloop"]
+            + ["--log-level", "warning", "--no-access-log"],
             stdin=subprocess.DEVNULL,
         )
         try:
