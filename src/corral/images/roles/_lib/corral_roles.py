@@ -56,12 +56,15 @@ def run(*command: str) -> str:
 
 
 def wait_until(check, what: str, seconds: float = 60.0) -> None:
+    """Check often at first, since services mostly answer within a fraction of a second."""
     deadline = time.monotonic() + seconds
+    pause = 0.02
     while not check():
         if time.monotonic() > deadline:
             print(f"gave up waiting {seconds:.0f}s for {what}", file=sys.stderr)
             sys.exit(1)
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
 
 
 def succeeds(*command: str) -> bool:
