@@ -216,7 +216,9 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
     other_munge = (by_cluster[second]["worker-0"] / "etc/munge/munge.key").read_bytes()
     with broker_client(service) as broker:
         headers = {"Authorization": f"Bearer {credential}"}
-        view = broker.get("/context", headers=headers).json()
+        answer = broker.get("/context", headers=headers)
+        assert answer.headers["content-type"] == "application/json"
+        view = answer.json()
         assert (view["cluster"], view["node"]) == (first, "worker-0")
         # members: itself and the provider of the role it requires; hosts: the whole cluster
         assert {m["name"] for m in view["members"]} == {"head-0", "worker-0"}
@@ -234,6 +236,8 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
         assert for_other.json()["message"].startswith("node: ")
         backwards = broker.get("/context", params={"since": -1}, headers=headers)
         assert backwards.status_code == 422 and "since" in backwards.json()["message"]
+        sleepy = broker.get("/context", params={"since": 0, "wait": "soon"}, headers=headers)
+        assert sleepy.status_code == 422 and sleepy.json()["message"].startswith("wait: ")
         nobody = broker.get("/context", headers={"Authorization": "Bearer nc_forged"})
         assert nobody.status_code == 401
         wrong_method = broker.post("/context", headers=headers, json={})

@@ -6,9 +6,10 @@ written through the service's group commit (store/group_commit.py): under its de
 lock, as API writes are, so they never race the engine, and a burst in one transaction.
 
 Three endpoints called by every node of every cluster: a bare ASGI app dispatches them
-by method and path, and they validate their bodies with the pydantic schemas themselves,
-since a framework's routing, middleware and response re-validation cost more per request
-than the broker's own work.
+by method and path, they read requests and write replies through broker/http.py, and
+they validate their bodies with the pydantic schemas themselves, since a framework's
+routing, middleware and response re-validation cost more per request than the broker's
+own work.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from corral.broker.credentials import (
@@ -34,6 +33,7 @@ from corral.broker.credentials import (
     secret_digest,
     spend_bootstrap_token,
 )
+from corral.broker.http import Call, Reply, json_reply
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
 from corral.broker.schemas import RegisterBody, ReportBody
@@ -55,7 +55,7 @@ MAX_WAIT_SECONDS = 60.0
 Body = TypeVar("Body", bound=BaseModel)
 
 
-Endpoint = Callable[[Request, "Service"], Awaitable[Response]]
+Endpoint = Callable[[Call, "Service"], Awaitable[Reply]]
 
 
 class BrokerApp:
@@ -78,19 +78,19 @@ class BrokerApp:
                 raise NotFoundError(f"the broker has no {scope['path']}")
             if scope["method"] != method:
                 message = f"{scope['path']} takes {method}, not {scope['method']}"
-                response = JSONResponse(
+                reply = json_reply(
                     {"error": "method-not-allowed", "message": message, "details": {}},
-                    status_code=405,
-                    headers={"Allow": method},
+                    status=405,
+                    allow=method,
                 )
             else:
-                response = await endpoint(Request(scope, receive), self.service)
+                reply = await endpoint(Call(scope, receive), self.service)
         except CorralError as exc:
-            response = JSONResponse(exc.to_dict(), status_code=status_for(exc))
-        await response(scope, receive, send)
+            reply = json_reply(exc.to_dict(), status=status_for(exc))
+        await reply.send(send)
 
 
-async def _body(request: Request, schema: type[Body]) -> Body:
+async def _body(request: Call, schema: type[Body]) -> Body:
     """The request's JSON body as `schema`; raises BadRequestError naming the field."""
     try:
         return schema.model_validate_json(await request.body())
@@ -103,9 +103,9 @@ async def _body(request: Request, schema: type[Body]) -> Body:
         raise BadRequestError(f"{first['field']}: {first['message']}", problems=problems) from None
 
 
-def _number(request: Request, name: str, kind: type[int] | type[float]) -> int | float:
+def _number(request: Call, name: str, kind: type[int] | type[float]) -> int | float:
     """A query parameter at least zero (zero when absent); raises BadRequestError."""
-    text = request.query_params.get(name, "0")
+    text = request.query(name) or "0"
     try:
         value = kind(text)
     except ValueError:
@@ -115,9 +115,9 @@ def _number(request: Request, name: str, kind: type[int] | type[float]) -> int |
     return value
 
 
-async def _known_node(request: Request, service: Service) -> KnownNode:
+async def _known_node(request: Call, service: Service) -> KnownNode:
     """The node whose credential the request bears; raises AuthError for none or unknown."""
-    authorization = request.headers.get("authorization") or ""
+    authorization = request.header(b"authorization")
     scheme, _, credential = authorization.partition(" ")
     credential = credential.strip() if scheme.lower() == "bearer" else None
     return service.known_nodes.cached(credential) or await run_in_threadpool(
@@ -125,7 +125,7 @@ async def _known_node(request: Request, service: Service) -> KnownNode:
     )
 
 
-async def register(request: Request, service: Service) -> Response:
+async def register(request: Call, service: Service) -> Reply:
     body = await _body(request, RegisterBody)
     reads = [(BootstrapToken, secret_digest(body.token)), (ClusterSecret, body.cluster)]
     credential, known = await service.writes.write(partial(_register, body), reads)
@@ -139,7 +139,7 @@ async def register(request: Request, service: Service) -> Response:
     version = snapshot.group_versions[known.me.group]
     view = view_json(snapshot, known.me, known.secret)
     reply = f'{{"credential":{json.dumps(credential)},"version":{version},"view":{view}}}'
-    return Response(reply, media_type="application/json")  # a RegisterReply
+    return Reply(reply.encode())  # a RegisterReply
 
 
 def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
@@ -164,7 +164,7 @@ def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
     return credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret)
 
 
-async def context(request: Request, service: Service) -> Response:
+async def context(request: Call, service: Service) -> Reply:
     since = _number(request, "since", int)
     deadline = time.monotonic() + min(_number(request, "wait", float), MAX_WAIT_SECONDS)
     known = await _known_node(request, service)
@@ -180,18 +180,22 @@ async def context(request: Request, service: Service) -> Response:
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
             view = view_json(snapshot, me, known.secret)
-            return Response(view, media_type="application/json")  # a ContextView
+            return Reply(view.encode())  # a ContextView
         await service.notifier.wait(waiters, remaining)
 
 
-async def report(request: Request, service: Service) -> Response:
+async def report(request: Call, service: Service) -> Reply:
     body = await _body(request, ReportBody)
     known = await _known_node(request, service)
     reads = [(Workspace, known.me.id)]
     state = await service.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
         service.engine.poke()
-    return JSONResponse({"status": "already recorded" if state is None else "recorded"})
+    return _ALREADY_RECORDED if state is None else _RECORDED
+
+
+_RECORDED = json_reply({"status": "recorded"})
+_ALREADY_RECORDED = json_reply({"status": "already recorded"})
 
 
 def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:

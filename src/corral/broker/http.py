@@ -1,0 +1,75 @@
+"""The little of HTTP the broker's endpoints use, read from and written to ASGI directly.
+
+Every node of every cluster calls the broker a few times; a framework's request and
+response objects (header and query multidicts, background tasks, cookie handling) cost
+more per call than what the broker reads and writes: one header, two query numbers, a
+JSON body and a JSON reply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from starlette.types import Receive, Scope, Send
+
+
+class Call:
+    """One HTTP request to the broker."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self._receive = receive
+
+    def header(self, name: bytes) -> str:
+        """The first value of header `name` (lower case), or "" if the request has none."""
+        for key, value in self.scope["headers"]:
+            if key == name:  # ASGI servers give header names in lower case
+                return value.decode("latin-1")
+        return ""
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None if absent."""
+        if not self.scope["query_string"]:
+            return None
+        for key, value in parse_qsl(self.scope["query_string"].decode("latin-1")):
+            if key == name:
+                return value
+        return None
+
+    async def body(self) -> bytes:
+        chunks = []
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A JSON answer: its body already serialized."""
+
+    body: bytes
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    async def send(self, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            *self.headers,
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def json_reply(data: object, status: int = 200, **headers: str) -> Reply:
+    """`data` as a compact JSON answer, with extra `headers` (name=value)."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    extra = tuple((name.lower().encode(), value.encode()) for name, value in headers.items())
+    return Reply(body, status, extra)
