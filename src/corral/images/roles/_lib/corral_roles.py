@@ -51,6 +51,9 @@ def run(*command: str) -> str:
     if result.returncode != 0:
         print(f"{' '.join(command)} failed ({result.returncode}):", file=sys.stderr)
         print(result.stdout + result.stderr, file=sys.stderr)
+        if command[0] == "systemctl":  # systemctl only points at the journal: show it
+            journal = ["journalctl", "--no-pager", "-o", "cat", "-n", "15", "-u", command[-1]]
+            print(subprocess.run(journal, capture_output=True, text=True).stdout, file=sys.stderr)
         sys.exit(1)
     return result.stdout
 
