@@ -101,34 +101,50 @@ FINDINGS = """## What the numbers show, and what was done about them
 - **The real agent made a TLS handshake per request;** it now keeps one connection for
   its life (tests/test_agent.py). The swarm always used one connection per agent, so
   this saving (about 1 ms of broker CPU per handshake) does not show in these figures.
-- Together, since the last report, N=1000 went from 22-26 to 20-25 ms of CPU per node
-  and from 9-13 s to 4.5-5.5 s between the last registration and all ready (the
-  figure above, and eight more runs while working: 4.46 to 5.51 s, 20.3 to 25.4 ms,
-  the higher ones later, on a busier machine). The per-node cost still does not rise
-  from N=100 to N=1000 (ratio 0.95).
+- **uvloop under the servers, and no Starlette objects per request.** `corral serve`
+  runs its event loop on uvloop: the HTTPS floor went from 2.1-2.4 to 1.5-1.9 ms per
+  agent, the service's peak memory at N=1000 from 490 to 260 MiB, and in paired runs
+  the last-registration-to-ready tail from 4.9-5.0 to 4.1 s. The broker reads its
+  requests and writes its replies on ASGI directly (`broker/http.py`).
+- Together, since the last report, N=1000 went from 20-25 to 19-24 ms of CPU per node
+  and from 4.5-5.5 s to 4.1-5.1 s between the last registration and all ready (4.06 s
+  recorded above; 3.0, 4.1, 4.1, 4.2, 4.2, 4.3 and 5.1 s in runs while working). The
+  per-node cost still does not rise from N=100 to N=1000 (ratio 1.08).
 - **Still over target (not met):**
-  - **CPU per node, target 2 ms: 20-25 ms.** The HTTPS floor row shows what the
+  - **CPU per node, target 2 ms: 19-24 ms.** The HTTPS floor row shows what the
     server stack alone spends per agent for the same TLS connection and five requests
-    with an empty app behind it: 2.3-2.8 ms. A registration's certificates cost about
-    1.4 ms more (TLS certificate 0.46 ms, SSH host certificate 0.39 ms, root's key and
-    certificate 0.52 ms). The 2 ms target is below that floor, so no broker code on
-    this stack can meet it. Of the rest, most is SQLAlchemy ORM work in the writes
-    (about 0.25 ms per object loaded, more per object flushed), then the launch itself
-    (scheduling and 1000 boot jobs, which the figure includes).
-  - **Last registration to all ready at N=1000, target 5 s: 4.5-5.5 s, so met only
-    in some runs.** The controller requires every worker registered and the workers
-    require the controller `ready`, so nothing can be ready before the last
-    registration: after it, the controller configures, then 999 workers wake and send
-    3 reports each, about 4000 requests, with the service at one full core throughout.
+    with an empty app behind it: 1.5-1.9 ms. A registration's certificates cost about
+    1.1 ms more (TLS certificate 0.40 ms, SSH host certificate 0.27 ms, root's key 0.14
+    ms and certificate 0.32 ms). Floor and certificates together are above 2 ms, so no
+    broker code on this stack can meet it. Of the rest, most is SQLAlchemy ORM work in
+    the writes (the flush and commit of a burst, about 3 ms per node; the
+    registration's own work, about 2.5 ms), then the paced re-reads of the cluster and
+    the engine ticks (about 3 ms), then the launch itself.
+  - **Last registration to all ready at N=1000, target 5 s: met in the recorded run
+    (4.06 s), but 5.1 s in one run of seven.** The controller requires every worker
+    registered and the workers require the controller `ready`, so nothing can be ready
+    before the last registration: after it, the controller configures, then 999
+    workers wake and send 3 reports each, about 4000 requests, with the service at one
+    full core throughout. This machine is a VM whose CPU is shared: the same code
+    measured 3.0 and 5.1 s.
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
-- **nspawn is 3-5x the bare boot floor (target 2x), while well under 60 s.** The floor
-  itself moved between 1.2 and 1.9 s from run to run (1.6 s, and 4.0x, in the run
-  above). The critical path is the slowest boot, then the controller's configure, then
-  the workers' (they wait for the controller `ready`). Boot includes `ssh-keygen -A`:
-  the RSA-3072 key alone takes about 0.7 s, and the broker only uses the Ed25519 key.
-  The role scripts poll every 0.5 s and restart ssh, munge and Slurm one after another.
+- **nspawn 1+2 went from 6.3 to 4.7 s, 3.2x the bare boot floor (target 2x).** Each
+  `systemctl enable` in a role script ran Debian's SysV shim (update-rc.d, 0.4 s); the
+  image no longer ships Slurm's SysV scripts. slurmd's configless drop-in is baked in,
+  which saves a `daemon-reload` (0.14 s) on every worker, and the role scripts poll
+  from 20 ms up instead of every 0.5 s. The critical path is the slowest boot (3.2 s
+  with three containers on two cores, against 1.5 s for one alone), then the
+  controller's configure, then the workers' (they wait for the controller `ready`).
+- **Tried and taken back: an Ed25519-only host key.** `ssh-keygen -A` spends about
+  0.5 s of CPU per boot on its RSA-3072 key, and dropping it took 1+2 to 2.3 s. But
+  containers started by one service share one cgroup (`--keep-unit --register=no`),
+  and the systemd in each creates and removes the same `system.slice/<unit>` groups:
+  with a 10 ms host-key unit, one 1+8 launch in about twenty failed because a
+  container's host-key unit could not attach to a group another container had just
+  removed (status 219/CGROUP). A cgroup per container is the fix; a first attempt made
+  a container exit right after it started, so it is not in yet.
 """
 
 
