@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
@@ -31,12 +32,12 @@ class Call:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter `name`, or None if absent."""
-        if not self.scope["query_string"]:
-            return None
-        for key, value in parse_qsl(self.scope["query_string"].decode("latin-1")):
-            if key == name:
-                return value
-        return None
+        return self._query.get(name)
+
+    @cached_property
+    def _query(self) -> dict[str, str]:
+        pairs = parse_qsl(self.scope["query_string"].decode("latin-1"))
+        return dict(reversed(pairs))  # the first value of a repeated name wins
 
     async def body(self) -> bytes:
         chunks = []
