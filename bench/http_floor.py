@@ -10,7 +10,6 @@ server spends per agent is what no broker code can save.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench.lean_http import Connection
-from bench.service import _free_port
+from bench.service import _free_port, cpu_seconds
 from corral.broker.pki import load_or_create_broker_identity
 
 REQUESTS = (("POST", "/register"), ("GET", "/context"), *[("POST", "/report")] * 3)
@@ -36,11 +35,6 @@ async def empty_app(scope, receive, send) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"{}"})
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _agents(url: str, tls: ssl.SSLContext, nodes: int) -> None:
@@ -77,9 +71,9 @@ def measure(nodes: int) -> dict:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise
                     time.sleep(0.1)
-            before = _cpu_seconds(server.pid)
+            before = cpu_seconds(server.pid)
             asyncio.run(_agents(url, tls, nodes))
-            cpu = _cpu_seconds(server.pid) - before
+            cpu = cpu_seconds(server.pid) - before
         finally:
             server.terminate()
             server.wait(30)
