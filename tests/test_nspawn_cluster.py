@@ -16,7 +16,7 @@ import pytest
 from inprocess import admin_token, api, document, wait_for
 from served import process_alive
 
-from corral.backends import network
+from corral.backends import cgroups, network
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
 from corral.store.models import Image
@@ -89,7 +89,37 @@ def leftovers(service, clusters: list[dict]) -> list[str]:
                 found.append(f"veth {host_side}")
             if network.netns_name(node["id"]) in namespaces:
                 found.append(f"netns {network.netns_name(node['id'])}")
+            groups = cgroups.groups(network.netns_name(node["id"]))
+            found += [f"cgroup {group}" for group in groups if group.exists()]
     return found
+
+
+def foreign_cgroups(cluster: dict) -> list[str]:
+    """Processes of the cluster's containers that are not in their own container's group."""
+    found = []
+    for node in cluster["nodes"]:
+        machine = network.netns_name(node["id"])
+        own = f"/{cgroups.PARENT}/{machine}/"
+        namespace = os.stat(network.NETNS_DIR / machine)
+        pids = [
+            proc
+            for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and _net_namespace(proc) == namespace.st_ino
+        ]
+        assert pids, f"no processes in {machine}"
+        for proc in pids:
+            for line in (proc / "cgroup").read_text().splitlines():
+                _, controllers, path = line.split(":", 2)
+                if controllers in ("", "name=systemd") and not path.startswith(own):
+                    found.append(f"{node['name']} pid {proc.name}: {line}")
+    return found
+
+
+def _net_namespace(proc: Path) -> int | None:
+    try:
+        return os.stat(proc / "ns" / "net").st_ino
+    except OSError:
+        return None
 
 
 def test_a_slurm_job_runs_across_workers_and_ssh_is_strict(nspawn_service):
@@ -145,6 +175,9 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
         shlex.quote(probe.replace(target, first["nodes"][1]["address"])),
     )
     assert inside.stdout.startswith("reached")  # the probe itself works
+    # each container's systemd makes its units' groups in a group of its own, not in one
+    # all containers share (where their units' groups would race: status 219/CGROUP)
+    assert foreign_cgroups(first) + foreign_cgroups(second) == []
 
     client = api(service, admin_token(service))
     for cluster in (first, second):

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from corral.backends import network
+from corral.backends import cgroups, network
 from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
 from corral.errors import BackendError
 
@@ -167,6 +167,7 @@ class NspawnBackend(Backend):
             out.write(spec.user_data)
 
     def _start(self, directory: Path, merged: Path, spec: BootSpec, namespace: str) -> int:
+        machine = network.netns_name(spec.workspace_id)
         command = [
             "systemd-nspawn",
             "--quiet",
@@ -184,7 +185,7 @@ class NspawnBackend(Backend):
         ]
         with open(directory / "console.log", "ab") as console:
             process = subprocess.Popen(
-                command,
+                cgroups.entering(machine, command),
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -194,6 +195,7 @@ class NspawnBackend(Backend):
 
     def _clean(self, workspace_id: str, cluster_id: str | None, directory: str) -> None:
         _kill_namespace(network.netns_name(workspace_id))
+        cgroups.remove(network.netns_name(workspace_id))
         merged = Path(directory) / "merged"
         unmounted = subprocess.run(["umount", str(merged)], capture_output=True)
         if os.path.ismount(merged) and unmounted.returncode != 0:
