@@ -22,11 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.broker.schemas import HostEntry, Member
+from corral.broker.schemas import Member
 from corral.broker.views import REGISTERED, blocked_by_group, live_providers, provider_groups
 from corral.document import ClusterDocument
 from corral.lifecycle import ClusterState
@@ -70,14 +69,12 @@ class Snapshot:
     secret: ClusterSecret
     blocked: dict[str, list[str]]  # group -> roles it still waits for
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
-    hosts: list[HostEntry]  # every registered node with an address, for /etc/hosts
-    hosts_json: str  # the same, serialized once for every view that carries it
+    hosts: tuple[tuple[str, str], ...]  # (name, address) of every registered node with one
+    hosts_json: str  # the same as HostEntry objects, serialized once for every view
     states: dict[str, str]  # every node's state, by workspace id
     group_versions: dict[str, int] = field(default_factory=dict)
     seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
 
-
-_HOST_LIST = TypeAdapter(list[HostEntry])
 
 _PEER_COLUMNS = (
     Workspace.id,
@@ -136,7 +133,7 @@ def read_snapshot(
         if p.state in REGISTERED:
             by_group.setdefault(p.group, []).append(p)
             if p.address:
-                hosts.append(HostEntry(name=p.name, address=p.address))
+                hosts.append((p.name, p.address))
     peers = {
         group: sorted((p for g in related for p in by_group.get(g, [])), key=lambda p: p.name)
         for group, related in _peer_groups(doc).items()
@@ -149,8 +146,9 @@ def read_snapshot(
         secret=secret,
         blocked=blocked,
         peers=peers,
-        hosts=hosts,
-        hosts_json=_HOST_LIST.dump_json(hosts).decode(),
+        hosts=tuple(hosts),
+        # a thousand pydantic objects per re-read cost more than the rest of it
+        hosts_json=json.dumps([{"name": n, "address": a} for n, a in hosts], separators=(",", ":")),
         states={p.id: p.state for p in nodes},
     )
 
@@ -190,9 +188,8 @@ class Snapshots:
             )
             previous = self._latest.get(cluster_id)
             changed = set()
-            hosts = tuple((h.name, h.address) for h in snapshot.hosts)
             for group, blocked in snapshot.blocked.items():
-                seen = _seen(blocked, snapshot.peers[group], hosts)
+                seen = _seen(blocked, snapshot.peers[group], snapshot.hosts)
                 snapshot.seen[group] = seen
                 if previous is not None and previous.seen.get(group) == seen:
                     snapshot.group_versions[group] = previous.group_versions[group]

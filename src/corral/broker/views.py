@@ -91,10 +91,12 @@ def _listed(snapshot: Snapshot, me: Peer) -> bool:
 
 def _with_me(snapshot: Snapshot, me: Peer) -> list[HostEntry]:
     """The cluster's hosts, and this node even when the snapshot predates its registering."""
-    if _listed(snapshot, me):
-        return snapshot.hosts
-    me_too = [*snapshot.hosts, HostEntry(name=me.name, address=me.address)]
-    return sorted(me_too, key=lambda h: h.name)
+    hosts = (
+        snapshot.hosts
+        if _listed(snapshot, me)
+        else sorted([*snapshot.hosts, (me.name, me.address)])
+    )
+    return [HostEntry(name=name, address=address) for name, address in hosts]
 
 
 def _name(peer: Peer) -> str:
