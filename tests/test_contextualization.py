@@ -31,9 +31,10 @@ from corral.backends.fake import FakeBackend
 from corral.broker.api import _record
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.schemas import ReportBody
-from corral.broker.snapshots import peer_of
+from corral.broker.snapshots import Snapshots, peer_of
 from corral.broker.views import build_view, view_json
 from corral.lifecycle import NodeState
+from corral.service.transitions import move_node
 from corral.store.models import NodeSecret, Report, Workspace, utcnow
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
@@ -286,10 +287,42 @@ def test_a_view_serialized_with_its_shared_hosts_is_the_view_itself(agent_servic
         me = peer_of(ws)
         whole = build_view(snapshot, me, secrets[ws.id]).model_dump(mode="json")
         assert json.loads(view_json(snapshot, me, secrets[ws.id])) == whole
-    # a node that registered after the snapshot was read still finds itself among the hosts
-    newcomer = replace(peer_of(nodes[0]), id="ws-new", name="worker-9", address="10.9.9.9")
-    hosts = json.loads(view_json(snapshot, newcomer, None))["hosts"]
-    assert {"name": "worker-9", "address": "10.9.9.9"} in hosts and len(hosts) == 5
+    # a node that registered after the snapshot was read still finds itself among the hosts,
+    # in its place by name, whether that is first, among the others or last
+    for name in ("a-first", "head-1", "worker-9"):
+        newcomer = replace(peer_of(nodes[0]), id="ws-new", name=name, address="10.9.9.9")
+        hosts = json.loads(view_json(snapshot, newcomer, None))["hosts"]
+        assert {"name": name, "address": "10.9.9.9"} in hosts and len(hosts) == 5
+        assert [h["name"] for h in hosts] == sorted(h["name"] for h in hosts)
+        whole = build_view(snapshot, newcomer, None).model_dump(mode="json")
+        assert json.loads(view_json(snapshot, newcomer, None)) == whole
+
+
+def test_a_refresh_told_which_nodes_changed_reads_just_them(agent_service):
+    service = agent_service()
+    _, cluster_id = launch_ready(service)
+    service.engine.stop()  # it would act on the failed node below
+    snapshots = Snapshots(service.store, service.documents, lambda _: None)  # the service's own
+    before = snapshots.get(cluster_id)  # would be refreshed by its notifier meanwhile
+    with service.store.session() as session:
+        nodes = {ws.name: ws for ws in session.query(Workspace).filter_by(cluster_id=cluster_id)}
+        for name in ("worker-0", "worker-1"):
+            nodes[name].hostname = f"{name}.renamed"
+        # a state change names its node for the broker to re-read
+        move_node(session, nodes["worker-1"], NodeState.FAILED, "for the test")
+        assert session.info["changed_contexts"] == {cluster_id: {nodes["worker-1"].id}}
+        ids = {name: ws.id for name, ws in nodes.items()}
+
+    groups = snapshots.refresh(cluster_id, {ids["worker-1"]})
+    partial = snapshots.latest(cluster_id)
+    assert partial.version > before.version and groups
+    assert partial.nodes[ids["worker-1"]].hostname == "worker-1.renamed"
+    assert partial.state_of(ids["worker-1"]) == "failed"
+    assert partial.nodes[ids["worker-0"]].hostname == "worker-0"  # not named: not read
+    assert "worker-1" not in [p.name for p in partial.peers["head"]]
+
+    snapshots.refresh(cluster_id, None)  # anything may have changed: the whole cluster
+    assert snapshots.latest(cluster_id).nodes[ids["worker-0"]].hostname == "worker-0.renamed"
 
 
 def _addresses(client, cluster_id):

@@ -175,7 +175,7 @@ async def context(request: Call, service: Service) -> Reply:
             service.snapshots.get, known.cluster_id
         )
         # also after a long hold; no state yet when it registered after the snapshot
-        refuse_ended(me.name, snapshot.states.get(me.id))
+        refuse_ended(me.name, snapshot.state_of(me.id))
         remaining = deadline - time.monotonic()
         closing = service.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:

@@ -29,13 +29,16 @@ REFRESH_SPACING = 4  # re-reads are this many times their length apart, end to s
 
 
 class ContextNotifier:
-    def __init__(self, refresh: Callable[[str], set[str]], settle: float = SETTLE_SECONDS) -> None:
-        """`refresh(cluster_id)` re-reads a cluster and returns the groups whose views changed."""
+    def __init__(
+        self, refresh: Callable[[str, set[str] | None], set[str]], settle: float = SETTLE_SECONDS
+    ) -> None:
+        """`refresh(cluster_id, nodes)` re-reads a cluster (just `nodes` of it, unless None)
+        and returns the groups whose views changed."""
         self.refresh = refresh
         self.settle = settle
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[tuple[str, str], asyncio.Event] = {}
-        self._scheduled: set[str] = set()
+        self._scheduled: dict[str, set[str] | None] = {}  # cluster -> nodes changed, or None
         # when each cluster's last re-read ended, and how long it took
         self._last_refresh: dict[str, tuple[float, float]] = {}
         self.closing = False
@@ -45,9 +48,9 @@ class ContextNotifier:
         event.listen(sessions, "after_commit", self._after_commit)
 
     def _after_commit(self, session: Session) -> None:
-        changed = session.info.pop("changed_contexts", None)
-        for cluster_id in changed or ():
-            self.notify(cluster_id)
+        changed = session.info.pop("changed_contexts", None) or {}
+        for cluster_id, nodes in changed.items():
+            self.notify(cluster_id, nodes)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the event loop the broker's requests wait on."""
@@ -61,12 +64,13 @@ class ContextNotifier:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._fire_all)
 
-    def notify(self, cluster_id: str) -> None:
-        """Thread-safe: the cluster changed; its waiters learn of it after the settling delay."""
+    def notify(self, cluster_id: str, nodes: set[str] | None = None) -> None:
+        """Thread-safe: the cluster changed (just `nodes` of it, by workspace id, unless None);
+        its waiters learn of it after the settling delay."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        loop.call_soon_threadsafe(self._schedule, cluster_id)
+        loop.call_soon_threadsafe(self._schedule, cluster_id, nodes)
 
     def forget(self, cluster_id: str) -> None:
         """Drop what is kept of a cluster that has ended."""
@@ -87,19 +91,24 @@ class ContextNotifier:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiters.wait(), timeout)
 
-    def _schedule(self, cluster_id: str) -> None:
+    def _schedule(self, cluster_id: str, nodes: set[str] | None) -> None:
         if cluster_id not in self._scheduled:
-            self._scheduled.add(cluster_id)
+            self._scheduled[cluster_id] = None if nodes is None else set(nodes)
             asyncio.get_running_loop().create_task(self._refresh(cluster_id))
+        elif nodes is None:
+            self._scheduled[cluster_id] = None
+        elif (pending := self._scheduled[cluster_id]) is not None:
+            pending |= nodes
 
     async def _refresh(self, cluster_id: str) -> None:
         ended, took = self._last_refresh.get(cluster_id, (0.0, 0.0))
         spaced = ended + REFRESH_SPACING * took - time.monotonic()
         await asyncio.sleep(max(self.settle, spaced))
-        self._scheduled.discard(cluster_id)  # a change from now on schedules another refresh
+        # a change from now on schedules another refresh
+        nodes = self._scheduled.pop(cluster_id)
         started = time.monotonic()
         try:
-            groups = await asyncio.to_thread(self.refresh, cluster_id)
+            groups = await asyncio.to_thread(self.refresh, cluster_id, nodes)
             now = time.monotonic()
             self._last_refresh[cluster_id] = (now, now - started)
         except Exception:  # noqa: BLE001 - waiters must still wake; they re-read on their own

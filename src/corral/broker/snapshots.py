@@ -12,6 +12,10 @@ requires, the nodes that require a role it provides) and their addresses and key
 the cluster's host names. A node is therefore never woken by another node's state
 changing, and a blocked node is woken only when it may go on: launching N nodes costs
 O(N) wake-ups, not one per node per change.
+
+A refresh told which nodes changed re-reads only their rows and keeps the others from
+the latest snapshot, so the store is read in proportion to what changed, not to the
+cluster's size.
 """
 
 from __future__ import annotations
@@ -20,16 +24,27 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.broker.schemas import Member
-from corral.broker.views import REGISTERED, blocked_by_group, live_providers, provider_groups
+from corral.broker.views import (
+    REGISTERED,
+    blocked_by_group,
+    host_offsets,
+    hosts_json,
+    live_providers,
+    provider_groups,
+)
 from corral.document import ClusterDocument
 from corral.lifecycle import ClusterState
 from corral.store.models import Cluster, ClusterSecret, Workspace
+
+# more changed nodes than this are read with the rest of the cluster (an IN list that
+# long costs as much, and SQLite bounds how many parameters a query may have)
+PARTIAL_READ_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -71,9 +86,19 @@ class Snapshot:
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
     hosts: tuple[tuple[str, str], ...]  # (name, address) of every registered node with one
     hosts_json: str  # the same as HostEntry objects, serialized once for every view
-    states: dict[str, str]  # every node's state, by workspace id
+    nodes: dict[str, Peer]  # every node, by workspace id
     group_versions: dict[str, int] = field(default_factory=dict)
     seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
+
+    @cached_property
+    def host_offsets(self) -> list[int]:
+        """Where each host's entry starts in hosts_json (for views that add a host)."""
+        return host_offsets(self.hosts)
+
+    def state_of(self, workspace_id: str) -> str | None:
+        """A node's state, or None when it was not in the cluster when this was read."""
+        node = self.nodes.get(workspace_id)
+        return node.state if node is not None else None
 
 
 _PEER_COLUMNS = (
@@ -98,10 +123,12 @@ def peer_of(ws: Workspace) -> Peer:
     return _peer(tuple(getattr(ws, column.key) for column in _PEER_COLUMNS))
 
 
-def _peers(session: Session, cluster_id: str) -> list[Peer]:
-    """The cluster's nodes as plain rows: a snapshot is read often, so no ORM objects."""
-    rows = session.execute(select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id))
-    return [_peer(tuple(row)) for row in rows]
+def _peers(session: Session, cluster_id: str, only: set[str] | None = None) -> list[Peer]:
+    """The cluster's nodes (or those of them in `only`) as plain rows, not ORM objects."""
+    query = select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id)
+    if only is not None:
+        query = query.where(Workspace.id.in_(only))
+    return [_peer(tuple(row)) for row in session.execute(query)]
 
 
 def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
@@ -124,12 +151,18 @@ def _seen(blocked: list[str], peers: list[Peer], hosts: tuple) -> tuple:
 
 
 def read_snapshot(
-    cluster: Cluster, nodes: list[Peer], doc: ClusterDocument, secret: ClusterSecret
+    cluster_id: str,
+    version: int,
+    owner: str,
+    nodes: dict[str, Peer],
+    doc: ClusterDocument,
+    secret: ClusterSecret,
 ) -> Snapshot:
-    blocked = blocked_by_group(doc, live_providers(nodes, doc))
+    """`nodes` are every node of the cluster, by workspace id."""
+    blocked = blocked_by_group(doc, live_providers(nodes.values(), doc))
     by_group: dict[str, list[Peer]] = {}
     hosts = []
-    for p in sorted(nodes, key=lambda p: p.name):
+    for p in sorted(nodes.values(), key=lambda p: p.name):
         if p.state in REGISTERED:
             by_group.setdefault(p.group, []).append(p)
             if p.address:
@@ -139,17 +172,16 @@ def read_snapshot(
         for group, related in _peer_groups(doc).items()
     }
     return Snapshot(
-        cluster_id=cluster.id,
-        version=cluster.context_version,
-        owner=cluster.owner.name,
+        cluster_id=cluster_id,
+        version=version,
+        owner=owner,
         doc=doc,
         secret=secret,
         blocked=blocked,
         peers=peers,
         hosts=tuple(hosts),
-        # a thousand pydantic objects per re-read cost more than the rest of it
-        hosts_json=json.dumps([{"name": n, "address": a} for n, a in hosts], separators=(",", ":")),
-        states={p.id: p.state for p in nodes},
+        hosts_json=hosts_json(hosts),
+        nodes=nodes,
     )
 
 
@@ -173,21 +205,42 @@ class Snapshots:
         """The latest snapshot if there is one, without reading the store."""
         return self._latest.get(cluster_id)
 
-    def refresh(self, cluster_id: str) -> set[str]:
-        """Re-read the cluster; returns the groups whose views changed since the last read."""
-        return self._read(cluster_id)[1]
+    def refresh(self, cluster_id: str, changed: set[str] | None = None) -> set[str]:
+        """Re-read the cluster; returns the groups whose views changed since the last read.
 
-    def _read(self, cluster_id: str) -> tuple[Snapshot, set[str]]:
+        `changed` names the only nodes that may have changed since then (by workspace
+        id); None means anything may have.
+        """
+        return self._read(cluster_id, changed)[1]
+
+    def _read(self, cluster_id: str, changed: set[str] | None = None) -> tuple[Snapshot, set[str]]:
         with self._lock, self.store.session() as session:
-            cluster = session.get(Cluster, cluster_id)
-            snapshot = read_snapshot(
-                cluster,
-                _peers(session, cluster_id),
-                self.documents.of(cluster),
-                session.get(ClusterSecret, cluster_id),
-            )
             previous = self._latest.get(cluster_id)
-            changed = set()
+            if previous is None or changed is None or len(changed) > PARTIAL_READ_LIMIT:
+                cluster = session.get(Cluster, cluster_id)
+                state, version = cluster.state, cluster.context_version
+                snapshot = read_snapshot(
+                    cluster_id,
+                    version,
+                    cluster.owner.name,
+                    {p.id: p for p in _peers(session, cluster_id)},
+                    self.documents.of(cluster),
+                    session.get(ClusterSecret, cluster_id),
+                )
+            else:
+                state, version = session.execute(
+                    select(Cluster.state, Cluster.context_version).where(Cluster.id == cluster_id)
+                ).one()
+                nodes = previous.nodes | {p.id: p for p in _peers(session, cluster_id, changed)}
+                snapshot = read_snapshot(
+                    cluster_id,
+                    version,
+                    previous.owner,
+                    nodes,
+                    previous.doc,
+                    previous.secret,
+                )
+            groups = set()
             for group, blocked in snapshot.blocked.items():
                 seen = _seen(blocked, snapshot.peers[group], snapshot.hosts)
                 snapshot.seen[group] = seen
@@ -195,10 +248,10 @@ class Snapshots:
                     snapshot.group_versions[group] = previous.group_versions[group]
                 else:
                     snapshot.group_versions[group] = snapshot.version
-                    changed.add(group)
-            if cluster.state == ClusterState.TERMINATED.value:
+                    groups.add(group)
+            if state == ClusterState.TERMINATED.value:
                 self._latest.pop(cluster_id, None)
                 self.on_terminated(cluster_id)
             elif previous is None or previous.version <= snapshot.version:
                 self._latest[cluster_id] = snapshot
-            return snapshot, changed
+            return snapshot, groups

@@ -9,7 +9,9 @@ files; it says what it is blocked on. Its members are the node itself and its pe
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+import bisect
+import json
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from corral.broker import pki
@@ -65,7 +67,9 @@ def build_view(
             for need in group.requires
         },
         members=[p.member() for p in known],
-        hosts=_with_me(snapshot, me) if with_hosts else [],
+        hosts=[
+            HostEntry(name=n, address=a) for n, a in (_with_me(snapshot, me) if with_hosts else ())
+        ],
         data=dict(doc.data),
         files=node_files(snapshot.secret, node_secret, snapshot.owner) if satisfied else [],
         ssh_known_hosts=pki.known_hosts_line(authority_of(snapshot.secret), ["*"]),
@@ -78,25 +82,54 @@ def view_json(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> s
     Every node's view lists every host of the cluster: serializing that list for each
     node would make waking N nodes cost N*N.
     """
-    if not _listed(snapshot, me):  # a snapshot older than its registering: the whole way
-        return build_view(snapshot, me, node_secret).model_dump_json()
     view = build_view(snapshot, me, node_secret, with_hosts=False)
-    return view.model_dump_json(exclude={"hosts"})[:-1] + ',"hosts":' + snapshot.hosts_json + "}"
+    # a snapshot read before the node registered (as for its register reply) lacks it
+    hosts = snapshot.hosts_json if _listed(snapshot, me) else _hosts_json_with(snapshot, me)
+    return view.model_dump_json(exclude={"hosts"})[:-1] + ',"hosts":' + hosts + "}"
+
+
+def hosts_json(hosts: Iterable[tuple[str, str]]) -> str:
+    """(name, address) pairs as a JSON list of HostEntry, without a pydantic object each."""
+    return json.dumps([{"name": n, "address": a} for n, a in hosts], separators=_COMPACT)
+
+
+def host_offsets(hosts: Sequence[tuple[str, str]]) -> list[int]:
+    """Where each host's entry starts in `hosts_json(hosts)`."""
+    offsets, at = [], 1
+    for name, address in hosts:
+        offsets.append(at)
+        at += len(_host_json(name, address)) + 1
+    return offsets
+
+
+def _host_json(name: str, address: str) -> str:
+    return json.dumps({"name": name, "address": address}, separators=_COMPACT)
+
+
+def _hosts_json_with(snapshot: Snapshot, me: Peer) -> str:
+    """The snapshot's hosts as JSON with `me` added in its place: a thousand hosts are
+    spliced, not serialized again, for each node registering."""
+    entry = _host_json(me.name, me.address)
+    place = bisect.bisect(snapshot.hosts, (me.name, me.address))
+    if place == len(snapshot.hosts):
+        return snapshot.hosts_json[:-1] + ("," if snapshot.hosts else "") + entry + "]"
+    at = snapshot.host_offsets[place]
+    return snapshot.hosts_json[:at] + entry + "," + snapshot.hosts_json[at:]
+
+
+_COMPACT = (",", ":")
 
 
 def _listed(snapshot: Snapshot, me: Peer) -> bool:
     """Whether the snapshot's hosts include `me` (or would not, having no address)."""
-    return not me.address or snapshot.states.get(me.id) in REGISTERED
+    return not me.address or snapshot.state_of(me.id) in REGISTERED
 
 
-def _with_me(snapshot: Snapshot, me: Peer) -> list[HostEntry]:
+def _with_me(snapshot: Snapshot, me: Peer) -> tuple[tuple[str, str], ...]:
     """The cluster's hosts, and this node even when the snapshot predates its registering."""
-    hosts = (
-        snapshot.hosts
-        if _listed(snapshot, me)
-        else sorted([*snapshot.hosts, (me.name, me.address)])
-    )
-    return [HostEntry(name=name, address=address) for name, address in hosts]
+    if _listed(snapshot, me):
+        return snapshot.hosts
+    return tuple(sorted([*snapshot.hosts, (me.name, me.address)]))
 
 
 def _name(peer: Peer) -> str:

@@ -45,14 +45,22 @@ def move_node(session: Session, ws: Workspace, target: NodeState, reason: str) -
         ws.failure = reason
         ws.failure_phase = PHASE_OF[current]
     record_node(session, ws, current, target, reason)
-    bump_context(session, ws.cluster)
+    bump_context(session, ws.cluster, ws.id)
     log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
 
 
-def bump_context(session: Session, cluster: Cluster) -> None:
-    """Note that the cluster's context views may have changed; long-polls wake on commit."""
+def bump_context(session: Session, cluster: Cluster, node: str | None = None) -> None:
+    """Note that the cluster's context views may have changed; long-polls wake on commit.
+
+    `node` is the workspace id of the one node that changed; without it, anything in the
+    cluster may have. The broker re-reads just the nodes named, unless one call named none.
+    """
     cluster.context_version = (cluster.context_version or 0) + 1
-    session.info.setdefault("changed_contexts", set()).add(cluster.id)
+    changed: dict[str, set[str] | None] = session.info.setdefault("changed_contexts", {})
+    if node is None:
+        changed[cluster.id] = None
+    elif changed.get(cluster.id, set()) is not None:
+        changed.setdefault(cluster.id, set()).add(node)
 
 
 def record_node(
