@@ -106,45 +106,68 @@ FINDINGS = """## What the numbers show, and what was done about them
   agent, the service's peak memory at N=1000 from 490 to 260 MiB, and in paired runs
   the last-registration-to-ready tail from 4.9-5.0 to 4.1 s. The broker reads its
   requests and writes its replies on ASGI directly (`broker/http.py`).
-- Together, since the last report, N=1000 went from 20-25 to 19-24 ms of CPU per node
-  and from 4.5-5.5 s to 4.1-5.1 s between the last registration and all ready (4.06 s
-  recorded above; 3.0, 4.1, 4.1, 4.2, 4.2, 4.3 and 5.1 s in runs while working). The
-  per-node cost still does not rise from N=100 to N=1000 (ratio 1.08).
+- **A re-read reads only what changed.** Each state change names its node
+  (`transitions.bump_context`), the notifier gathers the names per cluster until its
+  next refresh, and the refresh reads just those rows, keeping the rest from the latest
+  snapshot (`Snapshots.refresh`); a change that names no node (a cluster's own) still
+  re-reads the whole cluster. The snapshot keeps its hosts as plain pairs: a thousand
+  pydantic `HostEntry` objects had been a third of every re-read. A register reply,
+  built before the snapshot lists the new node, splices the node's entry into the
+  snapshot's hosts JSON at its place by name instead of serializing every host again.
+  Re-reads went from about 1.9 to 0.8 s of CPU in a launch of 1000 nodes.
+- Together, since the last report, N=1000 went from 19-24 to 17.4-20.1 ms of CPU per
+  node (17.5 recorded above), and from 3.0-5.1 s to 3.2-4.5 s between the last
+  registration and all ready (3.19 s recorded; 3.70, 3.74, 3.81, 3.82, 3.91, 3.94, 4.06
+  and 4.45 s in runs of the same code while working, and 4.84 s in one with a profiler
+  sampling every thread). The per-node cost does not rise from N=100 to N=1000 (1.00x).
 - **Still over target (not met):**
-  - **CPU per node, target 2 ms: 19-24 ms.** The HTTPS floor row shows what the
+  - **CPU per node, target 2 ms: 17.4-20.1 ms.** The HTTPS floor row shows what the
     server stack alone spends per agent for the same TLS connection and five requests
-    with an empty app behind it: 1.5-1.9 ms. A registration's certificates cost about
-    1.1 ms more (TLS certificate 0.40 ms, SSH host certificate 0.27 ms, root's key 0.14
-    ms and certificate 0.32 ms). Floor and certificates together are above 2 ms, so no
-    broker code on this stack can meet it. Of the rest, most is SQLAlchemy ORM work in
-    the writes (the flush and commit of a burst, about 3 ms per node; the
-    registration's own work, about 2.5 ms), then the paced re-reads of the cluster and
-    the engine ticks (about 3 ms), then the launch itself.
-  - **Last registration to all ready at N=1000, target 5 s: met in the recorded run
-    (4.06 s), but 5.1 s in one run of seven.** The controller requires every worker
+    with an empty app behind it: 1.5-2.0 ms. A registration's certificates cost about
+    1.1 ms more (TLS certificate 0.29 ms, SSH host certificate 0.27 ms, root's key 0.16
+    ms and certificate 0.36 ms, most of it Python inside cryptography's SSH certificate
+    builder). Floor and certificates together are above 2 ms, so no broker code on this
+    stack can meet it. Of the rest (GIL-holding samples of a N=1000 run, 13.7 s of 18
+    s): the writes' SQLAlchemy ORM flush, commit and row loading 2.4 s, the
+    registration's own work 1.9 s (certificates 1.5 s of it), the paced engine ticks 1.6
+    s (the fake backend's 1000 machine views and the rows' timestamps are a third of
+    each), uvicorn, asyncio and TLS about 2 s, then re-reads, views, reports and the
+    launch itself. The rest of the CPU, about 4 s, is outside the GIL: TLS, SQLite and
+    system calls (2.4 s of system time).
+  - **Last registration to all ready at N=1000, target 5 s: met in every run of this
+    code (3.2-4.5 s), with little room.** The controller requires every worker
     registered and the workers require the controller `ready`, so nothing can be ready
-    before the last registration: after it, the controller configures, then 999
-    workers wake and send 3 reports each, about 4000 requests, with the service at one
-    full core throughout. This machine is a VM whose CPU is shared: the same code
-    measured 3.0 and 5.1 s.
+    before the last registration: the controller is ready 0.1-0.3 s after it, then 999
+    workers wake, each gets its view (0.12 ms to build) and sends 3 reports, about
+    4000 requests. Measured in one tail of 3.7 s: the service used 3.7 s of CPU (a
+    full core, the GIL held 2.9 s of it: uvicorn 0.8 s, views and holds 0.5 s, writes
+    0.65 s) and the load generator 2.1 s on the other core.
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
-- **nspawn 1+2 went from 6.3 to 4.7 s, 3.2x the bare boot floor (target 2x).** Each
-  `systemctl enable` in a role script ran Debian's SysV shim (update-rc.d, 0.4 s); the
-  image no longer ships Slurm's SysV scripts. slurmd's configless drop-in is baked in,
-  which saves a `daemon-reload` (0.14 s) on every worker, and the role scripts poll
-  from 20 ms up instead of every 0.5 s. The critical path is the slowest boot (3.2 s
-  with three containers on two cores, against 1.5 s for one alone), then the
-  controller's configure, then the workers' (they wait for the controller `ready`).
-- **Tried and taken back: an Ed25519-only host key.** `ssh-keygen -A` spends about
-  0.5 s of CPU per boot on its RSA-3072 key, and dropping it took 1+2 to 2.3 s. But
-  containers started by one service share one cgroup (`--keep-unit --register=no`),
-  and the systemd in each creates and removes the same `system.slice/<unit>` groups:
-  with a 10 ms host-key unit, one 1+8 launch in about twenty failed because a
-  container's host-key unit could not attach to a group another container had just
-  removed (status 219/CGROUP). A cgroup per container is the fix; a first attempt made
-  a container exit right after it started, so it is not in yet.
+- **nspawn: each container in a cgroup of its own, and an Ed25519 host key only.**
+  `systemd-nspawn --keep-unit --register=no` runs a container in the cgroup nspawn was
+  started in, and this VM's PID 1 is not systemd, so every container of a service
+  shared one: the systemd inside each made and removed the same `system.slice/<unit>`
+  groups, and with a 10 ms host-key unit one 1+8 launch in about twenty failed (a
+  unit could not attach to a group another container had just removed: status
+  219/CGROUP). nspawn now starts in `corral/<machine>` in the unified and the named
+  systemd hierarchies (`backends/cgroups.py`; tests/test_nspawn_cluster.py checks every
+  process of every container is inside its own), removed with the container. With
+  that, the image makes only the Ed25519 host key the broker certifies, where
+  `ssh-keygen -A` spent about 0.5 s of CPU per boot on an RSA-3072 key: 25 of 25 1+8
+  launches were ready. Earlier, the image dropped Slurm's SysV scripts (each
+  `systemctl enable` ran update-rc.d, 0.4 s), baked slurmd's configless drop-in in
+  (a `daemon-reload` less per worker), and role scripts poll from 20 ms up.
+- **nspawn 1+2 ready went from 4.7 to 2.6 s, and 1+8 from 11.6 to 6.5 s; the floor
+  from 1.46 to 0.58 s, so the ratio went from 3.2x to 4.5x (target 2x, not met).** The
+  floor is one container booting alone until sshd answers, and the faster host key
+  shortened it as much as a node's boot. A 1+2 cluster's critical path (median run):
+  three boots at once on two cores, each until its agent has registered (1.15 s, twice
+  the floor), then the controller's configure (munge and slurmctld, 0.38 s), then the
+  workers' (munge, slurmd and its configuration fetched from the controller, 0.54 s),
+  after the engine's start of the three boots (0.24 s). Under 2x the floor would be
+  1.15 s for all of it, which is the boot phase alone here.
 """
 
 
