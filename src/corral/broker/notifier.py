@@ -39,6 +39,7 @@ class ContextNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._scheduled: dict[str, set[str] | None] = {}  # cluster -> nodes changed, or None
+        self._unread: set[str] = set()  # clusters whose last re-read failed: read them whole
         # when each cluster's last re-read ended, and how long it took
         self._last_refresh: dict[str, tuple[float, float]] = {}
         self.closing = False
@@ -75,6 +76,7 @@ class ContextNotifier:
     def forget(self, cluster_id: str) -> None:
         """Drop what is kept of a cluster that has ended."""
         self._last_refresh.pop(cluster_id, None)
+        self._unread.discard(cluster_id)
 
     def waiter(self, cluster_id: str, group: str) -> asyncio.Event:
         """The event set at the next change of `group`'s view; take it before reading."""
@@ -106,13 +108,17 @@ class ContextNotifier:
         await asyncio.sleep(max(self.settle, spaced))
         # a change from now on schedules another refresh
         nodes = self._scheduled.pop(cluster_id)
+        if cluster_id in self._unread:  # the nodes a failed re-read was to read are not known
+            nodes = None
         started = time.monotonic()
         try:
             groups = await asyncio.to_thread(self.refresh, cluster_id, nodes)
             now = time.monotonic()
             self._last_refresh[cluster_id] = (now, now - started)
+            self._unread.discard(cluster_id)
         except Exception:  # noqa: BLE001 - waiters must still wake; they re-read on their own
             log.exception("broker: could not re-read cluster %s; waking its waiters", cluster_id)
+            self._unread.add(cluster_id)
             groups = {group for cluster, group in self._events if cluster == cluster_id}
         for group in groups:
             self._fire((cluster_id, group))
