@@ -40,6 +40,7 @@ SSH_HOST_CERT = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
 SSHD_CONFIG = "/etc/ssh/sshd_config.d/corral.conf"
 USER_CA = "/etc/ssh/corral_user_ca.pub"
 PRINCIPALS = "/etc/ssh/corral_principals"
+_COMPACT = (",", ":")  # JSON separators, as pydantic writes them
 
 
 def build_view(
@@ -115,9 +116,6 @@ def _hosts_json_with(snapshot: Snapshot, me: Peer) -> str:
         return snapshot.hosts_json[:-1] + ("," if snapshot.hosts else "") + entry + "]"
     at = snapshot.host_offsets[place]
     return snapshot.hosts_json[:at] + entry + "," + snapshot.hosts_json[at:]
-
-
-_COMPACT = (",", ":")
 
 
 def _listed(snapshot: Snapshot, me: Peer) -> bool:
