@@ -29,6 +29,18 @@ BENCHMARKS = {
 }
 
 
+def _commit() -> str:
+    """HEAD, marked dirty when the tree differs from it in more than this report's output
+    (which an earlier section of the same run has already rewritten)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    output = [f":(exclude){RESULTS.relative_to(ROOT)}", ":(exclude)BENCHMARKS.md"]
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", ".", *output], capture_output=True, text=True
+    )
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+
+
 def machine() -> dict[str, str]:
     cpu = next(
         (
@@ -39,14 +51,11 @@ def machine() -> dict[str, str]:
         platform.processor(),
     )
     memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": f"{memory_kib / 1024 / 1024:.0f} GiB",
         "system": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-        "commit": commit,
+        "commit": _commit(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
