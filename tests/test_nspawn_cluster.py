@@ -100,26 +100,14 @@ def foreign_cgroups(cluster: dict) -> list[str]:
     for node in cluster["nodes"]:
         machine = network.netns_name(node["id"])
         own = f"/{cgroups.PARENT}/{machine}/"
-        namespace = os.stat(network.NETNS_DIR / machine)
-        pids = [
-            proc
-            for proc in Path("/proc").iterdir()
-            if proc.name.isdigit() and _net_namespace(proc) == namespace.st_ino
-        ]
+        pids = network.processes_in(machine)
         assert pids, f"no processes in {machine}"
-        for proc in pids:
-            for line in (proc / "cgroup").read_text().splitlines():
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
                 _, controllers, path = line.split(":", 2)
                 if controllers in ("", "name=systemd") and not path.startswith(own):
-                    found.append(f"{node['name']} pid {proc.name}: {line}")
+                    found.append(f"{node['name']} pid {pid}: {line}")
     return found
-
-
-def _net_namespace(proc: Path) -> int | None:
-    try:
-        return os.stat(proc / "ns" / "net").st_ino
-    except OSError:
-        return None
 
 
 def test_a_slurm_job_runs_across_workers_and_ssh_is_strict(nspawn_service):

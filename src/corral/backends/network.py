@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -44,6 +45,25 @@ def veth_names(workspace_id: str) -> tuple[str, str]:
     """(host side, node side) of a node's veth pair."""
     tag = _short(workspace_id)
     return f"{PREFIX}h-{tag}", f"{PREFIX}p-{tag}"
+
+
+def processes_in(netns: str) -> list[int]:
+    """The pids of every process in network namespace `netns` (none if it does not exist)."""
+    try:
+        namespace = os.stat(NETNS_DIR / netns)
+    except OSError:
+        return []
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            inside = os.stat(proc / "ns" / "net")
+        except OSError:  # it ended meanwhile
+            continue
+        if (inside.st_dev, inside.st_ino) == (namespace.st_dev, namespace.st_ino):
+            found.append(int(proc.name))
+    return found
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

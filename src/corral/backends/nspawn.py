@@ -194,8 +194,9 @@ class NspawnBackend(Backend):
         return process.pid
 
     def _clean(self, workspace_id: str, cluster_id: str | None, directory: str) -> None:
-        _kill_namespace(network.netns_name(workspace_id))
-        cgroups.remove(network.netns_name(workspace_id))
+        machine = network.netns_name(workspace_id)
+        _kill_namespace(machine)
+        cgroups.remove(machine)
         merged = Path(directory) / "merged"
         unmounted = subprocess.run(["umount", str(merged)], capture_output=True)
         if os.path.ismount(merged) and unmounted.returncode != 0:
@@ -278,21 +279,10 @@ def _kill_namespace(netns: str) -> None:
     A container whose nspawn was killed keeps running, its systemd reparented to ours; it
     is found by the network namespace it still lives in.
     """
-    try:
-        namespace = os.stat(network.NETNS_DIR / netns)
-    except OSError:
-        return
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            inside = os.stat(proc / "ns" / "net")
-        except OSError:
-            continue
-        if (inside.st_dev, inside.st_ino) == (namespace.st_dev, namespace.st_ino):
-            log.warning("nspawn: killing pid %s, left in %s by a container", proc.name, netns)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
+    for pid in network.processes_in(netns):
+        log.warning("nspawn: killing pid %s, left in %s by a container", pid, netns)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
