@@ -100,7 +100,9 @@ def test_contents_lay_out_the_agent_roles_and_units_with_their_modes(tmp_path: P
     assert files["/etc/corral/roles/slurm-worker/configure"].mode == 0o755
     assert files["/etc/corral/roles/_lib/corral_roles.py"].mode == 0o644
     unit = files["/etc/systemd/system/corral-agent.service"].data.decode()
-    assert "ExecStart=/usr/bin/python3 /usr/local/lib/corral/agent.py --root /" in unit
+    # the agent runs as a module from its directory, so Python uses the baked byte code
+    assert "WorkingDirectory=/usr/local/lib/corral\n" in unit
+    assert "ExecStart=/usr/bin/python3 -m agent --root /" in unit
     assert files["/etc/machine-id"].data == b""
 
 
@@ -405,6 +407,10 @@ def test_baking_debian_12_slurm_makes_an_appliance_and_a_second_bake_is_a_cache_
         agent = rootfs / "usr/local/lib/corral/agent.py"
         assert agent.read_bytes() == AGENT.read_bytes()
         assert os.stat(agent).st_mode & 0o777 == 0o755
+        # byte code from the image's own python3; the agent's unit runs it as a module
+        for compiled in ("usr/local/lib/corral/agent", "etc/corral/roles/_lib/corral_roles"):
+            cache = rootfs / compiled
+            assert list(cache.parent.glob(f"__pycache__/{cache.name}.cpython-3*.pyc")), compiled
         assert os.access(rootfs / "etc/corral/roles/slurm-worker/configure", os.X_OK)
         for unit in ("corral-agent.service", "corral-host-keys.service", "ssh.service"):
             assert enabled(rootfs, unit), unit

@@ -9,7 +9,9 @@ bake needs) into a directory, then `customize` makes the tree a corral appliance
    an empty machine-id and a resolv.conf naming no server), replacing what was there;
 3. enable, disable and mask units with `systemctl --root`, which reads their
    [Install] sections as systemd itself would;
-4. record the image's name and digest in /etc/corral/image.json, for whoever logs in.
+4. byte-compile the Python files of step 2 with the image's own interpreter, so that a
+   node does not compile the agent (50 ms of CPU) at every boot;
+5. record the image's name and digest in /etc/corral/image.json, for whoever logs in.
 
 A recipe whose digest the store already has is a cache hit and takes no time.
 """
@@ -84,6 +86,7 @@ def customize(rootfs: Path, recipe: Recipe, files: list[Content], digest: str) -
     ):
         if units:
             _systemctl(rootfs, verb, *units)
+    _byte_compile(rootfs, [c.path for c in files if c.path.endswith(".py")])
     info = {"name": recipe.name, "digest": digest}
     _install(rootfs, IMAGE_INFO, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
 
@@ -191,4 +194,19 @@ def _systemctl(rootfs: Path, verb: str, *units: str) -> None:
         raise ImageError(
             f"systemctl {verb} {' '.join(units)} in the image failed: "
             f"{(result.stderr or result.stdout).strip()}",
+        )
+
+
+def _byte_compile(rootfs: Path, paths: list[str]) -> None:
+    """Compile `paths` in the image, checked by hash: an edited source is still noticed."""
+    if not paths or not (rootfs / "usr/bin/python3").exists():
+        return
+    command = ["/usr/bin/python3", "-m", "compileall", "-q", "--invalidation-mode=checked-hash"]
+    result = subprocess.run(
+        ["chroot", str(rootfs), *command, *paths], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise ImageError(
+            "byte-compiling the agent and role helpers in the image failed: "
+            f"{(result.stderr or result.stdout).strip()}"
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Bump when bake.py changes what it does to every image, so old bakes stop matching.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 AGENT = _PACKAGE_DIR.parent / "agent.py"
