@@ -417,6 +417,11 @@ def test_baking_debian_12_slurm_makes_an_appliance_and_a_second_bake_is_a_cache_
         for unit in ("slurmd.service", "slurmctld.service", "munge.service"):
             assert not enabled(rootfs, unit), unit
             assert (rootfs / "lib/systemd/system" / unit).exists(), unit
+        for generator in recipe.mask_generators:
+            assert (rootfs / "etc/systemd/system-generators" / generator).read_bytes() == b""
+        started_at_boot = rootfs / "usr/lib/systemd/system/multi-user.target.wants"
+        assert not (started_at_boot / "systemd-logind.service").is_symlink()
+        assert (started_at_boot / "systemd-user-sessions.service").is_symlink()
         assert list((rootfs / "etc/ssh").glob("ssh_host_*")) == []
         assert not (rootfs / "etc/munge/munge.key").exists()
         assert (rootfs / "etc/machine-id").read_bytes() == b""

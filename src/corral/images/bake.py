@@ -8,7 +8,8 @@ bake needs) into a directory, then `customize` makes the tree a corral appliance
 2. copy the recipe's files (the agent, the role scripts, the units, an sshd setting,
    an empty machine-id and a resolv.conf naming no server), replacing what was there;
 3. enable, disable and mask units with `systemctl --root`, which reads their
-   [Install] sections as systemd itself would;
+   [Install] sections as systemd itself would, and mask generators (an empty file of
+   the same name in /etc/systemd/system-generators);
 4. byte-compile the Python files of step 2 with the image's own interpreter, so that a
    node does not compile the agent (50 ms of CPU) at every boot;
 5. record the image's name and digest in /etc/corral/image.json, for whoever logs in.
@@ -35,6 +36,7 @@ from corral.images.store import ImageStore, remove_tree
 log = logging.getLogger(__name__)
 
 IMAGE_INFO = "/etc/corral/image.json"
+GENERATORS = "/etc/systemd/system-generators"
 _OUTPUT_TAIL = 30
 
 
@@ -86,6 +88,8 @@ def customize(rootfs: Path, recipe: Recipe, files: list[Content], digest: str) -
     ):
         if units:
             _systemctl(rootfs, verb, *units)
+    for generator in recipe.mask_generators:
+        _install(rootfs, f"{GENERATORS}/{generator}", b"", 0o644)
     _byte_compile(rootfs, [c.path for c in files if c.path.endswith(".py")])
     info = {"name": recipe.name, "digest": digest}
     _install(rootfs, IMAGE_INFO, (json.dumps(info, indent=2) + "\n").encode(), 0o644)
