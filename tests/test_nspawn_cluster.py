@@ -84,7 +84,7 @@ def leftovers(service, clusters: list[dict]) -> list[str]:
         if network.bridge_name(cluster["id"]) in links:
             found.append(f"bridge {network.bridge_name(cluster['id'])}")
         for node in cluster["nodes"]:
-            host_side, _ = network.veth_names(node["id"])
+            host_side = network.veth_name(node["id"])
             if host_side in links:
                 found.append(f"veth {host_side}")
             if network.netns_name(node["id"]) in namespaces:
