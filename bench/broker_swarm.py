@@ -1,7 +1,8 @@
 """The broker under N simulated agents speaking the real protocol over real HTTPS.
 
-A real service (own process, SQLite store, fake backend) launches one cluster of the
-base-cluster shape: a controller and N-1 workers that wait until it is ready. The fake
+A real service (own process, SQLite store, fake backend) launches one cluster shaped like
+base-cluster, with the stricter requirement: a controller and N-1 workers that wait until
+it is ready, so 999 views change twice. The fake
 backend boots machines at once and leaves each bootstrap document in a directory; for
 each one an asyncio agent here registers, long-polls its context until satisfied,
 reports its role configured and the node ready, then keeps following its view as a
@@ -177,8 +178,9 @@ def run(sizes: tuple[int, ...] = SIZES) -> Section:
         title="Broker: N simulated agents",
         method=(
             "`bench/broker_swarm.py`. A real `corral serve` process (SQLite, fake backend "
-            "with `bootstrap_dir`) launches one cluster of the base-cluster shape: 1 "
-            "controller and N-1 workers that require it `ready`. For every bootstrap "
+            "with `bootstrap_dir`) launches one cluster shaped like base-cluster: 1 "
+            "controller and N-1 workers that require it `ready` (stricter than the "
+            "example, which waits only for its registration). For every bootstrap "
             "document the backend writes (its machines kept in memory only), an "
             "asyncio agent (`bench/lean_http.py`: one kept TLS connection "
             "per agent, the broker's certificate pinned as CA) registers (the reply "

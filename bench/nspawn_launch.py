@@ -107,9 +107,11 @@ registered (container boot until the agent's register call), *wait* registered â
 configuring (until the node's requirements are met and its first role script starts),
 *configure* configuring â†’ ready (role scripts). For each phase the figure is the
 **slowest node** of a run, median over runs. Phases do not add up along one node: the
-head requires every worker registered and the workers require the head ready, so the
-critical path is the slowest boot, then the head's configure, then the workers' (each
-node's state times after the POST are in `raw` as `timeline`). Then `DELETE` and the time until the
+head requires every worker registered and the workers require the head registered, so
+the critical path is the slowest boot, then the head's configure until slurmctld
+listens, alongside which the workers prepare munge and sshd, then the workers' slurmd
+fetching its configuration (each node's state times after the POST are in `raw` as
+`timeline`). Then `DELETE` and the time until the
 cluster is `terminated`. The host offers {CPU_OVERCOMMIT} cores per real core so a 1+8
 cluster fits (nspawn does not limit cores; nothing else changes)."""
 

@@ -138,7 +138,8 @@ def add_capacity(client: httpx.Client, nodes: int, name: str = "bench-host") -> 
 
 
 def slurm_like_document(workers: int, name: str = "bench") -> str:
-    """The base-cluster shape: a controller, and workers that wait until it is ready."""
+    """base-cluster's shape, but workers wait until the controller is ready (the example
+    waits only for it to register): every worker's view changes twice, the harder case."""
     return f"""
 name: {name}
 image: debian-12-slurm
