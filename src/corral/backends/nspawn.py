@@ -246,9 +246,12 @@ def _run(*command: str) -> None:
 
 def _alive(pid: int, directory: str) -> bool:
     """True while `pid` is the nspawn of this container (pids are recycled)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return False
+    try:
+        # our own child keeps its pid until we reap it; its command line is no test, since
+        # it is the shell's until that execs nspawn, and empty for a moment while it does
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        pass  # started by an earlier run of the service, or reaped: ask /proc
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
         status = Path(f"/proc/{pid}/status").read_text()
