@@ -156,6 +156,11 @@ FINDINGS = """## What the numbers show, and what was done about them
     4000 requests. Measured in one tail of 3.7 s: the service used 3.7 s of CPU (a
     full core, the GIL held 2.9 s of it: uvicorn 0.8 s, views and holds 0.5 s, writes
     0.65 s) and the load generator 2.1 s on the other core.
+- **A race the faster starts found:** the nspawn backend judged a container exited when
+  its process's command line did not name the container, which is so for a moment
+  while the shell that enters the container's cgroups execs nspawn; with starts down to
+  0.1 s an engine tick landed there about once in thirty test launches and failed the
+  node. A child the backend has not reaped is now alive whatever its command line.
 - **A race the swarm found:** a node whose agent registered before its boot was
   recorded could be put back to `booting` and time out 5 minutes later. Fixed: the boot
   job's state change takes the decision lock.
