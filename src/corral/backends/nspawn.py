@@ -175,7 +175,7 @@ class NspawnBackend(Backend):
             "--register=no",
             "--keep-unit",
             f"--directory={merged}",
-            f"--machine={network.netns_name(spec.workspace_id)}",
+            f"--machine={machine}",
             f"--hostname={spec.node}",
             f"--network-namespace-path={network.NETNS_DIR / namespace}",
             "--link-journal=no",

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from corral.service.transitions import add_changed_nodes
+
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.05
@@ -94,13 +96,10 @@ class ContextNotifier:
             await asyncio.wait_for(waiters.wait(), timeout)
 
     def _schedule(self, cluster_id: str, nodes: set[str] | None) -> None:
-        if cluster_id not in self._scheduled:
-            self._scheduled[cluster_id] = None if nodes is None else set(nodes)
+        first = cluster_id not in self._scheduled
+        add_changed_nodes(self._scheduled, cluster_id, nodes)
+        if first:
             asyncio.get_running_loop().create_task(self._refresh(cluster_id))
-        elif nodes is None:
-            self._scheduled[cluster_id] = None
-        elif (pending := self._scheduled[cluster_id]) is not None:
-            pending |= nodes
 
     async def _refresh(self, cluster_id: str) -> None:
         ended, took = self._last_refresh.get(cluster_id, (0.0, 0.0))

@@ -56,11 +56,18 @@ def bump_context(session: Session, cluster: Cluster, node: str | None = None) ->
     cluster may have. The broker re-reads just the nodes named, unless one call named none.
     """
     cluster.context_version = (cluster.context_version or 0) + 1
-    changed: dict[str, set[str] | None] = session.info.setdefault("changed_contexts", {})
-    if node is None:
-        changed[cluster.id] = None
-    elif changed.get(cluster.id, set()) is not None:
-        changed.setdefault(cluster.id, set()).add(node)
+    changed = session.info.setdefault("changed_contexts", {})
+    add_changed_nodes(changed, cluster.id, None if node is None else {node})
+
+
+def add_changed_nodes(
+    changed: dict[str, set[str] | None], cluster_id: str, nodes: set[str] | None
+) -> None:
+    """Add `nodes` to those known changed in `cluster_id`; None, the whole cluster, wins."""
+    if nodes is None:
+        changed[cluster_id] = None
+    elif changed.get(cluster_id, set()) is not None:
+        changed.setdefault(cluster_id, set()).update(nodes)
 
 
 def record_node(
