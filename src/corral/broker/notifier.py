@@ -26,7 +26,7 @@ from corral.service.transitions import add_changed_nodes
 
 log = logging.getLogger(__name__)
 
-SETTLE_SECONDS = 0.05
+SETTLE_SECONDS = 0.01
 REFRESH_SPACING = 4  # re-reads are this many times their length apart, end to start
 
 

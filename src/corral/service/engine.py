@@ -40,7 +40,7 @@ from corral.units import format_duration
 
 log = logging.getLogger(__name__)
 
-MIN_TICK_GAP_SECONDS = 0.1
+MIN_TICK_GAP_SECONDS = 0.02
 # a tick reads every live node; spacing ticks by this many times the last one's length
 # keeps the engine to a fifth of a core however many nodes there are
 TICK_SPACING = 4
