@@ -715,6 +715,19 @@ def test_a_script_that_runs_too_long_is_killed(broker: StubBroker, root: Path) -
     wait_for(lambda: not alive(sleeper), "the script's child to be killed", timeout=5)
 
 
+def test_waiting_for_a_script_gives_its_exit_status_or_none_while_it_still_runs() -> None:
+    quick = subprocess.Popen(["sh", "-c", "exit 3"])
+    assert agent.wait_for_exit(quick, timeout=20) == 3
+
+    slow = subprocess.Popen(["sleep", "30"])
+    try:
+        assert agent.wait_for_exit(slow, timeout=0.2) is None
+        assert slow.poll() is None
+    finally:
+        slow.kill()
+        slow.wait()
+
+
 def alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
