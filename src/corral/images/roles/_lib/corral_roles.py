@@ -62,7 +62,7 @@ def run(*command: str) -> str:
 def wait_until(check, what: str, seconds: float = 60.0, longest_pause: float = 0.5) -> None:
     """Check often at first, since services mostly answer within a fraction of a second."""
     deadline = time.monotonic() + seconds
-    pause = 0.02
+    pause = min(0.02, longest_pause)
     while not check():
         if time.monotonic() > deadline:
             print(f"gave up waiting {seconds:.0f}s for {what}", file=sys.stderr)
@@ -78,6 +78,12 @@ def accepts(address: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def chown_to(path: str, owner: str) -> None:
+    """Give `path` to `owner` and its primary group."""
+    account = pwd.getpwnam(owner)
+    os.chown(path, account.pw_uid, account.pw_gid)
 
 
 def enable_service(unit: str) -> None:
