@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,12 +49,16 @@ BASE_CLUSTER = REPO / "examples" / "base-cluster.yaml"
 IMAGE_CACHE = Path("/var/tmp/corral-test-images")  # the cache tests/conftest.py bakes into
 IMAGE = "debian-12-slurm"
 
-BARE_BOOTS = 5  # ssh-keygen's RSA key takes a random time, so boots vary
+BARE_BOOTS = 5
+# as many bare containers as a 1+2 cluster has nodes, booted at once: what the machine's
+# cores allow three boots, before any contextualization
+TOGETHER = 3
+TOGETHER_RUNS = 3
 WORKER_COUNTS = (2, 8)
 CLUSTER_RUNS = 3  # per size
 # away from the service's default 10.180.0.0/16, so a local service's clusters are safe
 BARE_SUBNET = "10.179.255.0/24"
-BARE_ADDRESS = "10.179.255.2"
+BARE_ADDRESS = "10.179.255.2"  # the first; containers booted together take the next ones
 SERVICE_RANGE = "10.177.0.0/16"
 # nspawn ignores `cores`; the host only has to offer enough of them for 1+8 on 2 cores
 CPU_OVERCOMMIT = 8
@@ -93,6 +98,12 @@ moment the agent would have started. Also recorded: when `systemctl is-system-ru
 --wait`, run in the container through `nsenter` once sshd answered, returns (systemd's own
 "boot finished"). One unrecorded warm-up boot first, then {BARE_BOOTS} boots; the figure is
 the median.
+
+**Three bare boots together.** {TOGETHER} such containers (addresses one apart) booted
+at the same moment, one thread each, timed until the slowest accepts on port 22;
+{TOGETHER_RUNS} runs, median. A 1+2 cluster boots as many containers at once on the same
+cores, so this is its floor before any contextualization; it is reported beside the
+target's single-boot floor, without a target of its own.
 
 **Clusters.** One in-process `corral.service.app.Service` (backend nspawn, default engine
 tick {ServiceConfig.tick_seconds} s as `corral serve` has, SQLite in a temporary data dir,
@@ -145,11 +156,11 @@ def run() -> Section:
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-nspawn-"))
     created: list[tuple[str, list[str]]] = []  # (cluster id, node ids), for the last sweep
     try:
-        bare = measure_bare_boots(workdir / "bare", digest, tag)
+        bare, together = measure_bare_boots(workdir / "bare", digest, tag)
         clusters = measure_clusters(workdir / "service", digest, tag, created)
     finally:
         sweep(workdir, tag, created)
-    section = build_section(bare, clusters)
+    section = build_section(bare, together, clusters)
     section.raw["cpu_busy_before"] = busy_before
     section.raw["load_average_after"] = os.getloadavg()
     if busy_before > 0.2:
@@ -183,11 +194,17 @@ def ensure_image() -> str:
 # -- the floor -------------------------------------------------------------------------
 
 
-def measure_bare_boots(root: Path, digest: str, tag: str) -> list[BareBoot]:
+def measure_bare_boots(root: Path, digest: str, tag: str) -> tuple[list[BareBoot], list[float]]:
+    """Single bare boots, then groups of TOGETHER booted at once (the slowest of each)."""
     backend = NspawnBackend(root, IMAGE_CACHE)
     check_subnet_free(BARE_SUBNET)
     boot_bare(backend, digest, f"{tag}-warmup", tag)
-    return [boot_bare(backend, digest, f"{tag}-bare-{i}", tag) for i in range(BARE_BOOTS)]
+    alone = [boot_bare(backend, digest, f"{tag}-bare-{i}", tag) for i in range(BARE_BOOTS)]
+    together = [
+        boot_bare_together(backend, digest, [f"{tag}-group{r}-{i}" for i in range(TOGETHER)], tag)
+        for r in range(TOGETHER_RUNS)
+    ]
+    return alone, together
 
 
 def check_subnet_free(subnet: str) -> None:
@@ -197,22 +214,28 @@ def check_subnet_free(subnet: str) -> None:
         raise RuntimeError(f"{subnet} is in use on this machine; the bare boot needs it")
 
 
-def boot_bare(backend: NspawnBackend, digest: str, workspace_id: str, tag: str) -> BareBoot:
+def bare_spec(backend: NspawnBackend, digest: str, workspace_id: str, tag: str, index: int = 0):
+    """A node's BootSpec, its agent masked, at the `index`th bare address."""
     # the backend mounts its overlay over an existing upper directory, so a unit masked
     # here is masked in the container from its first instant
     mask_unit(backend.root / workspace_id / "upper", "corral-agent.service")
-    spec = BootSpec(
+    prefix, first = BARE_ADDRESS.rsplit(".", 1)
+    return BootSpec(
         workspace_id=workspace_id,
         cluster_id=f"{tag}-bare",
-        node="bare-0",
+        node=f"bare-{index}",
         host="local",
         image=IMAGE,
         cores=1,
         memory_mib=1024,
-        address=BARE_ADDRESS,
+        address=f"{prefix}.{int(first) + index}",
         subnet=BARE_SUBNET,
         image_digest=digest,
     )
+
+
+def boot_bare(backend: NspawnBackend, digest: str, workspace_id: str, tag: str) -> BareBoot:
+    spec = bare_spec(backend, digest, workspace_id, tag)
     started = time.monotonic()
     try:
         backend.boot(spec)
@@ -227,6 +250,29 @@ def boot_bare(backend: NspawnBackend, digest: str, workspace_id: str, tag: str) 
     boot = BareBoot(spawned, sshd, running, state, time.monotonic() - stopping)
     log.info("bare boot %s: sshd after %.2f s, %s after %.2f s", workspace_id, sshd, state, running)
     return boot
+
+
+def boot_bare_together(
+    backend: NspawnBackend, digest: str, workspace_ids: list[str], tag: str
+) -> float:
+    """Seconds from booting all of `workspace_ids` at once until the last accepts ssh."""
+    specs = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(workspace_ids)]
+
+    def boot(spec: BootSpec) -> None:
+        backend.boot(spec)
+        wait_for_tcp(spec.address, 22, BOOT_TIMEOUT)
+
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(len(specs)) as pool:
+            for booted in [pool.submit(boot, spec) for spec in specs]:
+                booted.result()
+        slowest = time.monotonic() - started
+    finally:
+        for spec in specs:
+            backend.terminate(spec.workspace_id)
+    log.info("%d bare boots together: the last sshd after %.2f s", len(specs), slowest)
+    return slowest
 
 
 def mask_unit(upper: Path, unit: str) -> None:
@@ -485,18 +531,24 @@ def unmount_under(workdir: Path) -> None:
 # -- figures ---------------------------------------------------------------------------
 
 
-def build_section(bare: list[BareBoot], clusters: list[ClusterRun]) -> Section:
+def build_section(
+    bare: list[BareBoot], together: list[float], clusters: list[ClusterRun]
+) -> Section:
     section = Section(title="End to end on nspawn", method=METHOD)
     floor = statistics.median(b.sshd_s for b in bare)
     section.add("bare container boot to sshd accepting (floor)", floor, "s")
     section.add(
         "bare container boot to systemd running", statistics.median(b.running_s for b in bare), "s"
     )
+    together_floor = statistics.median(together)
+    section.add(f"{TOGETHER} bare boots together, the last to sshd", together_floor, "s")
+    section.add(f"{TOGETHER} bare boots together / floor", together_floor / floor, "x")
     for workers in WORKER_COUNTS:
         runs = [r for r in clusters if r.workers == workers]
-        add_cluster_figures(section, runs, f"1+{workers}", floor)
+        add_cluster_figures(section, runs, f"1+{workers}", floor, together_floor)
     section.raw = {
         "bare_boots": [asdict(b) for b in bare],
+        "bare_boots_together_s": together,
         "clusters": [asdict(r) for r in clusters],
         "floor_s": floor,
         "engine_tick_s": ServiceConfig.tick_seconds,
@@ -505,7 +557,9 @@ def build_section(bare: list[BareBoot], clusters: list[ClusterRun]) -> Section:
     return section
 
 
-def add_cluster_figures(section: Section, runs: list[ClusterRun], size: str, floor: float) -> None:
+def add_cluster_figures(
+    section: Section, runs: list[ClusterRun], size: str, floor: float, together_floor: float
+) -> None:
     ready = statistics.median(r.ready_s for r in runs)
     if size == "1+2":
         section.add(
@@ -523,6 +577,7 @@ def add_cluster_figures(section: Section, runs: list[ClusterRun], size: str, flo
             f"< {FLOOR_RATIO_TARGET:g}x",
             ratio < FLOOR_RATIO_TARGET,
         )
+        section.add(f"1+2 ready / {TOGETHER} bare boots together", ready / together_floor, "x")
     else:
         section.add(f"{size} cluster ready", ready, "s")
     for phase, label in PHASE_LABELS.items():
