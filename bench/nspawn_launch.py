@@ -214,7 +214,9 @@ def check_subnet_free(subnet: str) -> None:
         raise RuntimeError(f"{subnet} is in use on this machine; the bare boot needs it")
 
 
-def bare_spec(backend: NspawnBackend, digest: str, workspace_id: str, tag: str, index: int = 0):
+def bare_spec(
+    backend: NspawnBackend, digest: str, workspace_id: str, tag: str, index: int = 0
+) -> BootSpec:
     """A node's BootSpec, its agent masked, at the `index`th bare address."""
     # the backend mounts its overlay over an existing upper directory, so a unit masked
     # here is masked in the container from its first instant

@@ -40,8 +40,7 @@ def write_if_changed(path: str, text: str, mode: int = 0o644, owner: str = "root
     with open(tmp, "wb") as out:
         out.write(data)
     os.chmod(tmp, mode)
-    account = pwd.getpwnam(owner)
-    os.chown(tmp, account.pw_uid, account.pw_gid)
+    chown_to(tmp, owner)
     os.replace(tmp, target)
     return True
 
