@@ -52,7 +52,7 @@ def spend_bootstrap_token(
     record = session.get(BootstrapToken, secret_digest(token)) if token else None
     if record is None:
         raise AuthError("unknown bootstrap token")
-    ws = session.get(Workspace, record.workspace_id)
+    ws = record.workspace
     if ws is None or ws.cluster_id != cluster_id or ws.name != node:
         raise AuthError("this bootstrap token belongs to another node")
     if record.used_at is not None:

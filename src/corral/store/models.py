@@ -230,6 +230,8 @@ class BootstrapToken(Base):
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # read with the token: registering always needs both, and a burst's tokens come in one query
+    workspace: Mapped[Workspace] = relationship(lazy="joined")
 
 
 class Report(Base):
