@@ -43,7 +43,14 @@ from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundE
 from corral.lifecycle import NodeState
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
-from corral.store.models import BootstrapToken, ClusterSecret, Report, Workspace, utcnow
+from corral.store.models import (
+    BootstrapToken,
+    Cluster,
+    ClusterSecret,
+    Report,
+    Workspace,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from corral.service.app import Service
@@ -127,7 +134,12 @@ async def _known_node(request: Call, service: Service) -> KnownNode:
 
 async def register(request: Call, service: Service) -> Reply:
     body = await _body(request, RegisterBody)
-    reads = [(BootstrapToken, secret_digest(body.token)), (ClusterSecret, body.cluster)]
+    # the cluster too: moving the node bumps its context version
+    reads = [
+        (BootstrapToken, secret_digest(body.token)),
+        (ClusterSecret, body.cluster),
+        (Cluster, body.cluster),
+    ]
     credential, known = await service.writes.write(partial(_register, body), reads)
     service.known_nodes.remember(credential, known)
     log.info("broker: %s/%s registered", body.cluster, body.node)
@@ -187,7 +199,7 @@ async def context(request: Call, service: Service) -> Reply:
 async def report(request: Call, service: Service) -> Reply:
     body = await _body(request, ReportBody)
     known = await _known_node(request, service)
-    reads = [(Workspace, known.me.id)]
+    reads = [(Workspace, known.me.id), (Cluster, known.cluster_id)]
     state = await service.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
         service.engine.poke()
