@@ -405,6 +405,12 @@ def dsa_line() -> str:
         return ssh_public_line(dsa.generate_private_key(1024))
 
 
+def ed25519_named_line(key, extra: bytes = b"") -> str:
+    """A line that says ssh-ed25519 whatever key its blob holds."""
+    blob = base64.b64decode(ssh_public_line(key).split()[1]) + extra
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
 @pytest.mark.parametrize(
     ("key_line", "problem"),
     [
@@ -415,8 +421,22 @@ def dsa_line() -> str:
         ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA", "cannot parse"),
         (ssh_public_line(rsa.generate_private_key(65537, 1024)), "too weak"),
         (dsa_line(), "unsupported"),
+        (ed25519_named_line(ec.generate_private_key(ec.SECP256R1())), "cannot parse"),
+        (ed25519_named_line(ed25519.Ed25519PrivateKey.generate(), extra=b"\0"), "cannot parse"),
+        (ssh_public_line(ed25519.Ed25519PrivateKey.generate()) + "\nssh-ed25519 AAAA", "one"),
     ],
-    ids=["empty", "garbage", "unknown-type", "bad-base64", "truncated", "rsa-1024", "dsa"],
+    ids=[
+        "empty",
+        "garbage",
+        "unknown-type",
+        "bad-base64",
+        "truncated",
+        "rsa-1024",
+        "dsa",
+        "ecdsa-blob-named-ed25519",
+        "ed25519-with-trailing-bytes",
+        "two-lines",
+    ],
 )
 def test_bad_ssh_key_lines_are_refused(
     authority: ClusterAuthority, key_line: str, problem: str
