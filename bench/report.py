@@ -145,9 +145,10 @@ FINDINGS = """## What the numbers show, and what was done about them
   certificate out as OpenSSH's PROTOCOL.certkeys says, from the key line's own fields:
   0.06 ms (tests/test_pki.py checks it with ssh-keygen and the signature). Broker CPU
   per node at N=1000, three interleaved pairs for the first change: 5.20, 4.91, 4.95 ms
-  before, 4.69, 4.71, 4.92 ms after; the second did not show beyond the noise of three
-  more pairs (4.54-4.67 / 4.36-4.62 ms), but in sampled profiles of the broker phase
-  the registration write went from 30% of the CPU to 18% over both.
+  before, 4.69, 4.71, 4.92 ms after. The second, with the cluster now loaded in each
+  burst (`api.register`, `api.report`), did not show beyond the noise of three more
+  pairs (4.54-4.67 / 4.36-4.62 ms), but in sampled profiles of the broker phase the
+  registration write went from 30% of the CPU to 18% over these changes.
 - **Still over target (not met):**
   - **Broker CPU per node, target 2 ms: 4.7 ms here (4.4-5.2 ms in this round's runs),
     4.4 times the HTTPS floor measured beside it.** The floor row is what the server
