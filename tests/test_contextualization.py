@@ -463,7 +463,11 @@ def _hold_long_poll(
 def test_running_the_agent_again_leaves_every_file_byte_identical(agent_service):
     service = agent_service()
     client, cluster_id = launch_ready(service)
-    root = node_roots(service)["worker-0"]
+    roots = node_roots(service)
+    root = roots["worker-0"]
+    # the cluster can be ready before worker-0's agent, following its view, has written
+    # the hosts of the nodes that registered after it; the run below would write them
+    wait_for(lambda: set(roots) <= set((root / "etc/hosts").read_text().split()), timeout=30)
     before = tree_digest(root)
     rerun = subprocess.run(
         [sys.executable, str(AGENT), "--root", str(root), "--once", "--poll-wait", "1"],
