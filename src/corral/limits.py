@@ -1,0 +1,33 @@
+"""Every bound corral puts on what it reads from outside, in one place (docs/security.md
+lists them for users). Whatever arrives is refused, with an error naming the bound,
+before it is read whole or acted on.
+"""
+
+from __future__ import annotations
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# cluster documents (YAML or Nimbus XML), as text
+MAX_DOCUMENT_BYTES = 256 * KIB
+MAX_DOCUMENT_DEPTH = 32  # nesting of mappings and lists (elements in XML)
+MAX_DOCUMENT_VALUES = 20_000  # scalars, mappings and lists, with YAML aliases expanded
+# a document's `data`, which reaches every node's view
+MAX_DATA_ITEMS = 256
+MAX_DATA_BYTES = 64 * KIB  # names and values together, UTF-8
+
+# a group of nodes, and the sizes it asks for
+MAX_GROUP_COUNT = 10_000
+MAX_CORES = 4096
+MAX_MEMORY_MIB = 64 * MIB  # 64 TiB
+
+# durations anywhere (leases, timeouts, extensions)
+MAX_DURATION_SECONDS = 10 * 365 * 86400
+
+# request bodies: the REST API (a launch carries a document, JSON-escaped) and the broker
+MAX_API_BODY_BYTES = 2 * MIB
+MAX_BROKER_BODY_BYTES = 128 * KIB
+MAX_LOG_TAIL_CHARS = 16 * KIB  # what one report may carry of a script's output
+
+# free text that is echoed back (a document's source name)
+MAX_SOURCE_CHARS = 255
