@@ -42,6 +42,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         # nspawn nodes reach the broker at their bridge, so it listens on every address
         broker_host = "0.0.0.0" if backend_name == "nspawn" else "127.0.0.1"
         settings.setdefault("broker_listen", f"{broker_host}:{free_port()}")
+        settings.setdefault("metadata_listen", f"{broker_host}:{free_port()}")
         if backend_name == "fake":
             backend_options = {"boot_delay": "0.05", **(backend_options or {})}
         config = ServiceConfig(

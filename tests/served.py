@@ -139,6 +139,7 @@ class ServedCorral:
         self.extra_args = extra_args
         self.port = 0
         self.broker_port = 0
+        self.metadata_port = 0
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -160,6 +161,7 @@ class ServedCorral:
         # a restart keeps the ports: agents keep calling the broker where they were told
         self.port = self.port or free_port()
         self.broker_port = self.broker_port or free_port()
+        self.metadata_port = self.metadata_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             corral_command(),
@@ -170,6 +172,8 @@ class ServedCorral:
             f"127.0.0.1:{self.port}",
             "--broker-listen",
             f"127.0.0.1:{self.broker_port}",
+            "--metadata-listen",
+            f"127.0.0.1:{self.metadata_port}",
             "--tick",
             "0.2",
             *self.extra_args,

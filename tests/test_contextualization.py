@@ -23,11 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from inprocess import admin_token, api, wait_for
 
-from corral.backends.base import Capability
-from corral.backends.fake import FakeBackend
 from corral.broker.api import _record
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.schemas import ReportBody
@@ -549,32 +546,3 @@ def test_no_token_credential_or_key_reaches_the_service_log(agent_service, caplo
         assert not any(s in agent_log for s in secrets)
     assert caplog.records
     assert not any(s in caplog.text for s in secrets)
-
-
-def test_a_booting_node_gets_its_bootstrap_from_the_metadata_service(make_service):
-    backend = FakeBackend(boot_delay=3600)  # its machines never run an agent of their own
-    backend.capabilities = backend.capabilities | {Capability.RUNS_AGENT}
-    service = make_service(backend=backend, serve=True)
-    client = api(service, admin_token(service))
-    cluster_id = launch(client)
-    wait_for(
-        lambda: all(
-            n["state"] == "booting"
-            for n in client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
-        )
-    )
-    node = client.get(f"/v1/clusters/{cluster_id}").json()["nodes"][1]
-    as_node = TestClient(service.app, client=(node["address"], 40000))
-    fetched = as_node.get("/metadata/v1/user-data")
-    assert fetched.status_code == 200
-    bootstrap = fetched.json()
-    assert (bootstrap["cluster"], bootstrap["node"]) == (cluster_id, node["name"])
-    assert bootstrap["fingerprint"] == service.broker_identity.fingerprint
-    assert "instance-id: " + node["id"] in as_node.get("/metadata/v1/meta-data").text
-    stranger = TestClient(service.app, client=("10.99.0.1", 40000))
-    assert stranger.get("/metadata/v1/user-data").status_code == 404
-    identity = {"hostname": node["name"], "addresses": [], "ssh_host_keys": []}
-    body = {k: bootstrap[k] for k in ("cluster", "node", "token")} | {"identity": identity}
-    with broker_client(service) as broker:
-        assert broker.post("/register", json=body).status_code == 200
-    assert as_node.get("/metadata/v1/user-data").status_code == 404  # registered: no more

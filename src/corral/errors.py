@@ -10,7 +10,8 @@
     ├── RefusedError                 a request the service will not take; nothing was created
     │   ├── QuotaExceededError       the user's quota would be exceeded (needed vs allowed)
     │   ├── CapacityError            no placement fits on the hosts (needed vs available)
-    │   └── LeaseError               a lease outside policy (too long, already ended)
+    │   ├── LeaseError               a lease outside policy (too long, already ended)
+    │   └── TooManyRequestsError     asked again more often than the service allows
     ├── IllegalTransitionError       a state machine was asked for a transition its table forbids
     ├── BackendError                 a backend failed to boot, terminate or describe a machine
     ├── ImageError                   an image cannot be baked, imported or removed
@@ -120,6 +121,13 @@ class LeaseError(RefusedError):
     """Raised when a lease or an extension falls outside the service's policy."""
 
     code = "lease-refused"
+
+
+class TooManyRequestsError(RefusedError):
+    """Raised when a caller asks for something again more often than allowed (the metadata
+    service's bootstrap documents for one node, say)."""
+
+    code = "too-many-requests"
 
 
 class IllegalTransitionError(CorralError):

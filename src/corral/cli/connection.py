@@ -23,6 +23,7 @@ from corral.cli.client import Client
 from corral.errors import ServiceUnavailableError
 from corral.service.config import (
     DEFAULT_BROKER_PORT,
+    DEFAULT_METADATA_PORT,
     DEFAULT_PORT,
     default_backend,
     default_data_dir,
@@ -81,6 +82,9 @@ def start_local(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
     broker_port = DEFAULT_BROKER_PORT if _port_free(DEFAULT_BROKER_PORT) else _free_port()
+    metadata_port = DEFAULT_METADATA_PORT if _port_free(DEFAULT_METADATA_PORT) else _free_port()
+    # containers reach the broker at their bridge; other backends need only loopback
+    cluster_side = "0.0.0.0" if default_backend() == "nspawn" else "127.0.0.1"
     url = f"http://127.0.0.1:{port}"
     log_path = data_dir / "service.log"
     command = [
@@ -93,8 +97,9 @@ def start_local(data_dir: Path) -> str:
         "--listen",
         f"127.0.0.1:{port}",
         "--broker-listen",
-        # containers reach the broker at their bridge; other backends need only loopback
-        f"{'0.0.0.0' if default_backend() == 'nspawn' else '127.0.0.1'}:{broker_port}",
+        f"{cluster_side}:{broker_port}",
+        "--metadata-listen",
+        f"{cluster_side}:{metadata_port}",
     ]
     with open(log_path, "ab") as log:
         subprocess.Popen(

@@ -74,6 +74,19 @@ def cli() -> None:
 @click.option("--listen", default=None, metavar="HOST:PORT", help="API address.")
 @click.option("--broker-listen", default=None, metavar="HOST:PORT", help="Broker (HTTPS).")
 @click.option("--broker-url", default=None, help="Broker URL nodes are given.")
+@click.option(
+    "--metadata-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Metadata service (HTTP; default: the broker's host, port 8472).",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDR",
+    help="A proxy in front of the API whose X-Forwarded-For is believed (none by default).",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--default-lease", default=None, metavar="DURATION")
 @click.option("--max-lease", default=None, metavar="DURATION")
@@ -86,6 +99,8 @@ def serve(
     listen: str | None,
     broker_listen: str | None,
     broker_url: str | None,
+    metadata_listen: str | None,
+    trusted_proxies: tuple[str, ...],
     data_dir: Path | None,
     default_lease: str | None,
     max_lease: str | None,
@@ -93,7 +108,11 @@ def serve(
 ) -> None:
     """Run the service (API, engine, leases) in the foreground."""
     from corral.cli.serve import run_service
-    from corral.service.config import DEFAULT_BROKER_PORT, ServiceConfig
+    from corral.service.config import (
+        DEFAULT_BROKER_PORT,
+        DEFAULT_METADATA_PORT,
+        ServiceConfig,
+    )
 
     config = ServiceConfig()
     if data_dir:
@@ -114,6 +133,10 @@ def serve(
         # containers reach the broker at their bridge's address
         config.broker_listen = f"0.0.0.0:{DEFAULT_BROKER_PORT}"
     config.broker_url = broker_url
+    # beside the broker, facing the clusters (a bad address is refused with the broker's)
+    broker_host = config.broker_listen.rpartition(":")[0]
+    config.metadata_listen = metadata_listen or f"{broker_host}:{DEFAULT_METADATA_PORT}"
+    config.trusted_proxies = trusted_proxies
     try:
         if default_lease:
             config.default_lease = parse_duration(default_lease)

@@ -12,6 +12,8 @@ def run_service(config: ServiceConfig) -> None:
     """Serve until SIGINT/SIGTERM; raises ValueError for a bad listen address or backend."""
     host, port = split_listen(config.listen)
     split_listen(config.broker_listen)
+    if config.metadata_listen:
+        split_listen(config.metadata_listen)
     service = Service(config)
     try:
         run_in_foreground(

@@ -24,7 +24,7 @@ from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.images import records as image_records
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
-from corral.service import inventory, metadata, quotas
+from corral.service import inventory, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.clusters import LaunchRequest
 from corral.service.http_errors import status_for
@@ -80,7 +80,6 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(exc.to_dict(), status_code=status_for(exc))
 
     app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
-    app.include_router(metadata.router, prefix="/metadata/v1", include_in_schema=False)
     return app
 
 

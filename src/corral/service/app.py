@@ -38,6 +38,7 @@ from corral.service.config import (
 )
 from corral.service.documents import DocumentCache
 from corral.service.engine import Engine
+from corral.service.metadata import create_metadata_app
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
 from corral.store.models import Cluster, Host, User, utcnow
@@ -95,6 +96,7 @@ class Service:
         )
         self.app = create_app(self)
         self.broker_app = BrokerApp(self)
+        self.metadata_app = create_metadata_app(self)
 
     def _forget_cluster(self, cluster_id: str) -> None:
         """The broker found the cluster terminated: let go of what it kept in memory."""

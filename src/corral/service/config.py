@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_PORT = 8470
 DEFAULT_BROKER_PORT = 8471
+DEFAULT_METADATA_PORT = 8472
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -58,6 +59,10 @@ class ServiceConfig:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     broker_listen: str = f"127.0.0.1:{DEFAULT_BROKER_PORT}"
     broker_url: str | None = None  # what nodes are told; None: from broker_listen
+    # the metadata service (plain HTTP, cluster-facing like the broker); None: not served
+    metadata_listen: str | None = None
+    # proxies whose X-Forwarded-For the API believes; none unless a site puts one in front
+    trusted_proxies: tuple[str, ...] = ()
     bootstrap_token_lifetime: timedelta = timedelta(minutes=10)
     backend: str = field(default_factory=lambda: default_backend())
     backend_options: dict[str, str] = field(default_factory=dict)

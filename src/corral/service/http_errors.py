@@ -13,6 +13,7 @@ STATUS_BY_ERROR: dict[type[errors.CorralError], int] = {
     errors.QuotaExceededError: 403,
     errors.CapacityError: 409,
     errors.LeaseError: 422,
+    errors.TooManyRequestsError: 429,
     errors.RefusedError: 409,
     errors.ConflictError: 409,
     errors.IllegalTransitionError: 409,

@@ -1,33 +1,76 @@
 """The metadata service: a booting node fetches its bootstrap document by asking from its
 own address, as with EC2's instance metadata or NoCloud's `seedfrom` URL.
 
-A document (with a new single-use token) is given only to the address of a node that has
-not registered yet; once it has, the address gets nothing more.
+It is an app of its own, served only on the cluster-facing metadata listener and never on
+the API's, with no proxy headers believed: the address a request comes from is the real
+peer of the connection. A document (with a new single-use token) is given only to the
+address of a node that has not registered yet; once it has, the address gets nothing
+more. A node is given at most MAX_BOOTSTRAP_TOKENS tokens in all, so asking again and
+again mints no tokens without bound.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy import select
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from corral.errors import NotFoundError
+from corral.errors import CorralError, NotFoundError, TooManyRequestsError
 from corral.lifecycle import ClusterState, NodeState
-from corral.store.models import Cluster, Workspace
+from corral.service.http_errors import status_for
+from corral.store.models import BootstrapToken, Cluster, Workspace
 
-router = APIRouter()
+if TYPE_CHECKING:
+    from corral.service.app import Service
 
 BOOTSTRAPPABLE = (NodeState.PENDING.value, NodeState.BOOTING.value)
+# the boot job's token, and a few more for a node whose first fetch went astray
+MAX_BOOTSTRAP_TOKENS = 4
 
 
-def _service(request: Request) -> Any:
-    return request.app.state.service
+def create_metadata_app(service: Service) -> FastAPI:
+    app = FastAPI(title="corral metadata", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(CorralError)
+    def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+
+    @app.get("/metadata/v1/user-data")
+    def user_data(request: Request) -> Response:
+        """The asking node's bootstrap document (JSON), with a new token."""
+        if service.engine.bootstrap is None:
+            raise NotFoundError(f"backend {service.backend.name} runs no context agents")
+
+        def issue(session: Session) -> bytes:
+            ws = _asking_node(session, request)
+            issued = session.scalar(
+                select(func.count()).where(BootstrapToken.workspace_id == ws.id)
+            )
+            if issued >= MAX_BOOTSTRAP_TOKENS:
+                raise TooManyRequestsError(
+                    f"node {ws.name} was given {issued} bootstrap documents already; "
+                    "it gets no more",
+                    node=ws.name,
+                )
+            return service.engine.bootstrap.user_data(session, ws, service.engine.clock())
+
+        return Response(service.writes.write_from_thread(issue), media_type="application/json")
+
+    @app.get("/metadata/v1/meta-data")
+    def meta_data(request: Request) -> PlainTextResponse:
+        """NoCloud meta-data: the node's instance id and host name."""
+        with service.store.session() as session:
+            ws = _asking_node(session, request)
+            return PlainTextResponse(f"instance-id: {ws.id}\nlocal-hostname: {ws.name}\n")
+
+    return app
 
 
 def _asking_node(session: Session, request: Request) -> Workspace:
+    """The booting node whose address the request comes from; raises NotFoundError."""
     address = request.client.host if request.client else ""
     ws = session.scalars(
         select(Workspace)
@@ -39,26 +82,5 @@ def _asking_node(session: Session, request: Request) -> Workspace:
         )
     ).first()
     if ws is None:
-        raise NotFoundError(f"no booting node has the address {address}", address=address)
+        raise NotFoundError(f"no booting node has the address {address!r}", address=address)
     return ws
-
-
-@router.get("/user-data")
-def user_data(request: Request) -> Response:
-    """The asking node's bootstrap document (JSON)."""
-    service = _service(request)
-    if service.engine.bootstrap is None:
-        raise NotFoundError(f"backend {service.backend.name} runs no context agents")
-    with service.store.session() as session:
-        ws = _asking_node(session, request)
-        document = service.engine.bootstrap.user_data(session, ws, service.engine.clock())
-    return Response(document, media_type="application/json")
-
-
-@router.get("/meta-data")
-def meta_data(request: Request) -> PlainTextResponse:
-    """NoCloud meta-data: the node's instance id and host name."""
-    service = _service(request)
-    with service.store.session() as session:
-        ws = _asking_node(session, request)
-        return PlainTextResponse(f"instance-id: {ws.id}\nlocal-hostname: {ws.name}\n")

@@ -29,7 +29,12 @@ class _Server(uvicorn.Server):
 
 
 class Servers:
-    """The API and broker servers of one service."""
+    """The API, broker and (if configured) metadata servers of one service.
+
+    Only the API believes proxy headers, and only from the proxies a site configured: the
+    broker and the metadata service face the clusters, and the metadata service answers
+    by the real address a request comes from.
+    """
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -44,6 +49,8 @@ class Servers:
                 log_level="warning",
                 lifespan="off",
                 timeout_graceful_shutdown=5,
+                proxy_headers=bool(config.trusted_proxies),
+                forwarded_allow_ips=",".join(config.trusted_proxies) or None,
             )
         )
         self.broker = _Server(
@@ -61,24 +68,41 @@ class Servers:
                 timeout_graceful_shutdown=5,
             )
         )
+        self.all = [self.api, self.broker]
+        if config.metadata_listen:
+            metadata_host, metadata_port = split_listen(config.metadata_listen)
+            self.all.append(
+                _Server(
+                    uvicorn.Config(
+                        service.metadata_app,
+                        host=metadata_host,
+                        port=metadata_port,
+                        log_level="warning",
+                        lifespan="off",
+                        proxy_headers=False,  # the peer's own address is the node's identity
+                        timeout_graceful_shutdown=5,
+                    )
+                )
+            )
 
     @property
     def started(self) -> bool:
-        return self.api.started and self.broker.started
+        return all(server.started for server in self.all)
 
     def stop(self) -> None:
         self.service.notifier.close()  # held long-polls answer now instead of being cancelled
-        self.api.should_exit = True
-        self.broker.should_exit = True
+        for server in self.all:
+            server.should_exit = True
 
     async def serve(self) -> None:
         self.service.notifier.bind(asyncio.get_running_loop())
-        await asyncio.gather(self.api.serve(), self.broker.serve())
-        if not (self.api.started and self.broker.started):
-            raise OSError(
-                f"could not listen on {self.service.config.listen} (API) and "
-                f"{self.service.config.broker_listen} (broker); see the log above"
-            )
+        await asyncio.gather(*(server.serve() for server in self.all))
+        if not self.started:
+            config = self.service.config
+            where = f"{config.listen} (API), {config.broker_listen} (broker)"
+            if config.metadata_listen:
+                where += f", {config.metadata_listen} (metadata)"
+            raise OSError(f"could not listen on {where}; see the log above")
 
 
 def run_in_foreground(service: Service, on_listening: Callable[[], None]) -> None:
