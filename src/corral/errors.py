@@ -4,6 +4,7 @@
     ├── DocumentError                a malformed cluster document (field and line)
     ├── NotFoundError                no such cluster, node, user, host or image (or not yours)
     ├── BadRequestError              a request whose body or parameters do not fit the API
+    │   └── PayloadTooLargeError     a request body over its limit (refused before read whole)
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
@@ -79,6 +80,13 @@ class BadRequestError(CorralError):
     """Raised when a request's body or parameters do not fit the API (`problems` says where)."""
 
     code = "bad-request"
+
+
+class PayloadTooLargeError(BadRequestError):
+    """Raised while reading a request body that is longer than its limit, before it is
+    read whole (`limit_bytes` says the limit)."""
+
+    code = "payload-too-large"
 
 
 class AuthError(CorralError):

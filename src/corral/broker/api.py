@@ -41,6 +41,7 @@ from corral.broker.snapshots import Peer, peer_of
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.lifecycle import NodeState
+from corral.limits import MAX_BROKER_BODY_BYTES
 from corral.service.http_errors import status_for
 from corral.service.transitions import move_node
 from corral.store.models import (
@@ -100,7 +101,7 @@ class BrokerApp:
 async def _body(request: Call, schema: type[Body]) -> Body:
     """The request's JSON body as `schema`; raises BadRequestError naming the field."""
     try:
-        return schema.model_validate_json(await request.body())
+        return schema.model_validate_json(await request.body(MAX_BROKER_BODY_BYTES))
     except ValidationError as exc:
         problems = [
             {"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"]}

@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
+from corral.errors import PayloadTooLargeError
+
 
 class Call:
     """One HTTP request to the broker."""
@@ -39,16 +41,31 @@ class Call:
         pairs = parse_qsl(self.scope["query_string"].decode("latin-1"))
         return dict(reversed(pairs))  # the first value of a repeated name wins
 
-    async def body(self) -> bytes:
-        chunks = []
+    async def body(self, limit: int) -> bytes:
+        """The request's body; raises PayloadTooLargeError as soon as it is known to be
+        longer than `limit` bytes (by its Content-Length, or while it streams in)."""
+        declared = self.header(b"content-length")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks, size = [], 0
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body is larger than the broker's limit of {limit} bytes", limit_bytes=limit
+    )
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.limits import MAX_LOG_TAIL_CHARS
+
+INT64 = 2**63 - 1  # what the store can hold
+
+Address = Annotated[str, Field(max_length=64)]
+KeyLine = Annotated[str, Field(max_length=16384)]
+
 
 class Identity(BaseModel):
+    """What a node says of itself: recorded and shown to its peers, never certified (its
+    certificates name what the service recorded)."""
+
     hostname: str = Field(max_length=255)
-    addresses: list[str] = Field(default_factory=list, max_length=64)
-    ssh_host_keys: list[str] = Field(default_factory=list, max_length=16)
+    addresses: list[Address] = Field(default_factory=list, max_length=64)
+    ssh_host_keys: list[KeyLine] = Field(default_factory=list, max_length=16)
 
 
 class RegisterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cluster: str
-    node: str
-    token: str = Field(repr=False)
+    cluster: str = Field(max_length=64)
+    node: str = Field(max_length=64)
+    token: str = Field(repr=False, max_length=128)
     identity: Identity
 
 
@@ -74,8 +84,8 @@ class ReportBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     phase: Literal["configure", "join", "leave", "node"]
-    role: str = ""
+    role: str = Field("", max_length=64)
     state: Literal["running", "ok", "failed", "ready"]
-    exit_code: int | None = None
-    log_tail: str = Field("", max_length=65536)
-    version: int = 0
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
+    log_tail: str = Field("", max_length=MAX_LOG_TAIL_CHARS)
+    version: int = Field(0, ge=0, le=INT64)

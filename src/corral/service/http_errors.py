@@ -6,6 +6,7 @@ from corral import errors
 
 STATUS_BY_ERROR: dict[type[errors.CorralError], int] = {
     errors.DocumentError: 422,
+    errors.PayloadTooLargeError: 413,
     errors.BadRequestError: 422,
     errors.NotFoundError: 404,
     errors.ForbiddenError: 403,
