@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from corral import agent
@@ -59,10 +59,16 @@ class Certificate:
     cert_file: Path
     key_file: Path
     fingerprint: str  # sha256:<hex>, as the bootstrap document carries it
+    key_fingerprint: str  # sha256:<hex> of the public key's DER SubjectPublicKeyInfo
 
 
-def make_certificate(directory: Path, name: str = "corral-broker") -> Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
+def make_certificate(
+    directory: Path,
+    name: str = "corral-broker",
+    key: ec.EllipticCurvePrivateKey | None = None,
+    lifetime: datetime.timedelta = datetime.timedelta(days=1),
+) -> Certificate:
+    key = key or ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -71,8 +77,8 @@ def make_certificate(directory: Path, name: str = "corral-broker") -> Certificat
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=2))
+        .not_valid_after(now + lifetime)
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -90,7 +96,15 @@ def make_certificate(directory: Path, name: str = "corral-broker") -> Certificat
         )
     )
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-    return Certificate(cert_file, key_file, "sha256:" + digest)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_digest = hashlib.sha256(spki).hexdigest()
+    return Certificate(cert_file, key_file, "sha256:" + digest, "sha256:" + key_digest)
+
+
+def private_key_of(certificate: Certificate) -> ec.EllipticCurvePrivateKey:
+    return serialization.load_pem_private_key(certificate.key_file.read_bytes(), None)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +192,7 @@ class StubBroker:
         self.provides = ["slurm-worker", "munge-client"]
         self.controllers = [member("head-0", "10.180.0.2", "controller")]
         self.fail_next = 0
+        self.lease_end: str | None = None
         self.drop_kept_connections = False
         self.handshakes = 0
         self.requests: list[Seen] = []
@@ -234,6 +249,8 @@ class StubBroker:
             "data": {"users": "alice"},
             "ssh_known_hosts": f"@cert-authority * ssh-ed25519 AAAACA corral-{CLUSTER}\n",
         }
+        if self.lease_end is not None:
+            view["lease_end"] = self.lease_end
         if self.satisfied:
             view["files"] = [
                 {"path": p, "mode": m, "content_b64": base64.b64encode(c).decode()}
@@ -440,6 +457,66 @@ def without_contents(view: dict[str, Any]) -> dict[str, Any]:
     return {**view, "files": files}
 
 
+# --- the lease ----------------------------------------------------------------------------------
+
+POWERED_OFF = Path("run/corral/powered-off")
+
+
+def test_the_node_powers_itself_off_when_its_lease_ends(broker: StubBroker, root: Path) -> None:
+    end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)
+    broker.lease_end = end.isoformat()
+    running = start_agent(root)
+    try:
+        wait_for(lambda: (root / "out" / "slurm-worker.configure.stdin").exists(), "configure")
+        assert not (root / POWERED_OFF).exists()
+        wait_for(lambda: running.poll() is not None, "the agent to stop at the lease's end")
+    finally:
+        running.kill()
+        running.communicate()
+    assert running.returncode == 0
+    assert (root / POWERED_OFF).exists()
+    assert datetime.datetime.now(datetime.UTC) >= end
+    state = json.loads((root / "var" / "lib" / "corral" / "state.json").read_text())
+    assert state["lease_end"] == end.isoformat()
+
+
+def test_an_extension_moves_the_power_off(broker: StubBroker, root: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    broker.lease_end = (now + datetime.timedelta(seconds=4)).isoformat()
+    running = start_agent(root)
+    try:
+        wait_for(lambda: (root / "out" / "slurm-worker.configure.stdin").exists(), "configure")
+        broker.change(lease_end=(now + datetime.timedelta(hours=1)).isoformat())
+        time.sleep(6)
+        assert running.poll() is None
+        assert not (root / POWERED_OFF).exists()
+    finally:
+        running.terminate()
+        running.communicate()
+
+
+def test_a_lease_that_ended_while_the_broker_was_away_powers_the_node_off(
+    broker: StubBroker, root: Path
+) -> None:
+    broker.lease_end = (
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    ).isoformat()
+    assert run_agent(root, "--once").returncode == 0
+    broker.stop()  # the service is gone for good
+    state_file = root / "var" / "lib" / "corral" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert "lease_end" in state
+    state["lease_end"] = (
+        datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
+    ).isoformat()
+    state_file.write_text(json.dumps(state))
+    started = time.monotonic()
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert (root / POWERED_OFF).exists()
+    assert time.monotonic() - started < 20  # at once, not after the broker's retry budget
+
+
 # --- trust --------------------------------------------------------------------------------------
 
 
@@ -458,6 +535,64 @@ def test_a_broker_with_another_certificate_gets_no_request(
     assert broker.requests == []
     assert broker.token not in done.stderr
     assert not (root / "var" / "lib" / "corral" / "credential").exists()
+
+
+def test_a_renewed_broker_certificate_is_accepted_by_its_pinned_key(
+    certificate: Certificate, root: Path, tmp_path: Path
+) -> None:
+    renewed = make_certificate(tmp_path / "renewed", key=private_key_of(certificate))
+    assert renewed.fingerprint != certificate.fingerprint
+    stub = StubBroker(renewed)
+    stub.thread.start()
+    try:
+        seed = root / "var" / "lib" / "cloud" / "seed" / "nocloud" / "user-data"
+        old_pins = {"fingerprint": certificate.fingerprint}
+        seed.write_text(json.dumps(stub.bootstrap(**old_pins)))
+        refused = run_agent(root, "--once")
+        assert refused.returncode == 2 and "pinned" in refused.stderr
+        seed.write_text(
+            json.dumps(stub.bootstrap(**old_pins, key_fingerprint=certificate.key_fingerprint))
+        )
+        assert run_agent(root, "--once").returncode == 0
+    finally:
+        stub.stop()
+
+
+def test_an_expired_broker_certificate_is_refused_though_pinned(root: Path, tmp_path: Path) -> None:
+    expired = make_certificate(tmp_path / "expired", lifetime=-datetime.timedelta(hours=1))
+    stub = StubBroker(expired)
+    stub.thread.start()
+    try:
+        seed = root / "var" / "lib" / "cloud" / "seed" / "nocloud" / "user-data"
+        seed.write_text(json.dumps(stub.bootstrap(key_fingerprint=expired.key_fingerprint)))
+        done = run_agent(root, "--once")
+        assert done.returncode == 2
+        assert "expired" in done.stderr
+        assert stub.requests == []
+    finally:
+        stub.stop()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [ec.generate_private_key(ec.SECP384R1()), rsa.generate_private_key(65537, 2048)],
+    ids=["ecdsa-p384", "rsa"],
+)
+@pytest.mark.parametrize("years", [1, 40], ids=["utctime", "generalizedtime"])
+def test_certificate_facts_read_as_cryptography_reads_them(tmp_path: Path, key, years: int) -> None:
+    made = make_certificate(tmp_path, key=key, lifetime=datetime.timedelta(days=365 * years))
+    cert = x509.load_pem_x509_certificate(made.cert_file.read_bytes())
+    public_key, not_after = agent.certificate_facts(cert.public_bytes(serialization.Encoding.DER))
+    assert public_key == cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert not_after == cert.not_valid_after_utc.timestamp()
+
+
+@pytest.mark.parametrize("der", [b"", b"\x30\x03\x02\x01", b"\x30\x84\xff\xff\xff\xff", b"x" * 64])
+def test_certificate_facts_refuse_what_is_no_certificate(der: bytes) -> None:
+    with pytest.raises(ValueError):
+        agent.certificate_facts(der)
 
 
 def test_the_pin_compares_case_insensitively(broker: StubBroker, root: Path) -> None:

@@ -510,7 +510,10 @@ def test_wait_ready_holds_workers_until_the_controller_is_ready_and_says_so(make
     with broker_client(service) as broker:
         headers = {"Authorization": f"Bearer {credential.read_text().strip()}"}
         view = broker.get("/context", headers=headers).json()
-    assert (view["satisfied"], view["blocked_on"], view["files"]) == (False, ["controller"], [])
+    assert (view["satisfied"], view["blocked_on"]) == (False, ["controller"])
+    # it has its files, but configures nothing while it waits
+    assert "/etc/corral/tls/host.crt" in {f["path"] for f in view["files"]}
+    assert not (node_roots(service)[waiting[0]["name"]] / "var/log/roles").exists()
 
     wait_for(lambda: state(client, cluster_id) == "ready", timeout=60)
     logs = {

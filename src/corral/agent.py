@@ -38,7 +38,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import calendar
 import contextlib
+import datetime
 import errno
 import glob
 import hashlib
@@ -85,6 +87,8 @@ STATE_FILE = "/var/lib/corral/state.json"
 HOSTS_FILE = "/etc/hosts"
 KNOWN_HOSTS_FILE = "/etc/ssh/ssh_known_hosts"
 ROLES_DIR = "/etc/corral/roles"
+# where a node that is not the system's own root (a test machine) shows it powered off
+POWER_OFF_MARK = "/run/corral/powered-off"
 
 log = logging.getLogger("corral.agent")
 
@@ -135,6 +139,9 @@ class Bootstrap:
     node: str
     source: str
     token: str = field(repr=False, default="")
+    # lower-case hex of SHA-256 over the broker's public key (DER SubjectPublicKeyInfo):
+    # still true after the broker renews its certificate with the same key
+    key_fingerprint: str = ""
 
 
 _FINGERPRINT = re.compile(r"^sha256:([0-9a-f]{64})$", re.IGNORECASE)
@@ -166,6 +173,10 @@ def parse_bootstrap(raw: bytes, source: str) -> Bootstrap | None:
     match = _FINGERPRINT.match(doc["fingerprint"].strip())
     if match is None:
         raise BootstrapError(f"{source}: fingerprint must be sha256:<64 hex digits>")
+    key = doc.get("key_fingerprint", "")
+    key_match = _FINGERPRINT.match(key.strip()) if isinstance(key, str) else None
+    if key and key_match is None:
+        raise BootstrapError(f"{source}: key_fingerprint must be sha256:<64 hex digits>")
     return Bootstrap(
         broker=doc["broker"].rstrip("/"),
         fingerprint=match.group(1).lower(),
@@ -173,6 +184,7 @@ def parse_bootstrap(raw: bytes, source: str) -> Bootstrap | None:
         node=doc["node"],
         source=source,
         token=doc["token"],
+        key_fingerprint=key_match.group(1).lower() if key_match else "",
     )
 
 
@@ -279,30 +291,119 @@ def find_bootstrap(
 
 
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection that trusts exactly one certificate, by SHA-256 of its DER.
+    """An HTTPS connection that trusts exactly one certificate, by SHA-256 of its DER, or
+    any unexpired certificate of one public key, by SHA-256 of its SubjectPublicKeyInfo.
 
     The check runs in `connect`, which http.client calls before it sends a byte of the
     request, also when it reconnects on its own.
     """
 
-    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, fingerprint: str, timeout: float, key_fingerprint: str = ""
+    ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # trust comes from the pin, not from a CA
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         super().__init__(host, port, timeout=timeout, context=context)
         self.fingerprint = fingerprint
+        self.key_fingerprint = key_fingerprint
 
     def connect(self) -> None:
         super().connect()
         der = self.sock.getpeercert(binary_form=True) or b""
-        seen = hashlib.sha256(der).hexdigest()
-        if not hmac.compare_digest(seen, self.fingerprint.lower()):
+        try:
+            self._check(der)
+        except PinningError:
             self.close()
+            raise
+
+    def _check(self, der: bytes) -> None:
+        seen = hashlib.sha256(der).hexdigest()
+        try:
+            public_key, not_after = certificate_facts(der)
+        except ValueError as exc:
+            where = f"{self.host}:{self.port}"
+            raise PinningError(f"broker {where} sent no usable certificate") from exc
+        seen_key = hashlib.sha256(public_key).hexdigest()
+        pinned = hmac.compare_digest(seen, self.fingerprint.lower()) or (
+            bool(self.key_fingerprint)
+            and hmac.compare_digest(seen_key, self.key_fingerprint.lower())
+        )
+        if not pinned:
             raise PinningError(
-                f"broker {self.host}:{self.port} presented certificate sha256:{seen}, "
-                f"not the pinned sha256:{self.fingerprint}; refusing to talk to it"
+                f"broker {self.host}:{self.port} presented certificate sha256:{seen} "
+                f"(key sha256:{seen_key}), not the pinned sha256:{self.fingerprint}"
+                + (f" (key sha256:{self.key_fingerprint})" if self.key_fingerprint else "")
+                + "; refusing to talk to it"
             )
+        if not_after < time.time():
+            raise PinningError(
+                f"broker {self.host}:{self.port} presented its certificate, which expired at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_after))}; "
+                "refusing to talk to it"
+            )
+
+
+def certificate_facts(der: bytes) -> tuple[bytes, float]:
+    """The DER SubjectPublicKeyInfo of an X.509 certificate, and its end (Unix time).
+
+    Reads just what it needs of the DER (RFC 5280: Certificate, TBSCertificate, Validity),
+    since the standard library parses no certificate it has not verified. Raises
+    ValueError on anything else.
+    """
+    tag, start, _ = _der_item(der, 0)
+    tag_tbs, tbs, tbs_end = _der_item(der, start)
+    if tag != 0x30 or tag_tbs != 0x30:
+        raise ValueError("not a certificate")
+    items = []
+    at = tbs
+    while at < tbs_end and len(items) < 7:
+        item = _der_item(der, at)
+        items.append(item)
+        at = item[2]
+    if items and items[0][0] == 0xA0:  # the optional explicit version
+        items = items[1:]
+    if len(items) < 6 or items[3][0] != 0x30 or items[5][0] != 0x30:
+        raise ValueError("not a certificate")
+    _, validity, validity_end = items[3]
+    not_before = _der_item(der, validity)
+    tag_end, end_start, end_end = _der_item(der, not_before[2])
+    if end_end != validity_end:
+        raise ValueError("not a certificate")
+    not_after = _der_time(tag_end, der[end_start:end_end])
+    _, _, key_end = items[5]
+    key_start = items[4][2]
+    return der[key_start:key_end], not_after
+
+
+def _der_item(data: bytes, at: int) -> tuple[int, int, int]:
+    """The DER item at `at`: (tag, where its content starts, where it ends)."""
+    if at + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        size = length & 0x7F
+        if not 1 <= size <= 4 or at + size > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[at : at + size], "big")
+        at += size
+    if at + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
+def _der_time(tag: int, raw: bytes) -> float:
+    """A UTCTime (0x17) or GeneralizedTime (0x18) in UTC, as Unix time."""
+    text = raw.decode("ascii")
+    if tag == 0x17 and len(text) == 13 and text.endswith("Z"):
+        year = int(text[:2])
+        text = ("19" if year >= 50 else "20") + text
+    elif not (tag == 0x18 and len(text) == 15 and text.endswith("Z")):
+        raise ValueError("unsupported certificate time")
+    fields = time.strptime(text, "%Y%m%d%H%M%SZ")
+    return float(calendar.timegm(fields))
 
 
 class Broker:
@@ -322,6 +423,7 @@ class Broker:
         fingerprint: str,
         retry_budget: float = RETRY_BUDGET_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        key_fingerprint: str = "",
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
@@ -330,6 +432,7 @@ class Broker:
         self.port = parts.port or 443
         self.prefix = parts.path.rstrip("/")
         self.fingerprint = fingerprint
+        self.key_fingerprint = key_fingerprint
         self.retry_budget = retry_budget
         self.sleep = sleep
         self._connection: PinnedHTTPSConnection | None = None  # kept between requests
@@ -395,7 +498,7 @@ class Broker:
     ) -> tuple[int, bytes]:
         if self._connection is None:
             self._connection = PinnedHTTPSConnection(
-                self.host, self.port, self.fingerprint, timeout
+                self.host, self.port, self.fingerprint, timeout, self.key_fingerprint
             )
         connection = self._connection
         connection.timeout = timeout  # for when http.client reconnects by itself
@@ -723,6 +826,86 @@ def membership_of(view: dict[str, Any]) -> dict[str, list[str]]:
 # --- the agent --------------------------------------------------------------------------
 
 
+class LeaseEnd:
+    """Powers the node off once its lease is over, whether or not the broker answers.
+
+    The lease's end comes with every view and is kept in state.json, so an agent that
+    starts again (after a crash, or with the service gone) still knows it. On a node that
+    is the system's own root, a systemd timer of its own (`corral-lease-end.timer`) runs
+    `systemctl poweroff` then, even if the agent has exited; on EC2 a power-off ends the
+    instance too. Under any other root (a test machine) a thread of the agent leaves
+    POWER_OFF_MARK under the root at that time and stops the agent.
+    """
+
+    UNIT = "corral-lease-end"
+
+    def __init__(self, root: str, stop: Callable[[], None]) -> None:
+        self.root = root
+        self.stop = stop
+        self.system = is_system_root(root) and os.geteuid() == 0
+        self.at: float | None = None
+        self._timer: threading.Timer | None = None
+
+    def set(self, text: object) -> bool:
+        """Expect the lease to end at `text` (ISO 8601); True if that is news."""
+        when = _iso_time(text)
+        if when is None or when == self.at:
+            return False
+        self.at = when
+        shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+        log.info("lease ends %s: the node powers itself off then", shown)
+        if self.system:
+            self._arm_systemd(shown, when)
+        else:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(max(0.0, when - time.time()), self._power_off)
+            self._timer.daemon = True
+            self._timer.start()
+        return True
+
+    def _arm_systemd(self, shown: str, when: float) -> None:
+        subprocess.run(["systemctl", "stop", f"{self.UNIT}.timer"], capture_output=True)
+        if when <= time.time():
+            self._power_off()
+            return
+        armed = subprocess.run(
+            [
+                "systemd-run",
+                f"--unit={self.UNIT}",
+                f"--on-calendar={shown}",
+                "--timer-property=AccuracySec=1s",
+                "systemctl",
+                "poweroff",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if armed.returncode != 0:
+            log.error("could not arm the lease's end: %s", armed.stderr.strip())
+
+    def _power_off(self) -> None:
+        log.warning("the lease has ended: powering the node off")
+        if self.system:
+            subprocess.run(["systemctl", "poweroff"], check=False)
+            return
+        mark = under_root(self.root, POWER_OFF_MARK)
+        os.makedirs(os.path.dirname(mark), exist_ok=True)
+        write_file(mark, b"lease ended\n", 0o644)
+        self.stop()
+
+
+def _iso_time(text: object) -> float | None:
+    """Unix time of an ISO 8601 time with its zone, or None if `text` is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
 class Stopper:
     """Turns SIGTERM/SIGINT into a stop: at once inside `interruptible()`, else when checked.
 
@@ -786,6 +969,8 @@ class Agent:
         self.broker: Broker
         self.credential = ""
         self.first_view: dict[str, Any] | None = None  # what register answered, if anything
+        self.lease = LeaseEnd(self.root, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.state: State | None = None
 
     def path(self, node_path: str) -> str:
         return under_root(self.root, node_path)
@@ -801,9 +986,15 @@ class Agent:
             bootstrap.broker,
         )
         self.broker = Broker(
-            bootstrap.broker, bootstrap.fingerprint, self.retry_budget, self._sleep
+            bootstrap.broker,
+            bootstrap.fingerprint,
+            self.retry_budget,
+            self._sleep,
+            key_fingerprint=bootstrap.key_fingerprint,
         )
         state = State.load(self.path(STATE_FILE), bootstrap.cluster, bootstrap.node)
+        self.state = state
+        self.lease.set(state.data.get("lease_end"))  # also while the broker is away
         self.credential = self._credential(bootstrap, state)
         view = self._wait_until_satisfied()
         try:
@@ -864,6 +1055,7 @@ class Agent:
         first = answer.get("view")
         if isinstance(first, dict) and isinstance(first.get("version"), int):
             self.first_view = first
+            self._note_lease(first)
         return credential
 
     def _poll(self, since: int) -> dict[str, Any]:
@@ -877,7 +1069,14 @@ class Agent:
             )
         if not isinstance(view.get("version"), int):
             raise ViewError("broker sent a view without an integer version")
+        self._note_lease(view)
         return view
+
+    def _note_lease(self, view: dict[str, Any]) -> None:
+        """Follow the lease's end the view gives, and keep it for a later run."""
+        if self.lease.set(view.get("lease_end")) and self.state is not None:
+            self.state.data["lease_end"] = view["lease_end"]
+            self.state.save()
 
     def _wait_until_satisfied(self) -> dict[str, Any]:
         since = 0
@@ -891,11 +1090,15 @@ class Agent:
                 log.info("view %d: waiting, blocked on %s", view["version"], blocked)
             since = max(since, view["version"])
 
-    def _apply(self, view: dict[str, Any]) -> None:
+    def _apply(self, view: dict[str, Any]) -> list[str]:
+        """Install the view's files, hosts and known hosts; the files that changed."""
+        written = []
         for item in view.get("files") or []:
             path, mode, content = self._file_of(item)
             changed = write_file(self.path(path), content, mode, self.owner_root)
             log.info("file %s (%04o) %s", path, mode, "written" if changed else "unchanged")
+            if changed:
+                written.append(path)
         hosts = [
             f"{h['address']} {h['name']}"
             for h in view.get("hosts") or []
@@ -913,6 +1116,7 @@ class Agent:
                 len(lines),
                 "written" if changed else "unchanged",
             )
+        return written
 
     @staticmethod
     def _file_of(item: Any) -> tuple[str, int, bytes]:
@@ -958,12 +1162,27 @@ class Agent:
                 continue
             version = new["version"]
             log.info("view %d received", version)
-            if new.get("satisfied"):
-                try:
-                    self._apply(new)
-                except (OSError, ViewError) as exc:
-                    log.error("could not install view %d: %s", version, exc)
+            # installed even while blocked again: whom the cluster trusts may have changed
+            try:
+                written = self._apply(new)
+            except (OSError, ViewError) as exc:
+                log.error("could not install view %d: %s", version, exc)
+            else:
+                self._reload_sshd(written)
             self._act_on_membership(new, state)
+
+    def _reload_sshd(self, written: list[str]) -> None:
+        """sshd reads its host certificate when it starts: after the broker renewed it (the
+        lease was extended), it reloads. Role scripts start sshd in the first place."""
+        if not self.owner_root or not any(p.startswith("/etc/ssh/") for p in written):
+            return
+        reloaded = subprocess.run(
+            ["systemctl", "reload-or-restart", "ssh"], capture_output=True, text=True
+        )
+        if reloaded.returncode != 0:
+            log.error("could not reload sshd: %s", reloaded.stderr.strip())
+        else:
+            log.info("sshd reloaded for its new files")
 
     def _act_on_membership(self, view: dict[str, Any], state: State) -> None:
         before = state.membership or {}

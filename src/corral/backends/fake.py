@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 FAILURE_MODES = ("boot", "crash")
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+# what the agent leaves under a machine's root when it powers the machine off (agent.py)
+POWER_OFF_MARK = "run/corral/powered-off"
 
 
 @dataclass
@@ -221,6 +223,8 @@ class FakeBackend(Backend):
         booted = self._clock() - machine.started_at >= self.boot_delay
         if not booted:
             state, detail = MachineState.STARTING, ""
+        elif machine.root and (Path(machine.root) / POWER_OFF_MARK).exists():
+            state, detail = MachineState.STOPPED, "it powered itself off: its lease ended"
         elif machine.fail == "crash":
             state, detail = MachineState.ERROR, "injected crash during boot"
         else:

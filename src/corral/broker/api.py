@@ -163,17 +163,17 @@ def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
         move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
     elif state is not NodeState.BOOTING:
         raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
-    secret = session.get(ClusterSecret, ws.cluster_id)
-    try:
-        node_secret = issue_node_secret(secret, ws, body.identity)
-    except ValueError as exc:
-        raise ConflictError(f"node {ws.name}: {exc}") from exc
-    session.add(node_secret)  # new: a token registers its node once
     ws.hostname = body.identity.hostname
     ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
     ws.registered_at = now
+    secret = session.get(ClusterSecret, ws.cluster_id)
+    try:
+        node_secret = issue_node_secret(secret, ws, ws.cluster.lease_end)
+    except ValueError as exc:
+        raise ConflictError(f"node {ws.name}: {exc}") from exc
+    session.add(node_secret)  # new: a token registers its node once
     credential = issue_credential(ws)
-    move_node(session, ws, NodeState.REGISTERED, f"agent registered as {ws.hostname}")
+    move_node(session, ws, NodeState.REGISTERED, f"agent registered (hostname {ws.hostname!r})")
     return credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret)
 
 

@@ -6,12 +6,14 @@ It carries no other secret: the token is single-use, for this node alone, and ex
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
+from corral.broker.pki import BrokerIdentity
 from corral.service.addresses import gateway_of
 from corral.store.models import Workspace
 
@@ -21,21 +23,25 @@ BOOTSTRAP_FORMAT = 1
 @dataclass(frozen=True)
 class BootstrapIssuer:
     """Makes bootstrap documents. `broker_url` may hold `{gateway}`: the first address of
-    the node's cluster subnet, for backends whose nodes reach the service there."""
+    the node's cluster subnet, for backends whose nodes reach the service there.
+    `identity()` is the broker's TLS identity now (its certificate may have been renewed),
+    whose two pins the document carries."""
 
     broker_url: str
-    fingerprint: str
+    identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
     def user_data(self, session: Session, ws: Workspace, now: datetime) -> bytes:
         """A bootstrap document for `ws`, with a new token recorded in `session`."""
         token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
+        pins = self.identity()
         document = {
             "corral": BOOTSTRAP_FORMAT,
             "broker": self.broker_url.format(gateway=gateway_of(ws.cluster.subnet))
             if "{gateway}" in self.broker_url
             else self.broker_url,
-            "fingerprint": self.fingerprint,
+            "fingerprint": pins.fingerprint,
+            "key_fingerprint": pins.key_fingerprint,
             "cluster": ws.cluster_id,
             "node": ws.name,
             "token": token,

@@ -83,7 +83,12 @@ def node_for_credential(session: Session, credential: str | None) -> Workspace:
     return ws
 
 
+_ENDED = (NodeState.LOST.value, NodeState.TERMINATING.value, NodeState.TERMINATED.value)
+
+
 def refuse_ended(node: str, state: str | None) -> None:
-    """Raises AuthError when a node in `state` may no longer act with its credential."""
-    if state in (NodeState.TERMINATING.value, NodeState.TERMINATED.value):
+    """Raises AuthError when a node in `state` may no longer act with its credential: once
+    it is lost or being removed, it is trusted no more (a lost machine that comes back
+    is not the node the cluster knew)."""
+    if state in _ENDED:
         raise AuthError(f"node {node} is {state}")

@@ -72,6 +72,7 @@ class ContextView(BaseModel):
     data: dict[str, str]
     files: list[FileItem] = Field(repr=False)
     ssh_known_hosts: str
+    lease_end: str = Field(description="ISO 8601; the node powers itself off once it passes")
 
 
 class RegisterReply(BaseModel):

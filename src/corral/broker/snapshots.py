@@ -24,14 +24,15 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property, lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.broker.schemas import Member
+from corral.broker.schemas import FileItem, Member
+from corral.broker.trust import REGISTERED, Trust, cluster_files, known_hosts, trust_of
 from corral.broker.views import (
-    REGISTERED,
     blocked_by_group,
     host_offsets,
     hosts_json,
@@ -57,6 +58,8 @@ class Peer:
     state: str
     address: str | None
     hostname: str | None
+    login: bool
+    ssh_root_key: str | None  # a login node's root key (public), once registered
     ssh_host_keys: tuple[str, ...]
 
     @property
@@ -87,8 +90,18 @@ class Snapshot:
     hosts: tuple[tuple[str, str], ...]  # (name, address) of every registered node with one
     hosts_json: str  # the same as HostEntry objects, serialized once for every view
     nodes: dict[str, Peer]  # every node, by workspace id
+    trust: Trust  # what every node trusts and refuses, and until when
     group_versions: dict[str, int] = field(default_factory=dict)
     seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
+
+    @cached_property
+    def cluster_files(self) -> list[FileItem]:
+        """The files every node gets alike, made once for all their views."""
+        return cluster_files(self.secret, self.owner, self.trust)
+
+    @cached_property
+    def known_hosts(self) -> str:
+        return known_hosts(self.secret, self.trust)
 
     @cached_property
     def host_offsets(self) -> list[int]:
@@ -108,6 +121,8 @@ _PEER_COLUMNS = (
     Workspace.state,
     Workspace.address,
     Workspace.hostname,
+    Workspace.login,
+    Workspace.ssh_root_key,
     Workspace.ssh_host_keys,
 )
 
@@ -143,11 +158,12 @@ def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
     return related
 
 
-def _seen(blocked: list[str], peers: list[Peer], hosts: tuple) -> tuple:
-    """What a group's nodes act on: a change of it is what wakes them."""
-    if blocked:  # a blocked node acts only on becoming unblocked
-        return ("blocked", tuple(blocked))
-    return (tuple(p.seen_as for p in peers), hosts)
+def _seen(blocked: list[str], peers: list[Peer], hosts: tuple, trust: Trust) -> tuple:
+    """What a group's nodes act on: a change of it is what wakes them. Every node acts on
+    the cluster's trust (its lease's end, renewed certificates, nodes that left)."""
+    if blocked:  # a blocked node acts only on becoming unblocked, and on whom it trusts
+        return ("blocked", tuple(blocked), trust.key)
+    return (tuple(p.seen_as for p in peers), hosts, trust.key)
 
 
 def read_snapshot(
@@ -157,12 +173,14 @@ def read_snapshot(
     nodes: dict[str, Peer],
     doc: ClusterDocument,
     secret: ClusterSecret,
+    lease_end: datetime,
 ) -> Snapshot:
     """`nodes` are every node of the cluster, by workspace id."""
     blocked = blocked_by_group(doc, live_providers(nodes.values(), doc))
     by_group: dict[str, list[Peer]] = {}
     hosts = []
-    for p in sorted(nodes.values(), key=lambda p: p.name):
+    ordered = sorted(nodes.values(), key=lambda p: p.name)
+    for p in ordered:
         if p.state in REGISTERED:
             by_group.setdefault(p.group, []).append(p)
             if p.address:
@@ -182,6 +200,7 @@ def read_snapshot(
         hosts=tuple(hosts),
         hosts_json=hosts_json(hosts),
         nodes=nodes,
+        trust=trust_of(ordered, lease_end, secret.generation or 0),
     )
 
 
@@ -226,8 +245,10 @@ class Snapshots:
                     {p.id: p for p in _peers(session, cluster_id)},
                     self.documents.of(cluster),
                     session.get(ClusterSecret, cluster_id),
+                    cluster.lease_end,
                 )
             else:
+                # a change of the cluster itself (its lease, its secrets) reads it whole
                 state, version = session.execute(
                     select(Cluster.state, Cluster.context_version).where(Cluster.id == cluster_id)
                 ).one()
@@ -239,10 +260,11 @@ class Snapshots:
                     nodes,
                     previous.doc,
                     previous.secret,
+                    previous.trust.lease_end,
                 )
             groups = set()
             for group, blocked in snapshot.blocked.items():
-                seen = _seen(blocked, snapshot.peers[group], snapshot.hosts)
+                seen = _seen(blocked, snapshot.peers[group], snapshot.hosts, snapshot.trust)
                 snapshot.seen[group] = seen
                 if previous is not None and previous.seen.get(group) == seen:
                     snapshot.group_versions[group] = previous.group_versions[group]

@@ -8,18 +8,16 @@ files; it says what it is blocked on. Its members are the node itself and its pe
 
 from __future__ import annotations
 
-import base64
 import bisect
 import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from corral.broker import pki
-from corral.broker.issuance import NODE_PRINCIPAL, authority_of
 from corral.broker.schemas import ContextView, FileItem, HostEntry, RequirementView
+from corral.broker.trust import GONE, PRINCIPALS, REGISTERED, REVOKED_KEYS, USER_CA, file_item
 from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
-from corral.store.models import ClusterSecret, NodeSecret
+from corral.store.models import NodeSecret
 
 if TYPE_CHECKING:
     from corral.broker.snapshots import Peer, Snapshot
@@ -32,21 +30,20 @@ class Node(Protocol):
     state: str
 
 
-REGISTERED = frozenset({NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY})
-# providers in these states will never provide: they no longer count
-GONE = frozenset({NodeState.FAILED, NodeState.LOST, NodeState.TERMINATING, NodeState.TERMINATED})
-
 SSH_HOST_CERT = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
 SSHD_CONFIG = "/etc/ssh/sshd_config.d/corral.conf"
-USER_CA = "/etc/ssh/corral_user_ca.pub"
-PRINCIPALS = "/etc/ssh/corral_principals"
 _COMPACT = (",", ":")  # JSON separators, as pydantic writes them
 
 
 def build_view(
     snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None, with_hosts: bool = True
 ) -> ContextView:
-    """Node `me`'s view at `snapshot`: who it deals with, and its files once satisfied."""
+    """Node `me`'s view at `snapshot`: who it deals with, and its files.
+
+    A blocked node gets its files too: it configures nothing until it is satisfied, but a
+    node that was configured and is blocked again (its providers left) must still learn
+    whom the cluster no longer trusts.
+    """
     doc = snapshot.doc
     group = next(g for g in doc.nodes if g.group == me.group)
     peers = snapshot.peers[me.group]
@@ -72,8 +69,9 @@ def build_view(
             HostEntry(name=n, address=a) for n, a in (_with_me(snapshot, me) if with_hosts else ())
         ],
         data=dict(doc.data),
-        files=node_files(snapshot.secret, node_secret, snapshot.owner) if satisfied else [],
-        ssh_known_hosts=pki.known_hosts_line(authority_of(snapshot.secret), ["*"]),
+        files=node_files(snapshot, node_secret),
+        ssh_known_hosts=snapshot.known_hosts,
+        lease_end=snapshot.trust.lease_end.isoformat(),
     )
 
 
@@ -175,36 +173,29 @@ def blocked_by_group(
     return blocked
 
 
-def node_files(secret: ClusterSecret, node_secret: NodeSecret | None, owner: str) -> list[FileItem]:
-    """The files every node of the cluster gets, plus what was issued to this node.
-
-    Root logs in with a certificate of the cluster's SSH CA: for the principal of the
-    cluster's nodes, or for the cluster's owner (`corral ssh`).
-    """
-    files = [
-        _file("/etc/corral/tls/ca.crt", "0644", secret.ca_cert_pem),
-        _file("/etc/munge/munge.key", "0400", base64.b64decode(secret.munge_key_b64)),
-        _file(USER_CA, "0644", secret.ssh_ca_public.strip() + "\n"),
-        _file(f"{PRINCIPALS}/root", "0644", f"{NODE_PRINCIPAL}\n{owner}\n"),
+def node_files(snapshot: Snapshot, node_secret: NodeSecret | None) -> list[FileItem]:
+    """The files every node of the cluster gets (trust.cluster_files), plus what was
+    issued to this node: its TLS certificate and key, its SSH host certificate and the
+    sshd configuration that uses it, and on a login node its root key."""
+    files = list(snapshot.cluster_files)
+    if node_secret is None:
+        return files
+    files += [
+        file_item("/etc/corral/tls/host.crt", "0644", node_secret.tls_cert_pem),
+        file_item("/etc/corral/tls/host.key", "0600", node_secret.tls_key_pem),
     ]
-    if node_secret is not None:
+    sshd = [
+        f"TrustedUserCAKeys {USER_CA}",
+        f"AuthorizedPrincipalsFile {PRINCIPALS}/%u",
+        f"RevokedKeys {REVOKED_KEYS}",
+    ]
+    if node_secret.ssh_host_cert:
+        sshd.insert(0, f"HostCertificate {SSH_HOST_CERT}")
+        files.append(file_item(SSH_HOST_CERT, "0644", node_secret.ssh_host_cert.strip() + "\n"))
+    files.append(file_item(SSHD_CONFIG, "0644", "# written by corral\n" + "\n".join(sshd) + "\n"))
+    if node_secret.ssh_root_key:
         files += [
-            _file("/etc/corral/tls/host.crt", "0644", node_secret.tls_cert_pem),
-            _file("/etc/corral/tls/host.key", "0600", node_secret.tls_key_pem),
+            file_item("/root/.ssh/id_ed25519", "0600", node_secret.ssh_root_key),
+            file_item("/root/.ssh/id_ed25519-cert.pub", "0644", node_secret.ssh_root_cert + "\n"),
         ]
-        sshd = [f"TrustedUserCAKeys {USER_CA}", f"AuthorizedPrincipalsFile {PRINCIPALS}/%u"]
-        if node_secret.ssh_host_cert:
-            sshd.insert(0, f"HostCertificate {SSH_HOST_CERT}")
-            files.append(_file(SSH_HOST_CERT, "0644", node_secret.ssh_host_cert.strip() + "\n"))
-        files.append(_file(SSHD_CONFIG, "0644", "# written by corral\n" + "\n".join(sshd) + "\n"))
-        if node_secret.ssh_root_key:
-            files += [
-                _file("/root/.ssh/id_ed25519", "0600", node_secret.ssh_root_key),
-                _file("/root/.ssh/id_ed25519-cert.pub", "0644", node_secret.ssh_root_cert + "\n"),
-            ]
     return files
-
-
-def _file(path: str, mode: str, content: str | bytes) -> FileItem:
-    raw = content.encode() if isinstance(content, str) else content
-    return FileItem(path=path, mode=mode, content_b64=base64.b64encode(raw).decode())

@@ -88,6 +88,12 @@ def cli() -> None:
     help="A proxy in front of the API whose X-Forwarded-For is believed (none by default).",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--broker-cert-lifetime",
+    default=None,
+    metavar="DURATION",
+    help="Lifetime of the broker's TLS certificate (90d); renewed with the same key.",
+)
 @click.option("--default-lease", default=None, metavar="DURATION")
 @click.option("--max-lease", default=None, metavar="DURATION")
 @click.option("--tick", "tick_seconds", type=float, default=None, help="Engine interval (s).")
@@ -102,6 +108,7 @@ def serve(
     metadata_listen: str | None,
     trusted_proxies: tuple[str, ...],
     data_dir: Path | None,
+    broker_cert_lifetime: str | None,
     default_lease: str | None,
     max_lease: str | None,
     tick_seconds: float | None,
@@ -142,6 +149,8 @@ def serve(
             config.default_lease = parse_duration(default_lease)
         if max_lease:
             config.max_lease = parse_duration(max_lease)
+        if broker_cert_lifetime:
+            config.broker_cert_lifetime = parse_duration(broker_cert_lifetime)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if tick_seconds is not None:

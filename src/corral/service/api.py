@@ -17,8 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral import __version__
-from corral.broker import pki
-from corral.broker.issuance import authority_of, user_patterns
+from corral.broker.issuance import issue_user_credentials
+from corral.broker.snapshots import peer_of
+from corral.broker.trust import trust_of
 from corral.broker.views import blocked_by_group, live_providers
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.images import records as image_records
@@ -191,19 +192,11 @@ def credentials(ref: str, service: Svc, db: DB, user: Caller) -> CredentialsView
     cluster = service.clusters.find(db, user, ref, load_nodes=True)
     if not ClusterState(cluster.state).is_live or cluster.state == ClusterState.TERMINATING:
         raise ConflictError(f"cluster {cluster.id} is {cluster.state}")
-    authority = authority_of(db.get(ClusterSecret, cluster.id))
-    user_cert, user_key = pki.issue_user_certificate(authority, user.name)
-    ssh_key, ssh_public = pki.generate_ssh_user_key()
-    return CredentialsView(
-        cluster=cluster.id,
-        ca_cert_pem=authority.ca_cert_pem,
-        user_cert_pem=user_cert,
-        user_key_pem=user_key,
-        ssh_known_hosts=pki.known_hosts_line(authority, user_patterns(cluster)),
-        ssh_user_key=ssh_key,
-        ssh_user_public=ssh_public,
-        ssh_user_cert=pki.sign_ssh_user_key(authority, ssh_public, user.name),
-    )
+    peers = [peer_of(w) for w in cluster.workspaces]
+    secret = db.get(ClusterSecret, cluster.id)
+    departed = trust_of(peers, cluster.lease_end, secret.generation).departed_host_keys
+    issued = issue_user_credentials(secret, cluster, user.name, list(departed))
+    return CredentialsView(cluster=cluster.id, **asdict(issued))
 
 
 @router.post("/clusters/{ref}/extend")
@@ -211,6 +204,8 @@ def extend(service: Svc, ref: str, body: ExtendBody, db: DB, user: Caller) -> Cl
     with service.decisions:
         cluster = service.clusters.extend(db, user, ref, timedelta(seconds=body.seconds))
         db.commit()
+    # its nodes' certificates were renewed: the broker reads them from the store again
+    service.known_nodes.forget_cluster(cluster.id)
     return _detail(service, db, cluster)
 
 

@@ -23,7 +23,7 @@ from corral.broker.api import BrokerApp
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.broker.known_nodes import KnownNodes
 from corral.broker.notifier import ContextNotifier
-from corral.broker.pki import load_or_create_broker_identity
+from corral.broker.pki import BrokerIdentity, load_or_create_broker_identity
 from corral.broker.snapshots import Snapshots
 from corral.errors import ConflictError
 from corral.lifecycle import ClusterState
@@ -75,9 +75,7 @@ class Service:
         self.notifier = ContextNotifier(self.snapshots.refresh)
         self.notifier.watch(self.store.sessions)
         broker_host, _ = split_listen(config.broker_listen)
-        self.broker_identity = load_or_create_broker_identity(
-            config.data_dir / "broker", ["localhost"], [broker_host] if _is_ip(broker_host) else []
-        )
+        self.broker_identity = self.renew_broker_identity()
         at_gateway = Capability.GATEWAY_SERVICES in self.backend.capabilities
         if at_gateway and broker_host not in ("0.0.0.0", "::"):
             raise ValueError(
@@ -87,7 +85,7 @@ class Service:
             )
         issuer = BootstrapIssuer(
             config.advertised_broker_url(at_gateway),
-            self.broker_identity.fingerprint,
+            lambda: self.broker_identity,
             config.bootstrap_token_lifetime,
         )
         self.clusters = Clusters(config, self.backend.capabilities)
@@ -97,6 +95,18 @@ class Service:
         self.app = create_app(self)
         self.broker_app = BrokerApp(self)
         self.metadata_app = create_metadata_app(self)
+
+    def renew_broker_identity(self) -> BrokerIdentity:
+        """The broker's TLS identity, its certificate renewed (same key) when a third of its
+        lifetime is left; made on first use."""
+        host, _ = split_listen(self.config.broker_listen)
+        self.broker_identity = load_or_create_broker_identity(
+            self.config.data_dir / "broker",
+            ["localhost"],
+            [host] if _is_ip(host) else [],
+            self.config.broker_cert_lifetime,
+        )
+        return self.broker_identity
 
     def _forget_cluster(self, cluster_id: str) -> None:
         """The broker found the cluster terminated: let go of what it kept in memory."""

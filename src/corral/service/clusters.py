@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from corral.backends.base import Capability
-from corral.broker.issuance import create_cluster_secret
+from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument, parse_document
 from corral.errors import LeaseError, NotFoundError
 from corral.lifecycle import ClusterState, NodeState
@@ -26,7 +26,7 @@ from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
 from corral.service.inventory import host_capacities
 from corral.service.scheduler import NodeRequest, place
-from corral.service.transitions import move_cluster, record, record_node
+from corral.service.transitions import bump_context, move_cluster, record, record_node
 from corral.store.models import Cluster, Image, Pool, User, Workspace, utcnow
 from corral.units import format_duration
 
@@ -112,7 +112,7 @@ class Clusters:
         session.add(cluster)
         session.flush()
         cluster.subnet = allocate_subnet(session, pool, cluster.id)
-        session.add(create_cluster_secret(cluster.id))
+        session.add(create_cluster_secret(cluster.id, cluster.lease_end))
         workspaces = []
         for group in doc.nodes:
             for index, node in enumerate(group.node_names()):
@@ -230,7 +230,7 @@ class Clusters:
 
         Raises LeaseError for an ended cluster or a deadline beyond the maximum lease.
         """
-        cluster = self.find(session, user, ref)
+        cluster = self.find(session, user, ref, load_nodes=True)
         if ClusterState(cluster.state) in (ClusterState.TERMINATING, ClusterState.TERMINATED):
             raise LeaseError(f"cluster {cluster.id} has ended; its lease cannot be extended")
         now = utcnow()
@@ -247,12 +247,14 @@ class Clusters:
         old_end = cluster.lease_end
         cluster.lease_end = new_end
         cluster.lease_warned = False
+        renewed = renew_credentials(session, cluster, new_end)
+        bump_context(session, cluster)  # every node learns its new end and certificates
         record(
             session,
             cluster,
             "lease-extended",
             f"lease extended by {format_duration(by)}: {old_end.isoformat()} -> "
-            f"{new_end.isoformat()}",
+            f"{new_end.isoformat()}; certificates of {renewed} node(s) renewed",
         )
         return cluster
 

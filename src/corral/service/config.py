@@ -64,6 +64,8 @@ class ServiceConfig:
     # proxies whose X-Forwarded-For the API believes; none unless a site puts one in front
     trusted_proxies: tuple[str, ...] = ()
     bootstrap_token_lifetime: timedelta = timedelta(minutes=10)
+    # the broker's own certificate; renewed with the same key once a third of it is left
+    broker_cert_lifetime: timedelta = timedelta(days=90)
     backend: str = field(default_factory=lambda: default_backend())
     backend_options: dict[str, str] = field(default_factory=dict)
     pool: str = "local"

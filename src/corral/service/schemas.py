@@ -128,6 +128,7 @@ class CredentialsView(BaseModel):
     ssh_user_key: str = Field(repr=False)
     ssh_user_public: str
     ssh_user_cert: str
+    valid_until: datetime = Field(description="when these credentials end: the lease's end")
 
 
 class UserView(BaseModel):

@@ -20,6 +20,8 @@ import uvloop
 from corral.service.app import Service
 from corral.service.config import split_listen
 
+RENEWAL_CHECK_SECONDS = 3600.0
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -36,8 +38,9 @@ class Servers:
     by the real address a request comes from.
     """
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, renewal_check_seconds: float = RENEWAL_CHECK_SECONDS):
         self.service = service
+        self.renewal_check_seconds = renewal_check_seconds
         config = service.config
         api_host, api_port = split_listen(config.listen)
         broker_host, broker_port = split_listen(config.broker_listen)
@@ -96,13 +99,28 @@ class Servers:
 
     async def serve(self) -> None:
         self.service.notifier.bind(asyncio.get_running_loop())
-        await asyncio.gather(*(server.serve() for server in self.all))
+        renewing = asyncio.get_running_loop().create_task(self._renew_broker_certificate())
+        try:
+            await asyncio.gather(*(server.serve() for server in self.all))
+        finally:
+            renewing.cancel()
         if not self.started:
             config = self.service.config
             where = f"{config.listen} (API), {config.broker_listen} (broker)"
             if config.metadata_listen:
                 where += f", {config.metadata_listen} (metadata)"
             raise OSError(f"could not listen on {where}; see the log above")
+
+    async def _renew_broker_certificate(self) -> None:
+        """Renew the broker's certificate while it runs, and serve the new one at once:
+        new connections get it, and agents accept it by its unchanged key."""
+        while True:
+            await asyncio.sleep(self.renewal_check_seconds)
+            before = self.service.broker_identity.fingerprint
+            identity = await asyncio.to_thread(self.service.renew_broker_identity)
+            tls = self.broker.config.ssl
+            if identity.fingerprint != before and tls is not None:
+                tls.load_cert_chain(identity.cert_path, identity.key_path)
 
 
 def run_in_foreground(service: Service, on_listening: Callable[[], None]) -> None:
@@ -135,8 +153,8 @@ async def _when_started(servers: Servers, callback: Callable[[], None]) -> None:
 class ServersThread:
     """The servers of a started service, run on a thread until `stop()`."""
 
-    def __init__(self, service: Service) -> None:
-        self.servers = Servers(service)
+    def __init__(self, service: Service, **options: float) -> None:
+        self.servers = Servers(service, **options)
         self._thread = threading.Thread(
             target=lambda: uvloop.run(self.servers.serve()), name="corral-servers", daemon=True
         )

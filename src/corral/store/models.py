@@ -144,8 +144,11 @@ class Workspace(Base):
     # what its agent said when it registered
     credential_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    hostname: Mapped[str | None] = mapped_column(String(255))
+    hostname: Mapped[str | None] = mapped_column(String(255))  # as it said; never certified
     ssh_host_keys: Mapped[str | None] = mapped_column(Text)  # JSON list of key lines
+    # the public half of the root key the broker made it (login nodes only): revoked when
+    # the node leaves
+    ssh_root_key: Mapped[str | None] = mapped_column(Text)
 
     cluster: Mapped[Cluster] = relationship(back_populates="workspaces")
 
@@ -202,9 +205,15 @@ class ClusterSecret(Base):
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), primary_key=True)
     ca_cert_pem: Mapped[str] = mapped_column(Text)
     ca_key_pem: Mapped[str] = mapped_column(Text)
-    ssh_ca_private: Mapped[str] = mapped_column(Text)
-    ssh_ca_public: Mapped[str] = mapped_column(Text)
+    # signs the nodes' host keys
+    ssh_host_ca_private: Mapped[str] = mapped_column(Text)
+    ssh_host_ca_public: Mapped[str] = mapped_column(Text)
+    # signs the keys that log in: users', and login nodes' root keys
+    ssh_user_ca_private: Mapped[str] = mapped_column(Text)
+    ssh_user_ca_public: Mapped[str] = mapped_column(Text)
     munge_key_b64: Mapped[str] = mapped_column(Text)
+    # how many times the cluster's certificates were renewed (an extension renews them)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class NodeSecret(Base):
@@ -216,7 +225,7 @@ class NodeSecret(Base):
     tls_cert_pem: Mapped[str] = mapped_column(Text)
     tls_key_pem: Mapped[str] = mapped_column(Text)
     ssh_host_cert: Mapped[str] = mapped_column(Text)
-    # root's key on the node, certified to log in as root on the cluster's other nodes
+    # a login node's root key, certified to log in as root on the cluster's other nodes
     ssh_root_key: Mapped[str] = mapped_column(Text, default="")
     ssh_root_cert: Mapped[str] = mapped_column(Text, default="")
 
