@@ -552,6 +552,47 @@ def user_remove(name: str) -> None:
     click.echo(f"removed user {name}")
 
 
+@user.command("recover-admin")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The service's data directory (default: $CORRAL_HOME).",
+)
+@click.option("--db", "db_url", default=None, help="The service's database URL, if not there.")
+@click.option("--name", default="admin", show_default=True, help="The user to make admin.")
+@json_option
+@reports_errors
+def user_recover_admin(data_dir: Path | None, db_url: str | None, name: str, as_json: bool) -> None:
+    """Make NAME an admin with a new token, from the service's own store.
+
+    For the service's machine, when no admin token is left: it needs no running service,
+    only access to the store. The token goes to the data directory's admin.token (0600).
+    """
+    from corral.service.auth import write_token_file
+    from corral.service.config import ServiceConfig
+    from corral.service.inventory import recover_admin
+    from corral.store.database import Store
+
+    config = ServiceConfig(db_url=db_url)
+    if data_dir:
+        config.data_dir = data_dir
+    if not db_url and not (config.data_dir / "corral.db").exists():
+        raise NotFoundError(f"no corral store in {config.data_dir} (give --data-dir or --db)")
+    store = Store(config.database_url)
+    try:
+        with store.session() as session:
+            recovered, token = recover_admin(session, name)
+            name = recovered.name
+    finally:
+        store.close()
+    write_token_file(config.admin_token_file, token)
+    if as_json:
+        render.emit_json({"user": name, "token_file": str(config.admin_token_file)})
+    else:
+        click.echo(f"user {name} is an admin; its new token is in {config.admin_token_file}")
+
+
 @cli.group()
 def host() -> None:
     """Hosts and their capacity (admin)."""

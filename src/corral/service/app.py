@@ -29,6 +29,7 @@ from corral.errors import ConflictError
 from corral.lifecycle import ClusterState
 from corral.service import inventory
 from corral.service.api import create_app
+from corral.service.auth import write_token_file
 from corral.service.clusters import Clusters
 from corral.service.config import (
     ServiceConfig,
@@ -158,11 +159,8 @@ class Service:
                 self._write_admin_token(token)
 
     def _write_admin_token(self, token: str) -> None:
-        path = self.config.admin_token_file
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        log.info("created user admin; its token is in %s", path)
+        write_token_file(self.config.admin_token_file, token)
+        log.info("created user admin; its token is in %s", self.config.admin_token_file)
 
 
 def _is_ip(text: str) -> bool:

@@ -57,8 +57,14 @@ def get_user(session: Session, name: str) -> User:
 
 
 def remove_user(session: Session, name: str) -> None:
-    """Delete a user who holds no live cluster; raises ConflictError otherwise."""
+    """Delete a user who holds no live cluster and is not the last admin; raises
+    ConflictError otherwise."""
     user = get_user(session, name)
+    if user.is_admin and _active_admins(session) == 1:
+        raise ConflictError(
+            f"user {name} is the last admin; make another first (`corral user add NAME --admin`)",
+            user=name,
+        )
     live = session.scalar(
         select(func.count(Cluster.id)).where(
             Cluster.owner_id == user.id, Cluster.state != "terminated"
@@ -71,6 +77,29 @@ def remove_user(session: Session, name: str) -> None:
     # their cluster history stays; the user can no longer log in
     user.token_hash = f"removed:{user.id}"
     user.name = f"{user.name}~removed{user.id}"
+
+
+def recover_admin(session: Session, name: str = "admin") -> tuple[User, str]:
+    """Give user `name` admin rights and a new token, creating it if need be: the way back
+    in for someone with access to the service's store when no admin token is left.
+
+    Raises ConflictError for a name that breaks the rule for user names.
+    """
+    user = session.scalars(select(User).where(User.name == name)).first()
+    if user is None:
+        return add_user(session, name, is_admin=True)
+    token = new_token()
+    user.token_hash = hash_token(token)
+    user.is_admin = True
+    return user, token
+
+
+def _active_admins(session: Session) -> int:
+    return session.scalar(
+        select(func.count(User.id)).where(
+            User.is_admin.is_(True), ~User.token_hash.startswith("removed:")
+        )
+    )
 
 
 def ensure_pool(
