@@ -14,6 +14,7 @@
     ├── IllegalTransitionError       a state machine was asked for a transition its table forbids
     ├── BackendError                 a backend failed to boot, terminate or describe a machine
     ├── ImageError                   an image cannot be baked, imported or removed
+    ├── StoreError                   a database cannot be brought to this release's schema
     └── ServiceUnavailableError      the CLI cannot reach or start a service
 
 The HTTP layer maps each class to one status code (service/http_errors.py); the CLI maps them
@@ -138,6 +139,13 @@ class ImageError(CorralError):
     """Raised by the image store and by `bake` when an image cannot be made or removed."""
 
     code = "image-error"
+
+
+class StoreError(CorralError):
+    """Raised by Store when its database cannot be brought to this release's schema: it was
+    written by a newer corral, or it holds some of corral's tables but not all of them."""
+
+    code = "store-error"
 
 
 class ServiceUnavailableError(CorralError):

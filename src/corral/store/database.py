@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.store.models import Base
+from corral.store import schema
 
 
 def sqlite_url(path: Path) -> str:
@@ -22,7 +22,11 @@ def sqlite_url(path: Path) -> str:
 
 
 class Store:
-    """The service's database: one engine and a session factory."""
+    """The service's database: one engine and a session factory.
+
+    Opening it brings its schema to this release's (store/schema.py); raises StoreError
+    when that cannot be done.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -35,7 +39,11 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            schema.upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
