@@ -148,6 +148,7 @@ class Service:
     def _write_admin_token(self, token: str) -> None:
         path = self.config.admin_token_file
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when a file was there, with another mode
         with os.fdopen(fd, "w") as out:
             out.write(token + "\n")
         log.info("created user admin; its token is in %s", path)
