@@ -11,13 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from inprocess import admin_token, api, document, wait_for
+from sqlalchemy import select, text
+from test_store_schema import revision_of, schema_differences
 
 from corral.broker.api import _record
 from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import peer_of
 from corral.lifecycle import NodeState
-from corral.store.models import Report, Workspace
+from corral.service.inventory import add_user
+from corral.store.database import Store
+from corral.store.models import Report, User, Workspace
+from corral.store.schema import alembic_config, head, migration_engine
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -104,3 +110,34 @@ def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, pos
         "terminating",
         "terminated",
     ]
+
+
+def test_a_postgresql_store_is_migrated_to_the_models_and_one_of_0_1_0_is_upgraded(
+    postgres_url,
+):
+    store = Store(postgres_url)
+    try:
+        assert schema_differences(store.engine) == []
+        with store.session() as session:
+            add_user(session, "alice")
+    finally:
+        store.close()
+    # as corral 0.1.0 left a store: the tables of revision 0001, no alembic_version
+    config = alembic_config()
+    engine = migration_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+            connection.execute(text("DROP TABLE alembic_version"))
+    finally:
+        engine.dispose()
+
+    store = Store(postgres_url)
+    try:
+        assert revision_of(store.engine) == head()
+        assert schema_differences(store.engine) == []
+        with store.session() as session:
+            assert session.scalars(select(User.name)).all() == ["alice"]
+    finally:
+        store.close()

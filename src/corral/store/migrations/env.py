@@ -12,10 +12,17 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from corral.store.models import Base
+from corral.store.models import Base, UTCDateTime
 from corral.store.schema import migration_engine
 
 config = context.config
+
+
+def render_item(kind: str, value: object, _context: object) -> str | bool:
+    """Write our column types as SQLAlchemy's in new revisions: those outlive models.py."""
+    if kind == "type" and isinstance(value, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def run(connection: Connection) -> None:
@@ -25,6 +32,7 @@ def run(connection: Connection) -> None:
         # SQLite alters most things by copying the table: batch mode does that
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()
