@@ -19,6 +19,7 @@ from test_store_schema import revision_of, schema_differences
 from corral.broker.api import _record
 from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import peer_of
+from corral.errors import StoreHeldError
 from corral.lifecycle import NodeState
 from corral.service.inventory import add_user
 from corral.store.database import Store
@@ -81,8 +82,13 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, postgres_url):
+def test_the_service_runs_on_postgresql_and_survives_a_restart(
+    make_service, postgres_url, tmp_path
+):
     first = make_service(db_url=postgres_url)
+    with pytest.raises(StoreHeldError) as refused:
+        make_service(db_url=postgres_url, data_dir=tmp_path / "another")
+    assert refused.value.details["instance"] == first.instance
     client = api(first, admin_token(first))
     cluster_id = client.post("/v1/clusters", json={"document": document()}).json()["id"]
     wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready")

@@ -7,6 +7,7 @@
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
+    │   └── StoreHeldError           another service holds the store (who, where, since when)
     ├── RefusedError                 a request the service will not take; nothing was created
     │   ├── QuotaExceededError       the user's quota would be exceeded (needed vs allowed)
     │   ├── CapacityError            no placement fits on the hosts (needed vs available)
@@ -97,6 +98,14 @@ class ConflictError(CorralError):
     """Raised when a request clashes with existing records (a duplicate name, say)."""
 
     code = "conflict"
+
+
+class StoreHeldError(ConflictError):
+    """Raised by the store's hold (store/hold.py) when a service opens a store that another
+    live service holds, or finds that another took it over; `details` name that service:
+    instance, hostname, pid, api_url, since."""
+
+    code = "store-held"
 
 
 class RefusedError(CorralError):
