@@ -11,10 +11,12 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.request
 from contextlib import closing
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from inprocess import admin_token, api, document, wait_for
 from served import ServedCorral, client_env, corral, fake_machines, free_port
 
 from corral.errors import StoreHeldError
+from corral.store.hold import Process
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -35,6 +38,19 @@ def holder_row(db: Path) -> tuple[Any, ...] | None:
 
 
 # -- in process ------------------------------------------------------------------------
+
+
+def test_a_holder_is_known_to_have_ended_only_where_its_pid_tells():
+    me = Process.this()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+
+    assert not me.has_ended()
+    assert replace(me, pid=ended.pid, started=None).has_ended()  # the pid is free
+    assert replace(me, started=me.started + 1).has_ended()  # it names a younger process
+    # another machine, or another boot or pid namespace: its pid says nothing here
+    assert not replace(me, pid=ended.pid, pid_space="another-boot/pid:[4026531836]").has_ended()
+    assert not replace(me, pid=ended.pid, pid_space="").has_ended()
 
 
 def test_a_second_service_on_a_store_refuses_naming_the_first(make_service, tmp_path: Path):
