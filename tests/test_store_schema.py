@@ -41,6 +41,14 @@ def test_a_new_store_is_migrated_to_exactly_the_schema_of_the_models(tmp_path: P
         store.close()
 
 
+def test_a_store_in_memory_is_migrated_on_its_own_connection() -> None:
+    store = Store("sqlite://")
+    try:
+        assert schema_differences(store.engine) == []
+    finally:
+        store.close()
+
+
 def test_every_revision_goes_down_and_up_again(tmp_path: Path) -> None:
     script = ScriptDirectory.from_config(alembic_config())
     revisions = [r.revision for r in reversed(list(script.walk_revisions()))]

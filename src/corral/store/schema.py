@@ -82,15 +82,20 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine) -> None:
     """Bring the store of `engine` to `head()`; raises StoreError if it cannot be."""
+    name = engine.url.render_as_string(hide_password=True)
     with engine.connect() as connection:
         if current_revision(connection) == head():
             return
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        with engine.begin() as connection:  # a database in memory: no one else sees it
+            _upgrade(connection, name)
+        return
     upgrading = migration_engine(engine.url.render_as_string(hide_password=False))
     try:
         with upgrading.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
-            _upgrade(connection, engine.url.render_as_string(hide_password=True))
+            _upgrade(connection, name)
     finally:
         upgrading.dispose()
 
