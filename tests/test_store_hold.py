@@ -176,11 +176,10 @@ def test_a_service_killed_with_sigkill_is_restarted_at_once_and_carries_on(tmp_p
         cluster = launch(served)
         killed = (instance_of(served), served.process.pid)
         served.kill()
-        restarting = time.monotonic()
+        # at once: the killed one's heartbeat is fresh, so only its ended process lets
+        # this one in (a live holder would be refused, and start() raise)
         served.start()
-        restarted_in = time.monotonic() - restarting
 
-        assert restarted_in < 10  # not the 15 s a hold takes to lapse, nor more
         log = served.log_path.read_text()
         assert (
             f"taking over store sqlite:///{served.data_dir / 'corral.db'} from service "
