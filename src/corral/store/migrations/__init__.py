@@ -19,5 +19,8 @@ Conventions for a new revision (the next is 0003):
   autogenerate writes them): on SQLite that copies the table, on PostgreSQL it is plain
   ALTERs. The whole upgrade is one transaction, so a failure leaves the store as it was.
 - `downgrade()` undoes `upgrade()`; the tests run each revision up, down and up again.
+- Stores kept from earlier releases (tests/fixtures/store-*) must open with every row
+  intact: a renamed column goes into RENAMED in tests/test_store_upgrade.py; a new NOT
+  NULL column needs a `server_default` (or values filled in) for the rows already there.
 - A revision that ships in a release is never edited again.
 """
