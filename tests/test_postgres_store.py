@@ -11,13 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from inprocess import admin_token, api, document, wait_for
+from sqlalchemy import select, text
+from test_store_schema import revision_of, schema_differences
 
 from corral.broker.api import _record
 from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import peer_of
+from corral.errors import StoreHeldError
 from corral.lifecycle import NodeState
-from corral.store.models import Report, Workspace
+from corral.service.inventory import add_user
+from corral.store.database import Store
+from corral.store.models import Report, User, Workspace
+from corral.store.schema import alembic_config, head, migration_engine
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -75,8 +82,13 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, postgres_url):
+def test_the_service_runs_on_postgresql_and_survives_a_restart(
+    make_service, postgres_url, tmp_path
+):
     first = make_service(db_url=postgres_url)
+    with pytest.raises(StoreHeldError) as refused:
+        make_service(db_url=postgres_url, data_dir=tmp_path / "another")
+    assert refused.value.details["instance"] == first.instance
     client = api(first, admin_token(first))
     cluster_id = client.post("/v1/clusters", json={"document": document()}).json()["id"]
     wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready")
@@ -104,3 +116,34 @@ def test_the_service_runs_on_postgresql_and_survives_a_restart(make_service, pos
         "terminating",
         "terminated",
     ]
+
+
+def test_a_postgresql_store_is_migrated_to_the_models_and_one_of_0_1_0_is_upgraded(
+    postgres_url,
+):
+    store = Store(postgres_url)
+    try:
+        assert schema_differences(store.engine) == []
+        with store.session() as session:
+            add_user(session, "alice")
+    finally:
+        store.close()
+    # as corral 0.1.0 left a store: the tables of revision 0001, no alembic_version
+    config = alembic_config()
+    engine = migration_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+            connection.execute(text("DROP TABLE alembic_version"))
+    finally:
+        engine.dispose()
+
+    store = Store(postgres_url)
+    try:
+        assert revision_of(store.engine) == head()
+        assert schema_differences(store.engine) == []
+        with store.session() as session:
+            assert session.scalars(select(User.name)).all() == ["alice"]
+    finally:
+        store.close()

@@ -8,6 +8,7 @@
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
+    │   └── StoreHeldError           another service holds the store (who, where, since when)
     ├── RefusedError                 a request the service will not take; nothing was created
     │   ├── QuotaExceededError       the user's quota would be exceeded (needed vs allowed)
     │   ├── CapacityError            no placement fits on the hosts (needed vs available)
@@ -16,6 +17,7 @@
     ├── IllegalTransitionError       a state machine was asked for a transition its table forbids
     ├── BackendError                 a backend failed to boot, terminate or describe a machine
     ├── ImageError                   an image cannot be baked, imported or removed
+    ├── StoreError                   a database cannot be brought to this release's schema
     └── ServiceUnavailableError      the CLI cannot reach or start a service
 
 The HTTP layer maps each class to one status code (service/http_errors.py); the CLI maps them
@@ -107,6 +109,14 @@ class ConflictError(CorralError):
     code = "conflict"
 
 
+class StoreHeldError(ConflictError):
+    """Raised by the store's hold (store/hold.py) when a service opens a store that another
+    live service holds, or finds that another took it over; `details` name that service:
+    instance, hostname, pid, api_url, since."""
+
+    code = "store-held"
+
+
 class RefusedError(CorralError):
     """Raised before anything is created when the service will not take a request."""
 
@@ -154,6 +164,13 @@ class ImageError(CorralError):
     """Raised by the image store and by `bake` when an image cannot be made or removed."""
 
     code = "image-error"
+
+
+class StoreError(CorralError):
+    """Raised by Store when its database cannot be brought to this release's schema: it was
+    written by a newer corral, or it holds some of corral's tables but not all of them."""
+
+    code = "store-error"
 
 
 class ServiceUnavailableError(CorralError):

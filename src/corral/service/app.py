@@ -2,7 +2,9 @@
 
 On start the service makes sure its pool exists (with a host for this machine when the
 pool has none) and that there is an admin, whose token it writes root-only into its data
-directory for the local CLI.
+directory for the local CLI. Before that it claims its store (store/hold.py): a second
+service on the same store refuses to start, naming the one that holds it, and a service
+that another has taken the store from stops its engine at once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from corral.broker.known_nodes import KnownNodes
 from corral.broker.notifier import ContextNotifier
 from corral.broker.pki import BrokerIdentity, load_or_create_broker_identity
 from corral.broker.snapshots import Snapshots
-from corral.errors import ConflictError
+from corral.errors import ConflictError, StoreHeldError
 from corral.lifecycle import ClusterState
 from corral.service import inventory
 from corral.service.api import create_app
@@ -42,6 +44,7 @@ from corral.service.engine import Engine
 from corral.service.metadata import create_metadata_app
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
+from corral.store.hold import StoreHold
 from corral.store.models import Cluster, Host, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,28 @@ class Service:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.data_dir, 0o700)
         self.store = Store(config.database_url)
+        # only one service acts on a store's machines: refuse while another holds it
+        self.hold = StoreHold(
+            self.store,
+            self.instance,
+            f"http://{config.listen}",
+            config.hold_ttl,
+            config.hold_renew_every,
+        )
+        # whoever serves this service stops serving when it loses its store (servers.py)
+        self.on_store_lost: Callable[[], None] | None = None
+        try:
+            self.hold.claim()
+            self._build(backend, clock)
+        except BaseException:
+            self.hold.release()
+            self.store.close()
+            raise
+        self.hold.on_lost = self._lost_store
+
+    def _build(self, backend: Backend | None, clock: Callable[[], datetime]) -> None:
+        """Backend, engine, broker and API: what only the store's holder may set going."""
+        config = self.config
         self.backend = backend or load_backend(
             config.backend, config.backend_options, config.data_dir
         )
@@ -115,14 +140,24 @@ class Service:
         self.notifier.forget(cluster_id)
 
     def start(self) -> None:
+        """Run the engine; raises StoreHeldError if another service took the store over."""
+        if self.hold.lost is not None:
+            raise self.hold.lost
         self.engine.start()
         log.info("corral service: backend %s, store %s", self.backend.name, self._store_name())
 
     def stop(self) -> None:
         self.engine.stop()
         self.writes.stop()
+        self.hold.release()  # once the engine has stopped: the next holder acts alone
         self.backend.close()
         self.store.close()
+
+    def _lost_store(self, _error: StoreHeldError) -> None:
+        """Another service holds the store now: act on no machine from here on."""
+        self.engine.stop()
+        if self.on_store_lost is not None:
+            self.on_store_lost()
 
     def _store_name(self) -> str:
         return self.store.engine.url.render_as_string(hide_password=True)

@@ -80,6 +80,10 @@ class ServiceConfig:
     default_max_node_hours: float = 1024.0
     tick_seconds: float = 0.5
     backend_workers: int = 8
+    # one service acts on a store (store/hold.py): it renews its hold this often, and a
+    # hold not renewed for hold_ttl may be taken over by another service
+    hold_renew_every: timedelta = timedelta(seconds=2)
+    hold_ttl: timedelta = timedelta(seconds=15)
 
     @property
     def database_url(self) -> str:

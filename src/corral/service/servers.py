@@ -124,17 +124,25 @@ class Servers:
 
 
 def run_in_foreground(service: Service, on_listening: Callable[[], None]) -> None:
-    """Serve until SIGINT or SIGTERM, with the service's engine running meanwhile."""
+    """Serve until SIGINT or SIGTERM, with the service's engine running meanwhile.
+
+    Raises StoreHeldError once it has stopped if another service took its store over.
+    """
     servers = Servers(service)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, servers.stop)
+        # a service whose store another service took over must not go on as if it held it
+        service.on_store_lost = lambda: loop.call_soon_threadsafe(servers.stop)
+        if service.hold.lost is not None:
+            servers.stop()
         announce = loop.create_task(_when_started(servers, on_listening))
         try:
             await servers.serve()
         finally:
+            service.on_store_lost = None
             announce.cancel()
 
     service.start()
@@ -142,6 +150,8 @@ def run_in_foreground(service: Service, on_listening: Callable[[], None]) -> Non
         uvloop.run(main())
     finally:
         service.stop()
+        if service.hold.lost is not None:
+            raise service.hold.lost  # the cause, whatever else stopping the servers raised
 
 
 async def _when_started(servers: Servers, callback: Callable[[], None]) -> None:

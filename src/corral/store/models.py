@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -264,3 +265,25 @@ class Report(Base):
         UniqueConstraint("workspace_id", "phase", "role", "version", "state"),
         Index("ix_reports_node", "cluster_id", "node", "id"),
     )
+
+
+class StoreHolder(Base):
+    """The one service that acts on this store's machines (store/hold.py); at most one row.
+
+    Renewed by its holder every few seconds; a row whose heartbeat is older than the
+    hold's time-to-live, or whose process is known dead, may be taken over.
+    """
+
+    __tablename__ = "store_holder"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1
+    instance: Mapped[str] = mapped_column(String(32))  # the service's instance id
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # boot id and pid namespace of the holder: where these match, its pid means something
+    pid_space: Mapped[str] = mapped_column(String(128))
+    # the holder's start time in clock ticks since boot (/proc/PID/stat): pids are reused
+    process_start: Mapped[int | None] = mapped_column(BigInteger)
+    api_url: Mapped[str] = mapped_column(String(255))
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,177 @@
+"""A store written by an earlier release opens with everything in it intact, and works.
+
+Each directory tests/fixtures/store-<release>/ holds a store that release wrote
+(tests/fixtures/make_store.py made it, driving that release's service): two users, a
+second host, an image, a ready cluster with its secrets, reports and allocations, a
+destroyed one, and a failed launch that was kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from inprocess import api, wait_for
+from test_store_schema import schema_differences
+
+from corral.backends.base import BootSpec
+from corral.backends.fake import FakeBackend
+from corral.store.database import Store, sqlite_url
+from corral.store.models import utcnow
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASES = sorted(path.name for path in FIXTURES.glob("store-*") if path.is_dir())
+# columns a later revision renamed, (table, old name) -> new name: their values must
+# be found under the new name
+RENAMED: dict[tuple[str, str], str] = {
+    ("cluster_secrets", "ssh_ca_private"): "ssh_host_ca_private",  # 0003
+    ("cluster_secrets", "ssh_ca_public"): "ssh_host_ca_public",
+}
+# the states in which a node's machine runs
+RUNNING = ("booting", "registered", "configuring", "ready")
+NEW = "name: new\nimage: tiny\nnodes: [{group: worker, count: 2}]\n"
+
+
+def test_there_is_a_store_of_the_first_release() -> None:
+    assert "store-0.1.0" in RELEASES
+
+
+@pytest.fixture(params=RELEASES)
+def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A copy of one release's store, as the database of the data directory returned."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    shutil.copyfile(FIXTURES / request.param / "corral.db", data_dir / "corral.db")
+    (data_dir / "tokens.json").write_text((FIXTURES / request.param / "tokens.json").read_text())
+    return data_dir
+
+
+def rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table, read with SQLite itself, in a stable order."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        tables = [
+            name
+            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("sqlite_") and name != "alembic_version"
+        ]
+        return {
+            table: sorted((dict(row) for row in db.execute(f'SELECT * FROM "{table}"')), key=repr)
+            for table in tables
+        }
+    finally:
+        db.close()
+
+
+def test_every_row_of_an_old_store_is_there_after_the_upgrade(old_store: Path) -> None:
+    path = old_store / "corral.db"
+    before = rows(path)
+    assert before["clusters"] and before["events"] and before["cluster_secrets"]
+
+    store = Store(sqlite_url(path))
+    try:
+        assert schema_differences(store.engine) == []
+    finally:
+        store.close()
+
+    after = rows(path)
+    for table, old in before.items():
+        columns = {c: RENAMED.get((table, c), c) for c in (old[0] if old else [])}
+        kept = sorted(
+            ({c: row[new] for c, new in columns.items()} for row in after[table]), key=repr
+        )
+        assert kept == old, table
+
+
+def machines_of(path: Path) -> FakeBackend:
+    """A fake backend that still runs every machine the old store's live nodes had."""
+    backend = FakeBackend(boot_delay=0.05)
+    db = sqlite3.connect(path)
+    try:
+        running = db.execute(
+            "SELECT w.id, w.cluster_id, w.name, w.host_name, w.image, w.cores, w.memory_mib,"
+            " w.address, c.subnet FROM workspaces w JOIN clusters c ON c.id = w.cluster_id"
+            f" WHERE w.state IN {RUNNING}"
+        ).fetchall()
+    finally:
+        db.close()
+    for row in running:
+        backend.boot(BootSpec(*row[:7], address=row[7] or "", subnet=row[8] or ""))
+    return backend
+
+
+def test_the_service_carries_on_with_an_old_store(old_store: Path, make_service) -> None:
+    path = old_store / "corral.db"
+    tokens = json.loads((old_store / "tokens.json").read_text())
+    before = rows(path)
+    by_name = {c["name"]: c for c in before["clusters"]}
+    # the service runs as if shortly after the store was written: leases have not ended
+    shift = datetime.fromisoformat(tokens["made_at"]) + timedelta(minutes=1) - utcnow()
+    backend = machines_of(path)
+    service = make_service(data_dir=old_store, backend=backend, clock=lambda: utcnow() + shift)
+    admin, alice = api(service, tokens["admin"]), api(service, tokens["alice"])
+
+    assert admin.get("/v1/whoami").json()["admin"] is True
+    assert {u["name"] for u in admin.get("/v1/users").json()} == {"admin", "alice"}
+    assert {"local", "rack-1"} <= {h["name"] for h in admin.get("/v1/hosts").json()}
+    assert [i["name"] for i in admin.get("/v1/images").json()] == ["tiny"]
+    mine = {c["name"]: c for c in alice.get("/v1/clusters", params={"all": True}).json()}
+    assert {name: c["state"] for name, c in mine.items()} == {
+        "live": "ready",
+        "ended": "terminated",
+    }
+    failed = admin.get(f"/v1/clusters/{by_name['failed']['id']}").json()
+    assert failed["state"] == "failed" and failed["failure"] == by_name["failed"]["failure"]
+
+    for cluster in before["clusters"]:
+        events = api(service, tokens["admin"]).get(f"/v1/clusters/{cluster['id']}/events")
+        stored = [e for e in before["events"] if e["cluster_id"] == cluster["id"]]
+        assert [e["reason"] for e in events.json()][: len(stored)] == [
+            e["reason"] for e in sorted(stored, key=lambda e: e["id"])
+        ]
+    live = by_name["live"]["id"]
+    logs = alice.get(f"/v1/clusters/{live}/nodes/head-0/logs").json()
+    assert any("configured controller on head-0" in r["log_tail"] for r in logs)
+
+    # the cluster's CA key is still there and still signs
+    credentials = alice.post(f"/v1/clusters/{live}/credentials").json()
+    (secret,) = [s for s in before["cluster_secrets"] if s["cluster_id"] == live]
+    assert credentials["ca_cert_pem"] == secret["ca_cert_pem"]
+    ca = x509.load_pem_x509_certificate(secret["ca_cert_pem"].encode())
+    x509.load_pem_x509_certificate(credentials["user_cert_pem"].encode()).verify_directly_issued_by(
+        ca
+    )
+
+    # its nodes still run: ticks of the engine find their machines and leave them be
+    time.sleep(0.5)
+    nodes = alice.get(f"/v1/clusters/{live}").json()["nodes"]
+    assert [(n["name"], n["state"]) for n in nodes] == [
+        ("head-0", "ready"),
+        ("worker-0", "ready"),
+        ("worker-1", "ready"),
+    ]
+
+    # and the service goes on: a new launch, then the old and new clusters destroyed
+    launched = alice.post("/v1/clusters", json={"document": NEW}).json()
+    wait_for(lambda: alice.get(f"/v1/clusters/{launched['id']}").json()["state"] == "ready")
+    held = {c["subnet"] for c in before["clusters"] if c["state"] != "terminated"}
+    assert launched["subnet"] not in held
+    for cluster_id in (live, launched["id"]):
+        assert alice.delete(f"/v1/clusters/{cluster_id}").status_code == 202
+    for cluster_id in (live, launched["id"]):
+        wait_for(
+            lambda c=cluster_id: alice.get(f"/v1/clusters/{c}").json()["state"] == "terminated"
+        )
+    assert {m.workspace_id for m in backend.list_machines()} == {
+        w["id"]
+        for w in before["workspaces"]
+        if w["cluster_id"] == by_name["failed"]["id"] and w["state"] in RUNNING
+    }
