@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from backend_contract import BackendContract
+from served import end_agents, end_process, process_alive
 
 from corral.backends.base import BootSpec, Capability, MachineState
 from corral.backends.fake import FakeBackend
@@ -281,3 +287,101 @@ def test_bootstrap_dir_and_agent_image_are_refused_together(tmp_path):
     options = {"bootstrap_dir": str(tmp_path / "boot"), "agent_image": str(tmp_path / "image")}
     with pytest.raises(ValueError, match="not both"):
         FakeBackend.from_options(options, tmp_path)
+
+
+# --- a service killed in the middle of a boot or a termination -------------------------
+
+# what an agent gets from its bootstrap: a broker nobody answers at, so it keeps retrying
+WAITING = json.dumps(
+    {
+        "corral": 1,
+        "broker": "https://127.0.0.1:1/broker/v1",
+        "fingerprint": "sha256:" + "0" * 64,
+        "cluster": "c1",
+        "node": "worker-0",
+        "token": "bt_for-the-test",
+    }
+).encode()
+
+
+def agents_on(root: Path) -> list[int]:
+    """Pids of the agent processes that run on `root`."""
+    time.sleep(0.2)  # a command line reads empty until its process has finished exec
+    wanted = b"\0--root\0" + os.fsencode(str(root)) + b"\0"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and wanted in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return [pid for pid in pids if process_alive(pid)]
+
+
+@pytest.fixture
+def with_agents(tmp_path, spec_factory):
+    """Backends that run real agents on `tmp_path`; each agent ends with the test."""
+    image = tmp_path / "image"
+    (image / "etc").mkdir(parents=True)
+    spec = replace(spec_factory("worker-0"), user_data=WAITING)
+
+    def backend() -> FakeBackend:  # one service process after another, on the same files
+        return FakeBackend.from_options({"agent_image": str(image)}, tmp_path)
+
+    yield backend, spec, tmp_path / "fake-roots" / spec.workspace_id
+    end_agents(tmp_path)
+
+
+def crash_forgets(tmp_path, workspace_id: str, *, agent: bool) -> None:
+    """Leave the state file as a crash would have: without the machine, or without its agent."""
+    state = tmp_path / "fake-machines.json"
+    records = [
+        r for r in json.loads(state.read_text()) if r["workspace_id"] != workspace_id or agent
+    ]
+    for record in records:
+        record["agent_pid"] = 0
+    state.write_text(json.dumps(records))
+
+
+def test_a_boot_again_after_a_crash_adopts_the_agent_that_runs_no_record_named(with_agents):
+    backend, spec, root = with_agents
+    first = backend()
+    first.boot(spec)
+    (started,) = agents_on(root)
+    # killed after the agent started and before it was recorded: the engine boots again
+    crash_forgets(root.parent.parent, spec.workspace_id, agent=False)
+    second = backend()
+    assert second.list_machines() == []
+    second.boot(replace(spec, user_data=WAITING.replace(b"bt_for", b"bt_new")))
+    assert agents_on(root) == [started]  # one machine, one agent
+    second.terminate(spec.workspace_id)
+    assert agents_on(root) == [] and not root.exists()
+
+
+def test_a_boot_again_after_a_crash_starts_the_agent_a_recorded_machine_never_got(with_agents):
+    backend, spec, root = with_agents
+    first = backend()
+    first.boot(spec)
+    for pid in agents_on(root):  # as if it had never started
+        end_process(pid)
+    # killed after the machine was recorded and before its agent started
+    crash_forgets(root.parent.parent, spec.workspace_id, agent=True)
+    second = backend()
+    assert [m.workspace_id for m in second.list_machines()] == [spec.workspace_id]
+    second.boot(spec)
+    assert len(agents_on(root)) == 1
+    second.terminate(spec.workspace_id)
+    assert agents_on(root) == []
+
+
+def test_terminate_after_a_crash_ends_the_agent_no_record_names(with_agents):
+    backend, spec, root = with_agents
+    first = backend()
+    first.boot(spec)
+    assert len(agents_on(root)) == 1
+    # killed after the machine was forgotten and before its agent was ended
+    crash_forgets(root.parent.parent, spec.workspace_id, agent=False)
+    second = backend()
+    second.terminate(spec.workspace_id)  # the engine's job, run again after the restart
+    assert agents_on(root) == [] and not root.exists()
+    assert second.list_machines() == []

@@ -11,6 +11,11 @@ from it, an SSH host key and its bootstrap document, and runs the real context a
 on that root as a process of its own, so the whole contextualization path runs without
 root privileges. Given `bootstrap_dir` instead, it only writes each machine's bootstrap
 document there, as `<workspace id>.json`, for simulated agents (bench/) to pick up.
+
+The service can be killed in the middle of a boot or a termination, so both are
+idempotent across a crash, and nothing runs that no record names: a machine is recorded
+before its agent starts and forgotten only after its processes have ended, and they are
+found by the root directory they run in, not by a pid a crash may have left unrecorded.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class _FakeMachine:
     started_at: float
     fail: str | None
     root: str = ""  # the machine's root directory, when it runs an agent
-    agent_pid: int = 0
+    agent_pid: int = 0  # 0 until its agent has started (a crash may come in between)
 
 
 class FakeBackend(Backend):
@@ -146,18 +151,26 @@ class FakeBackend(Backend):
                 f"fake backend: injected boot failure for {spec.node}", node=spec.node
             )
         with self._lock:
-            if spec.workspace_id not in self._machines:
+            machine = self._machines.get(spec.workspace_id)
+            if machine is None:
                 machine = _FakeMachine(
                     spec.workspace_id, spec.node, spec.host, spec.address, self._clock(), mode
                 )
                 if self.agent_image is not None and mode is None:
-                    machine.root, machine.agent_pid = self._start_agent(spec)
-                if self.bootstrap_dir is not None and mode is None:
-                    _write_private(self.bootstrap_dir / f"{spec.workspace_id}.json", spec.user_data)
+                    machine.root = str(self.roots / spec.workspace_id)
                 self._machines[spec.workspace_id] = machine
                 self.boots += 1
+                self._save()  # before anything runs: a crash from here on leaves it recorded
+            if self.bootstrap_dir is not None and mode is None:
+                handed = self.bootstrap_dir / f"{spec.workspace_id}.json"
+                if not handed.exists():  # a machine keeps the document it booted with
+                    _write_private(handed, spec.user_data)
+            if machine.root and not machine.agent_pid:
+                # a new machine, or a crash between recording it and recording its agent:
+                # an agent found on its root is that machine's, and keeps its bootstrap
+                running = _processes_in(machine.root) if os.path.isdir(machine.root) else []
+                machine.agent_pid = running[0] if running else self._start_agent(spec)
                 self._save()
-            machine = self._machines[spec.workspace_id]
         log.info(
             "fake: booting %s (%s) on %s at %s",
             spec.node,
@@ -169,16 +182,19 @@ class FakeBackend(Backend):
 
     def terminate(self, workspace_id: str) -> None:
         with self._lock:
-            machine = self._machines.pop(workspace_id, None)
-            if machine is not None:
+            machine = self._machines.get(workspace_id)
+        if self.bootstrap_dir is not None:
+            (self.bootstrap_dir / f"{workspace_id}.json").unlink(missing_ok=True)
+        root = self.roots / workspace_id if self.roots is not None else None
+        if root is not None and root.is_dir():  # also when no record names it any more
+            _stop_processes(str(root))
+            shutil.rmtree(root, ignore_errors=True)
+        with self._lock:  # forgotten last: a crash before this leaves it to terminate again
+            forgotten = self._machines.pop(workspace_id, None)
+            if forgotten is not None:
                 self.terminations += 1
                 self._save()
         if machine is not None:
-            if self.bootstrap_dir is not None:
-                (self.bootstrap_dir / f"{workspace_id}.json").unlink(missing_ok=True)
-            if machine.root:
-                _stop_agent(machine.agent_pid, machine.root)
-                shutil.rmtree(machine.root, ignore_errors=True)
             log.info("fake: terminated %s", workspace_id)
 
     def describe(self, workspace_id: str) -> Machine | None:
@@ -191,7 +207,8 @@ class FakeBackend(Backend):
             machines = list(self._machines.values())
         return [self._view(m) for m in machines]
 
-    def _start_agent(self, spec: BootSpec) -> tuple[str, int]:
+    def _start_agent(self, spec: BootSpec) -> int:
+        """Make the machine's root from the image and start its agent; the agent's pid."""
         root = self.roots / spec.workspace_id
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(self.agent_image, root, symlinks=True)
@@ -206,12 +223,13 @@ class FakeBackend(Backend):
         with open(log_dir / "corral-agent.log", "ab") as agent_log:
             process = subprocess.Popen(
                 [sys.executable, str(AGENT), "--root", str(root), "--poll-wait", "20"],
+                cwd=root,  # how its processes are found again (_processes_in)
                 stdin=subprocess.DEVNULL,
                 stdout=agent_log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives the service, as a machine would
             )
-        return str(root), process.pid
+        return process.pid
 
     def _failure_for(self, node: str) -> str | None:
         for pattern, mode in self.fail.items():
@@ -262,23 +280,36 @@ def _write_host_key(ssh_dir: Path, node: str) -> None:
     (ssh_dir / "ssh_host_ed25519_key.pub").write_bytes(public + f" root@{node}\n".encode())
 
 
-def _stop_agent(pid: int, root: str) -> None:
-    """End the agent of a machine, making sure the pid is still that agent (pids recycle)."""
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if root.encode() not in command:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _processes_in(root: str) -> list[int]:
+    """Pids of the processes of a machine: its agent and role scripts, whoever started
+    them, run in its root directory (read from /proc, which knows it from the fork on,
+    while a command line is empty until exec has finished)."""
+    wanted = {root, root + " (deleted)"}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # it ended meanwhile, or is not ours to read
+            continue
+        if cwd in wanted and _running(int(proc.name)):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def _stop_processes(root: str) -> None:
+    """End every process of a machine: SIGTERM, then SIGKILL to those alive after 5 s."""
+    pids = _processes_in(root)
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _running(pid)]
+            if pids:
+                time.sleep(0.05)
 
 
 def _running(pid: int) -> bool:

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -43,11 +44,12 @@ from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundE
 from corral.lifecycle import NodeState
 from corral.limits import MAX_BROKER_BODY_BYTES
 from corral.service.http_errors import status_for
-from corral.service.transitions import move_node
+from corral.service.transitions import move_node, record_node_event
 from corral.store.models import (
     BootstrapToken,
     Cluster,
     ClusterSecret,
+    NodeSecret,
     Report,
     Workspace,
     utcnow,
@@ -141,9 +143,13 @@ async def register(request: Call, service: Service) -> Reply:
         (ClusterSecret, body.cluster),
         (Cluster, body.cluster),
     ]
-    credential, known = await service.writes.write(partial(_register, body), reads)
+    registered = await service.writes.write(partial(_register, body), reads)
+    credential, known = registered.credential, registered.known
     service.known_nodes.remember(credential, known)
-    log.info("broker: %s/%s registered", body.cluster, body.node)
+    if registered.replaced:
+        service.known_nodes.retire(known.cluster_id, registered.replaced)
+    again = " again (its first reply was lost)" if registered.replaced else ""
+    log.info("broker: %s/%s registered%s", body.cluster, body.node, again)
     # the engine is not poked: none of its decisions turns on a node registering
     # the first view comes with the credential, saving every node a request
     snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
@@ -155,9 +161,25 @@ async def register(request: Call, service: Service) -> Reply:
     return Reply(reply.encode())  # a RegisterReply
 
 
-def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
+@dataclass(frozen=True)
+class _Registered:
+    credential: str  # sensitive: shown to the node once
+    known: KnownNode
+    replaced: str | None  # digest of the credential a retried registration replaced
+
+
+def _register(body: RegisterBody, session: Session) -> _Registered:
     now = utcnow()
-    ws = spend_bootstrap_token(session, body.token, body.cluster, body.node, now)
+    spent = spend_bootstrap_token(session, body.token, body.cluster, body.node, body.identity, now)
+    ws = spent.workspace
+    if spent.again:  # the node keeps its state and what was issued to it
+        replaced = ws.credential_hash
+        credential = issue_credential(ws)
+        record_node_event(
+            session, ws, "registered-again", "its agent registered again: the reply was lost"
+        )
+        known = KnownNode(ws.cluster_id, peer_of(ws), session.get(NodeSecret, ws.id))
+        return _Registered(credential, known, replaced)
     state = NodeState(ws.state)
     if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
         move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
@@ -174,7 +196,7 @@ def _register(body: RegisterBody, session: Session) -> tuple[str, KnownNode]:
     session.add(node_secret)  # new: a token registers its node once
     credential = issue_credential(ws)
     move_node(session, ws, NodeState.REGISTERED, f"agent registered (hostname {ws.hostname!r})")
-    return credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret)
+    return _Registered(credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret), None)
 
 
 async def context(request: Call, service: Service) -> Reply:

@@ -3,18 +3,28 @@
 A bootstrap token lets one node register once, within its lifetime (at most ten
 minutes). Registering spends it and gives the node a credential that acts for that node
 alone for as long as its cluster lives.
+
+A registration retried after a lost reply (the service died, or the connection broke,
+after it committed and before the node read the answer) gets back in, and nothing else
+does: a spent token is taken again only before it expires, for the node it was issued
+to, while that node is still `registered` (where the lost registration left it) and from
+the identity it registered with (hostname and SSH host keys). The node then gets a new
+credential, which replaces the one it never received.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from corral.broker.schemas import Identity
 from corral.errors import AuthError
 from corral.lifecycle import NodeState
 from corral.store.models import BootstrapToken, Workspace
@@ -42,12 +52,22 @@ def issue_bootstrap_token(
     return token
 
 
-def spend_bootstrap_token(
-    session: Session, token: str, cluster_id: str, node: str, now: datetime
-) -> Workspace:
-    """Spend a token for `node` of `cluster_id`; return that workspace.
+@dataclass(frozen=True)
+class Spent:
+    """A token spent by a registration: its node, and whether it had been spent before."""
 
-    Raises AuthError, saying which, for an unknown, spent, expired or misdirected token.
+    workspace: Workspace
+    again: bool  # a registration retried after its reply was lost
+
+
+def spend_bootstrap_token(
+    session: Session, token: str, cluster_id: str, node: str, identity: Identity, now: datetime
+) -> Spent:
+    """Spend a token for `node` of `cluster_id`, or take it again for a retried registration.
+
+    Raises AuthError, saying which, for an unknown, expired or misdirected token, a node
+    that has ended, and a spent token whose registration is not being retried (see the
+    module's docstring for the rule).
     """
     record = session.get(BootstrapToken, secret_digest(token)) if token else None
     if record is None:
@@ -55,17 +75,42 @@ def spend_bootstrap_token(
     ws = record.workspace
     if ws is None or ws.cluster_id != cluster_id or ws.name != node:
         raise AuthError("this bootstrap token belongs to another node")
-    if record.used_at is not None:
-        raise AuthError(f"the bootstrap token of {node} was already used")
     if now >= record.expires_at:
-        raise AuthError(f"the bootstrap token of {node} expired at {record.expires_at:%H:%M:%S}")
+        used = " was already used and" if record.used_at is not None else ""
+        raise AuthError(
+            f"the bootstrap token of {node}{used} expired at {record.expires_at:%H:%M:%S}"
+        )
     if not NodeState(ws.state).is_live or ws.state == NodeState.TERMINATING.value:
         raise AuthError(f"node {node} is {ws.state}")
-    record.used_at = now
-    return ws
+    if record.used_at is None:
+        record.used_at = now
+        return Spent(ws, again=False)
+    if ws.state != NodeState.REGISTERED.value:
+        raise AuthError(
+            f"the bootstrap token of {node} was already used, and {node} is {ws.state}: "
+            "its registration was answered"
+        )
+    if not _same_identity(ws, identity):
+        raise AuthError(
+            f"the bootstrap token of {node} was already used, by a node with another "
+            "hostname or other SSH host keys"
+        )
+    return Spent(ws, again=True)
+
+
+def _same_identity(ws: Workspace, identity: Identity) -> bool:
+    """True when `identity` is the one `ws` registered with (key comments aside)."""
+    registered = json.loads(ws.ssh_host_keys or "[]")
+    return ws.hostname == identity.hostname and _keys(registered) == _keys(identity.ssh_host_keys)
+
+
+def _keys(lines: list[str]) -> set[tuple[str, ...]]:
+    """Each OpenSSH public key line as its type and key, without its comment."""
+    return {tuple(line.split()[:2]) for line in lines}
 
 
 def issue_credential(ws: Workspace) -> str:
+    """A new credential for `ws`; it replaces any the node had, which no longer works."""
     credential = "nc_" + secrets.token_urlsafe(32)
     ws.credential_hash = secret_digest(credential)
     return credential

@@ -6,6 +6,10 @@ registration) never changes after it registers. So it is read once: remembered a
 registration, or read from the store on the first request after a restart. Whether
 the node is still live comes from the cluster's snapshot, not from here. A cluster's
 nodes are forgotten when the cluster is terminated.
+
+A registration retried after a lost reply replaces the node's credential: the one it
+replaced is retired, dropped from memory and never remembered again, even by a `find`
+that read the store before the replacement was committed.
 """
 
 from __future__ import annotations
@@ -31,13 +35,23 @@ class KnownNodes:
         self.store = store
         self._by_cluster: dict[str, dict[str, KnownNode]] = {}  # cluster -> digest -> node
         self._cluster_of: dict[str, str] = {}  # digest -> cluster
+        self._retired: dict[str, set[str]] = {}  # cluster -> digests of replaced credentials
         self._lock = threading.Lock()
 
     def remember(self, credential: str, node: KnownNode) -> None:
         digest = secret_digest(credential)
         with self._lock:
+            if digest in self._retired.get(node.cluster_id, ()):
+                return
             self._by_cluster.setdefault(node.cluster_id, {})[digest] = node
             self._cluster_of[digest] = node.cluster_id
+
+    def retire(self, cluster_id: str, digest: str) -> None:
+        """Forget the credential whose digest is `digest`, for good: it was replaced."""
+        with self._lock:
+            self._retired.setdefault(cluster_id, set()).add(digest)
+            self._by_cluster.get(cluster_id, {}).pop(digest, None)
+            self._cluster_of.pop(digest, None)
 
     def cached(self, credential: str | None) -> KnownNode | None:
         """The node if it is in memory; None means `find` must read the store."""
@@ -61,5 +75,6 @@ class KnownNodes:
 
     def forget_cluster(self, cluster_id: str) -> None:
         with self._lock:
+            self._retired.pop(cluster_id, None)
             for digest in self._by_cluster.pop(cluster_id, {}):
                 self._cluster_of.pop(digest, None)

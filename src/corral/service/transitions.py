@@ -92,6 +92,20 @@ def record_node(
     )
 
 
+def record_node_event(session: Session, ws: Workspace, kind: str, reason: str) -> None:
+    """Append an event of a node that does not change its state."""
+    session.add(
+        Event(
+            at=utcnow(),
+            cluster_id=ws.cluster_id,
+            workspace_id=ws.id,
+            subject=ws.name,
+            kind=kind,
+            reason=reason,
+        )
+    )
+
+
 def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reason: str) -> None:
     """Move a cluster to `target`; raises IllegalTransitionError if the table forbids it."""
     current = ClusterState(cluster.state)
