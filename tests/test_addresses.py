@@ -86,9 +86,9 @@ def make_cluster(store, cluster_id, workspaces=0, pool="lab"):
     return ids
 
 
-def subnet_for(store, pool_name, cluster_id):
+def subnet_for(store, pool_name, cluster_id, in_use=()):
     with store.session() as s:
-        return allocate_subnet(s, s.get(Pool, pool_name), cluster_id)
+        return allocate_subnet(s, s.get(Pool, pool_name), cluster_id, in_use)
 
 
 def addresses_for(store, pool_name, subnet, workspace_ids):
@@ -97,6 +97,17 @@ def addresses_for(store, pool_name, subnet, workspace_ids):
 
 
 # --- subnets ---------------------------------------------------------------------------
+
+
+def test_no_cluster_is_given_a_subnet_its_hosts_route_already(store):
+    pool = make_pool(store, "10.9.0.0/22", 24)
+    routed = [ipaddress.ip_network("10.9.0.0/24"), ipaddress.ip_network("10.9.1.128/25")]
+    make_cluster(store, "c1")
+    assert subnet_for(store, pool, "c1", routed) == "10.9.2.0/24"
+    make_cluster(store, "c2")
+    everything = [ipaddress.ip_network("10.9.0.0/16")]
+    with pytest.raises(CapacityError, match="routed on its hosts"):
+        subnet_for(store, pool, "c2", everything)
 
 
 def test_each_cluster_gets_its_own_subnet_inside_the_range(store):

@@ -8,6 +8,7 @@ service never sees a vendor's vocabulary.
 from __future__ import annotations
 
 import abc
+import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -92,6 +93,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list_machines(self) -> list[Machine]:
         """Every machine this backend runs, also those the service has no record of."""
+
+    def networks_in_use(self) -> list[ipaddress.IPv4Network]:
+        """Networks the service must not give this backend's clusters, because something
+        on their hosts routes them already (another corral service's clusters, a VPN).
+        Empty where the backend's networks are its own (the default)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds in this process (threads, files)."""

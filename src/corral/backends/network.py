@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import subprocess
@@ -87,6 +88,33 @@ def ip_batch(commands: list[str], namespace: str | None = None) -> None:
         raise BackendError(f"ip {' '.join(where)} -batch: {result.stderr.strip()}")
 
 
+def routes() -> list[tuple[ipaddress.IPv4Network, str]]:
+    """Every IPv4 network this machine routes (any table), with the device it goes to.
+
+    The default route, which covers every address, is left out.
+    """
+    listed = ip("-j", "-4", "route", "show", "table", "all")
+    found = []
+    for route in json.loads(listed.stdout or "[]"):
+        destination = route.get("dst", "default")
+        if destination == "default":
+            continue
+        network = ipaddress.ip_network(destination, strict=False)
+        if network.prefixlen and isinstance(network, ipaddress.IPv4Network):
+            found.append((network, route.get("dev", "?")))
+    return found
+
+
+def route_clash(subnet: str, own_device: str | None = None) -> str | None:
+    """Why `subnet` cannot be a cluster's network here, or None: a route to any part of it
+    through another device than `own_device` (another corral's cluster, a VPN, the LAN)."""
+    wanted = ipaddress.ip_network(subnet)
+    for network, device in routes():
+        if device != own_device and network.overlaps(wanted):
+            return f"{network} is already routed on this machine through {device}"
+    return None
+
+
 def link_exists(name: str) -> bool:
     return ip("link", "show", "dev", name, check=False).returncode == 0
 
@@ -96,13 +124,23 @@ def netns_exists(name: str) -> bool:
 
 
 def ensure_bridge(cluster_id: str, subnet: str) -> str:
-    """Create the cluster's bridge with the gateway address, if it is not there yet."""
+    """Create the cluster's bridge with the gateway address, if it is not there yet.
+
+    Raises BackendError when some other device here already routes part of the subnet:
+    the cluster's nodes could not reach the broker, nor each other, and must fail now.
+    """
     name = bridge_name(cluster_id)
     network = ipaddress.ip_network(subnet)
     gateway = next(network.hosts())
     with _bridges:
         if link_exists(name):
             return name
+        clash = route_clash(subnet, own_device=name)
+        if clash is not None:
+            raise BackendError(
+                f"cluster network {subnet} cannot work here: {clash} "
+                "(another corral service's cluster, or a network of this machine)"
+            )
         ip_batch(
             [
                 f"link add {name} type bridge",

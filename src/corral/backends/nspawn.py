@@ -10,6 +10,7 @@ are kept in a state file to find them again after a restart.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -138,6 +139,10 @@ class NspawnBackend(Backend):
         with self._lock:
             containers = list(self._containers.values())
         return [self._view(c) for c in containers]
+
+    def networks_in_use(self) -> list[ipaddress.IPv4Network]:
+        """Whatever this machine routes: clusters' bridges live beside its other networks."""
+        return [routed for routed, _ in network.routes()]
 
     # -- steps ---------------------------------------------------------------------------
 

@@ -85,7 +85,6 @@ def start_local(data_dir: Path) -> str:
     metadata_port = DEFAULT_METADATA_PORT if _port_free(DEFAULT_METADATA_PORT) else _free_port()
     # containers reach the broker at their bridge; other backends need only loopback
     cluster_side = "0.0.0.0" if default_backend() == "nspawn" else "127.0.0.1"
-    url = f"http://127.0.0.1:{port}"
     log_path = data_dir / "service.log"
     command = [
         sys.executable,
@@ -111,13 +110,16 @@ def start_local(data_dir: Path) -> str:
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if running_local_url(data_dir) == url:
+        # another command may have started one at the same moment: whichever holds the
+        # store answers, and the other exits
+        running = running_local_url(data_dir)
+        if running is not None:
             click.echo(
-                f"corral: no service configured; started a local one at {url} "
+                f"corral: no service configured; started a local one at {running} "
                 f"(data {data_dir}, log {log_path})",
                 err=True,
             )
-            return url
+            return running
         time.sleep(0.2)
     raise ServiceUnavailableError(
         f"started a local corral service but it did not answer within {START_TIMEOUT:.0f}s; "

@@ -7,6 +7,7 @@ row, so the address is free for the next cluster.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -20,21 +21,28 @@ def gateway_of(subnet: str) -> str:
     return str(next(ipaddress.ip_network(subnet).hosts()))
 
 
-def allocate_subnet(session: Session, pool: Pool, cluster_id: str) -> str:
-    """Reserve a free subnet of the pool for a cluster; raises CapacityError when none is left."""
+def allocate_subnet(
+    session: Session,
+    pool: Pool,
+    cluster_id: str,
+    in_use: Sequence[ipaddress.IPv4Network] = (),
+) -> str:
+    """Reserve a free subnet of the pool for a cluster, one that overlaps none of `in_use`
+    (what the backend's hosts route already); raises CapacityError when none is left."""
     taken = set(
         session.scalars(
             select(SubnetAllocation.subnet).where(SubnetAllocation.pool_name == pool.name)
         )
     )
     for subnet in ipaddress.ip_network(pool.address_range).subnets(new_prefix=pool.subnet_prefix):
-        if str(subnet) not in taken:
+        if str(subnet) not in taken and not any(subnet.overlaps(n) for n in in_use):
             session.add(
                 SubnetAllocation(pool_name=pool.name, subnet=str(subnet), cluster_id=cluster_id)
             )
             return str(subnet)
     raise CapacityError(
-        f"pool {pool.name}: every /{pool.subnet_prefix} subnet of {pool.address_range} is in use",
+        f"pool {pool.name}: every /{pool.subnet_prefix} subnet of {pool.address_range} is in use "
+        "(by its clusters, or routed on its hosts already)",
         pool=pool.name,
     )
 

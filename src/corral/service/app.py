@@ -114,7 +114,7 @@ class Service:
             lambda: self.broker_identity,
             config.bootstrap_token_lifetime,
         )
-        self.clusters = Clusters(config, self.backend.capabilities)
+        self.clusters = Clusters(config, self.backend.capabilities, self.backend.networks_in_use)
         self.engine = Engine(
             self.store, self.backend, config, self.writes, self.documents, issuer, clock
         )

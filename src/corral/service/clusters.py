@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from ipaddress import IPv4Network
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -49,9 +51,17 @@ def new_id(prefix: str, nbytes: int = 4) -> str:
 class Clusters:
     """Cluster operations for API handlers; one instance per service."""
 
-    def __init__(self, config: ServiceConfig, capabilities: frozenset[Capability]) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        capabilities: frozenset[Capability],
+        networks_in_use: Callable[[], list[IPv4Network]] = list,
+    ) -> None:
+        """`networks_in_use()` says what the backend's hosts route already, which no
+        cluster may be given (Backend.networks_in_use)."""
         self.config = config
         self.capabilities = capabilities
+        self.networks_in_use = networks_in_use
         # one launch places at a time, so two launches cannot take the same free capacity
         self._placement_lock = threading.Lock()
 
@@ -111,7 +121,7 @@ class Clusters:
         )
         session.add(cluster)
         session.flush()
-        cluster.subnet = allocate_subnet(session, pool, cluster.id)
+        cluster.subnet = allocate_subnet(session, pool, cluster.id, self.networks_in_use())
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
         workspaces = []
         for group in doc.nodes:
