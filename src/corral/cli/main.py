@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from corral.cli.connection import connect
 from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
 from corral.document import load_document
 from corral.errors import ConflictError, CorralError, ForbiddenError, NotFoundError
+from corral.logs import escape_controls
 from corral.units import describe_size_mib, format_duration, parse_duration, parse_size_mib
 
 WAIT_POLL_SECONDS = 0.5
@@ -115,6 +115,7 @@ def serve(
 ) -> None:
     """Run the service (API, engine, leases) in the foreground."""
     from corral.cli.serve import run_service
+    from corral.logs import configure_service_logging
     from corral.service.config import (
         DEFAULT_BROKER_PORT,
         DEFAULT_METADATA_PORT,
@@ -157,9 +158,7 @@ def serve(
         if tick_seconds <= 0:
             raise click.BadParameter("must be positive", param_hint="--tick")
         config.tick_seconds = tick_seconds
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_service_logging()
     try:
         run_service(config)
     except ValueError as exc:
@@ -272,7 +271,7 @@ def run(
     _print_cluster(cluster, as_json, short=True)
     click.echo(
         f"corral: cluster {cluster['name']} ({cluster['id']}) failed: "
-        f"{cluster['failure'] or 'it ended before it was ready'}",
+        f"{escape_controls(cluster['failure'] or 'it ended before it was ready')}",
         err=True,
     )
     for line in render.failing_nodes(cluster):

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from corral.logs import escape_controls
 from corral.units import describe_size_mib, format_duration
 
 
@@ -18,7 +19,8 @@ def emit_json(value: Any) -> None:
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
+    """Rows under headers, in columns; text from outside cannot break out of its cell."""
+    cells = [[escape_controls(str(c)) if c is not None else "-" for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
@@ -57,7 +59,7 @@ def cluster_status(cluster: dict[str, Any]) -> str:
         f"  lease ends {cluster['lease_end']} ({left(cluster['lease_left_seconds'])} left)",
     ]
     if cluster.get("failure"):
-        head.append(f"  failure: {cluster['failure']}")
+        head.append(f"  failure: {escape_controls(cluster['failure'])}")
     rows = [
         [
             n["name"],
@@ -84,7 +86,7 @@ def _note(node: dict[str, Any]) -> str:
 
 def failing_nodes(cluster: dict[str, Any]) -> list[str]:
     return [
-        f"{n['name']}: failed in phase {n['failure_phase']}: {n['failure']}"
+        f"{n['name']}: failed in phase {n['failure_phase']}: {escape_controls(n['failure'])}"
         for n in cluster["nodes"]
         if n.get("failure")
     ]
