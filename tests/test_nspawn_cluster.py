@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,40 @@ def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_pat
         shell.kill()
         shell.wait()
     assert not _alive(shell.pid, str(tmp_path))
+
+
+def test_a_cluster_whose_service_is_gone_powers_itself_off_at_its_lease_end(
+    nspawn_service, make_service
+):
+    service = nspawn_service
+    client = api(service, admin_token(service))
+    text = document().replace("count: 2", "count: 1")
+    created = client.post("/v1/clusters", json={"document": text, "lease_seconds": 40})
+    assert created.status_code == 201, created.text
+    cluster_id = created.json()["id"]
+    wait_for(
+        lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready",
+        timeout=120,
+        interval=0.5,
+    )
+    cluster = client.get(f"/v1/clusters/{cluster_id}").json()
+    lease_end = datetime.fromisoformat(cluster["lease_end"])
+    backend = service.backend
+    make_service.stop(service)  # the service is gone; its containers run on
+    assert all(backend.describe(n["id"]).state == "running" for n in cluster["nodes"])
+
+    def powered_off() -> bool:
+        return all(backend.describe(n["id"]).state == "stopped" for n in cluster["nodes"])
+
+    left = (lease_end - datetime.now(UTC)).total_seconds()
+    wait_for(powered_off, timeout=left + 60, interval=1)
+    assert datetime.now(UTC) >= lease_end
+    # a service that comes back removes what is left of them
+    again = make_service(data_dir=service.config.data_dir, serve=True, backend_name="nspawn")
+    back = api(again, admin_token(again))
+    wait_for(
+        lambda: back.get(f"/v1/clusters/{cluster_id}").json()["state"] == "terminated",
+        timeout=120,
+        interval=1,
+    )
+    assert leftovers(again, [cluster]) == []
