@@ -6,7 +6,10 @@ containers. Needs root, systemd-nspawn and mmdebstrap (scripts/install-system-pa
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import random
 import shlex
 import signal
 import subprocess
@@ -18,7 +21,8 @@ from inprocess import admin_token, api, document, wait_for
 from served import process_alive
 
 from corral.backends import cgroups, network
-from corral.backends.nspawn import _alive
+from corral.backends.base import BootSpec
+from corral.backends.nspawn import NspawnBackend, _alive
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
 from corral.store.models import Image
@@ -278,3 +282,57 @@ def test_a_cluster_whose_service_is_gone_powers_itself_off_at_its_lease_end(
         interval=1,
     )
     assert leftovers(again, [cluster]) == []
+
+
+def test_a_boot_cut_short_before_it_was_recorded_is_started_afresh(baked, tmp_path):
+    cache, digest = baked
+    taken = [n for n, _ in network.routes()]
+    subnet = next(
+        s
+        for s in (
+            ipaddress.ip_network(f"10.{random.randrange(232, 240)}.{i}.0/24") for i in range(256)
+        )
+        if not any(s.overlaps(n) for n in taken)
+    )
+    spec = BootSpec(
+        workspace_id=f"w-crash{os.getpid()}",
+        cluster_id=f"c-crash{os.getpid()}",
+        node="worker-0",
+        host="local",
+        image="debian-12-slurm",
+        cores=1,
+        memory_mib=1024,
+        address=str(next(subnet.hosts()) + 1),
+        subnet=str(subnet),
+        image_digest=digest,
+    )
+    machine = f"--machine={network.netns_name(spec.workspace_id)}"
+
+    def containers() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            except (OSError, ValueError):
+                continue
+            if argv[0].endswith("systemd-nspawn") and machine in argv:
+                found.append(int(proc.name))
+        return found
+
+    first = NspawnBackend(tmp_path / "nspawn", cache)
+    try:
+        first.boot(spec)
+        wait_for(lambda: len(containers()) == 1, timeout=30)  # once its shell execs nspawn
+        (tmp_path / "nspawn" / "machines.json").unlink()  # killed before it was recorded
+        again = NspawnBackend(tmp_path / "nspawn", cache)
+        again.boot(spec)
+        # the container running is the one recorded, and the only one
+        recorded = json.loads((tmp_path / "nspawn" / "machines.json").read_text())[0]["pid"]
+        wait_for(lambda: containers() == [recorded], timeout=30)
+        assert again.describe(spec.workspace_id).state == "running"
+    finally:
+        NspawnBackend(tmp_path / "nspawn", cache).terminate(spec.workspace_id)
+        network.remove_bridge(spec.cluster_id)
+    assert containers() == []
+    assert not network.netns_exists(network.netns_name(spec.workspace_id))
+    assert not network.link_exists(network.bridge_name(spec.cluster_id))

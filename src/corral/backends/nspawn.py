@@ -89,6 +89,9 @@ class NspawnBackend(Backend):
                 node=spec.node,
             )
         directory = self.root / spec.workspace_id
+        if directory.exists():
+            # a boot that a crash cut short before it was recorded: its container may run
+            self._clean(spec.workspace_id, None, str(directory))
         try:
             merged = self._mount_root(directory, image)
             self._personalize(merged, spec)
