@@ -1,9 +1,10 @@
 """What one node is told: its context view, built from the cluster's records.
 
 A requirement is met when every live provider of the role has registered (or, with
-`wait: ready`, is ready). Until every requirement of a node is met, its view carries no
-files; it says what it is blocked on. Its members are the node itself and its peers
-(see snapshots.py); its hosts are every registered node of the cluster.
+`wait: ready`, is ready). Until every requirement of a node is met, its view says what it
+is blocked on, and the node configures nothing. Its members are the node itself and its
+peers (see snapshots.py); its hosts are every registered node of the cluster; its files
+are what every node trusts (trust.py) and what was issued to it.
 """
 
 from __future__ import annotations
