@@ -4,6 +4,7 @@
     ├── DocumentError                a malformed cluster document (field and line)
     ├── NotFoundError                no such cluster, node, user, host or image (or not yours)
     ├── BadRequestError              a request whose body or parameters do not fit the API
+    │   └── TooLargeError            a request body larger than the API takes
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
@@ -83,6 +84,13 @@ class BadRequestError(CorralError):
     """Raised when a request's body or parameters do not fit the API (`problems` says where)."""
 
     code = "bad-request"
+
+
+class TooLargeError(BadRequestError):
+    """Raised by the API's body limit (service/body_limit.py) when a request body is larger
+    than it takes, before the body is read whole."""
+
+    code = "too-large"
 
 
 class AuthError(CorralError):
