@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -391,3 +392,180 @@ def test_load_document_names_missing_path(tmp_path):
         load_document(missing)
     assert caught.value.source == str(missing)
     assert str(missing) in caught.value.problems[0].message
+
+
+# --- names and bounds (issue 18: one name rule, bounded input) ----------------------------
+
+
+def test_a_trailing_newline_is_not_part_of_any_name():
+    # `re.match(r"...$")` accepts "head\n": the rules match the whole name
+    text = 'name: "base\\n"\nimage: "i\\n"\nnodes:\n  - group: "head\\n"\n    provides: ["r\\n"]\n'
+    assert [p.field for p in problems_of(text)] == [
+        "name",
+        "image",
+        "nodes[0].group",
+        "nodes[0].provides[0]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "says"),
+    [
+        ("pool: ../../x", "pool", "not a name"),
+        ("image: 'debian 12;$(id)'", "image", "not a image name"),
+        ("data: {'../etc/passwd': x}", "data.../etc/passwd", "not a data name"),
+        ("name: " + "a" * 200_000, "name", "at most 41 characters"),
+    ],
+    ids=["pool", "image", "data", "long-name"],
+)
+def test_pools_images_and_data_names_follow_their_rules(line, field, says):
+    problem = only_problem(
+        f"{line}\nimage: i\nnodes: [{{group: a}}]\n".replace("image: i\n", "", 1)
+    )
+    assert (problem.field, problem.line) == (field, 1)
+    assert says in problem.message
+    assert len(problem.message) < 300  # a long name is shown cut short
+
+
+def test_data_is_bounded_in_items_and_bytes():
+    many = "".join(f"  k{i}: v\n" for i in range(257))
+    problem = only_problem(f"image: i\nnodes: [{{group: a}}]\ndata:\n{many}")
+    assert problem.field == "data" and "257 items" in problem.message and "256" in problem.message
+    big = "  blob: " + "x" * (64 * 1024) + "\n"
+    problem = only_problem(f"image: i\nnodes: [{{group: a}}]\ndata:\n{big}")
+    assert problem.field == "data" and "65536" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "says"),
+    [
+        ("lease: .inf", "lease", "too long"),
+        ("lease: .nan", "lease", "not a duration"),
+        ("lease: 1.0e+300", "lease", "too long"),
+        ("lease: 99999999999999999999d", "lease", "at most 3650d"),
+        ("policy: {boot_timeout: 9999999999w}", "policy.boot_timeout", "too long"),
+        ("nodes: [{group: a, memory: 65TiB}]", "nodes[0].memory", "at most 64TiB"),
+        ("nodes: [{group: a, count: 10001}]", "nodes[0].count", "at most 10000"),
+        ("nodes: [{group: a, cores: 4097}]", "nodes[0].cores", "at most 4096"),
+        ("nodes: [{group: a, memory: " + "9" * 400 + "}]", "", "at most 100"),
+        ("nodes: [{group: a, count: " + ":".join(["59"] * 5000) + "}]", "", "at most 100"),
+        ("nodes: [{group: a, count: !!int '" + "9" * 5000 + "'}]", "", "at most 100"),
+    ],
+    ids=lambda value: value[:24] if isinstance(value, str) else None,
+)
+def test_numbers_durations_and_sizes_are_finite_and_bounded(line, field, says):
+    text = f"image: i\n{line}\n" + ("" if line.startswith("nodes") else "nodes: [{group: a}]\n")
+    problem = only_problem(text)
+    assert (problem.field, problem.line) == (field, 2)
+    assert says in problem.message
+
+
+def test_a_cluster_has_at_most_ten_thousand_nodes():
+    problem = only_problem(
+        "image: i\nnodes:\n  - {group: a, count: 6000}\n  - {group: b, count: 6000}\n"
+    )
+    assert problem.field == "nodes" and "12000 nodes" in problem.message
+
+
+def test_control_characters_are_refused_with_their_line():
+    problem = only_problem("image: i\nnodes: [{group: a}]\ndata: {x: 'a\x00b'}\n")
+    assert problem.line == 3 and "not allowed" in problem.message
+    problem = only_problem("image: i\nnodes: [{group: a}]\nname: \x1b[31mred\n")
+    assert problem.line == 3
+
+
+def test_a_document_over_the_size_limit_is_refused_before_it_is_read_whole(tmp_path):
+    text = "image: i\nnodes: [{group: a}]\n# " + "x" * (256 * 1024) + "\n"
+    assert "larger than 256 KiB" in only_problem(text, parse_document).message
+    path = tmp_path / "huge.yaml"
+    path.write_text(text)
+    with pytest.raises(DocumentError) as caught:
+        load_document(path)
+    assert "262144 bytes" in caught.value.problems[0].message
+    with pytest.raises(DocumentError) as caught:  # an endless file: only the bound is read
+        load_document("/dev/zero")
+    assert "larger than 256 KiB" in caught.value.problems[0].message
+
+
+def test_a_path_with_a_nul_byte_is_a_document_error():
+    with pytest.raises(DocumentError) as caught:
+        load_document("cluster\x00.yaml")
+    assert "cannot read" in caught.value.problems[0].message
+
+
+def laughs(levels: int) -> str:
+    """Nested aliases: each level stands for nine of the one before."""
+    lines = [
+        "image: i",
+        "nodes: [{group: a}]",
+        "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+    ]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_expansion_is_bounded_by_what_the_aliases_stand_for():
+    problem = only_problem(laughs(6))  # 9**6 values, written out; 9**5 are too many
+    assert problem.line == 7 and "more than 20000 values (aliases written out)" in problem.message
+    long_text = "image: i\nx: &x '" + "a" * 100_000 + "'\nnodes: [{group: a}]\ny: [*x, *x, *x]\n"
+    assert "characters of text" in only_problem(long_text).message
+    twenty = "[" * 20 + "x" + "]" * 20
+    deep = f"image: i\nnodes: [{{group: a}}]\na: &a {twenty}\nb: [[[[[[[[[[[[[*a]]]]]]]]]]]]]\n"
+    assert "32 levels" in only_problem(deep).message
+
+
+def test_an_alias_inside_its_own_anchor_is_refused():
+    problem = only_problem("image: i\nnodes: &n [{group: a}, *n]\n")
+    assert problem.line == 2 and "*n" in problem.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nodes: " + "[" * 10_000 + "]" * 10_000 + "\n",
+        "nodes: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",
+        "".join("  " * i + f"k{i}:\n" for i in range(10_000)),
+        "".join("  " * i + "-\n" for i in range(10_000)),
+    ],
+    ids=["lists", "mappings", "block-mappings", "block-lists"],
+)
+def test_nesting_ten_thousand_deep_is_refused_without_recursion(text):
+    problem = only_problem(text[: 256 * 1024 - 1], parse_document)
+    assert "nested more than 32 levels deep" in problem.message
+
+
+def test_xml_nesting_and_size_are_bounded_too():
+    deep = "<cluster>" + "<workspace>" * 10_000 + "</workspace>" * 10_000 + "</cluster>"
+    assert "32 levels" in only_problem(deep, parse_cluster_xml).message
+    many = "<cluster>" + "<workspace><image>i</image><x/></workspace>" * 7000 + "</cluster>"
+    assert "more than 20000 elements" in only_problem(many, parse_cluster_xml).message
+
+
+def test_a_document_with_thousands_of_faults_shows_the_first_few():
+    text = "image: i\nnodes:\n" + "".join(f"  - {{group: g{i}, corez: 1}}\n" for i in range(3000))
+    problems = problems_of(text)
+    assert len(problems) == DocumentError.MAX_SHOWN
+    assert problems[0].field == "nodes[0].corez" and problems[0].line == 3
+    assert problems[-1].message == f"... and {3000 - DocumentError.MAX_SHOWN + 1} more"
+
+
+def test_wait_ready_cycles_are_found_in_time_that_grows_with_the_document():
+    # three layers of 650 groups, each group waiting for a role every group of the next
+    # layer provides: 845,000 group-to-group waits from 100 KiB of text (a search per
+    # group over them took 10 s; the roles' graph takes half a second)
+    layers = [("a", "b", ""), ("b", "c", "b"), ("c", "", "c")]
+    text = "image: i\nnodes:\n"
+    for name, needs, gives in layers:
+        requires = f", requires: [{{role: {needs}, wait: ready}}]" if needs else ""
+        provides = f", provides: [{gives}]" if gives else ""
+        text += "".join(f"  - {{group: {name}{i}{provides}{requires}}}\n" for i in range(650))
+    started = time.monotonic()
+    assert parse_yaml(text).total_nodes == 1950
+    assert time.monotonic() - started < 5
+    # c0 waits for the b layer too: each of the 650 b groups is on a cycle
+    cyclic = text.replace("provides: [c]}", "provides: [c], requires: [{role: b, wait: ready}]}", 1)
+    started = time.monotonic()
+    problems = problems_of(cyclic)
+    assert time.monotonic() - started < 5
+    assert "wait: ready cycle: b0 -> c0 -> b0" in problems[0].message
+    assert problems[-1].message == f"... and {650 - DocumentError.MAX_SHOWN + 1} more"

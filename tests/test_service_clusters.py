@@ -196,6 +196,27 @@ def test_hosts_add_capacity_and_busy_hosts_cannot_be_removed(make_service):
     )
 
 
+def test_a_host_that_only_terminated_clusters_used_can_be_removed_and_added_again(make_service):
+    service = make_service()
+    admin = api(service, admin_token(service))
+    admin.post("/v1/hosts", json={"name": "big", "cores": 64, "memory_mib": 65536})
+    text = "image: x\nnodes:\n  - group: worker\n    count: 2\n    cores: 32\n"
+    cluster_id = launch(admin, text).json()["id"]
+    admin.delete(f"/v1/clusters/{cluster_id}")
+    wait_for(lambda: admin.get(f"/v1/clusters/{cluster_id}").json()["state"] == "terminated")
+
+    assert admin.delete("/v1/hosts/big").status_code == 204
+    assert "big" not in [h["name"] for h in admin.get("/v1/hosts").json()]
+    assert admin.delete("/v1/hosts/big").status_code == 404
+    assert launch(admin, text).status_code == 409  # no room
+    history = admin.get(f"/v1/clusters/{cluster_id}").json()
+    assert {n["host"] for n in history["nodes"]} == {"big"}  # the record keeps its host
+
+    again = admin.post("/v1/hosts", json={"name": "big", "cores": 32, "memory_mib": 32768})
+    assert again.status_code == 201 and again.json()["cores"] == 32
+    assert launch(admin, text.replace("count: 2", "count: 1")).status_code == 201
+
+
 def test_bad_documents_and_leases_are_refused_with_field_and_line(make_service):
     service = make_service()
     client = api(service, admin_token(service))

@@ -4,7 +4,7 @@
     ├── DocumentError                a malformed cluster document (field and line)
     ├── NotFoundError                no such cluster, node, user, host or image (or not yours)
     ├── BadRequestError              a request whose body or parameters do not fit the API
-    │   └── PayloadTooLargeError     a request body over its limit (refused before read whole)
+    │   └── PayloadTooLargeError     a request body over its limit, refused before read whole
     ├── AuthError                    no token, or a token that matches no user
     │   └── ForbiddenError           a known user asked for something only an admin may do
     ├── ConflictError                clashes with what exists (duplicate name, busy host)
@@ -61,11 +61,16 @@ class DocumentError(CorralError):
     """Raised by the document parsers when a cluster document is malformed."""
 
     code = "invalid-document"
+    MAX_SHOWN = 20  # problems kept; a hostile document may have thousands
 
     def __init__(self, source: str, problems: list[Problem]) -> None:
+        total = len(problems)
+        if total > self.MAX_SHOWN:
+            more = total - self.MAX_SHOWN + 1
+            problems = [*problems[: self.MAX_SHOWN - 1], Problem("", f"... and {more} more")]
         lines = "\n".join(f"  {source}: {p}" for p in problems)
         super().__init__(
-            f"{source}: {len(problems)} problem(s)\n{lines}",
+            f"{source}: {total} problem(s)\n{lines}",
             problems=[p.__dict__ for p in problems],
         )
         self.source = source

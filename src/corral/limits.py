@@ -12,14 +12,25 @@ MIB = 1024 * KIB
 MAX_DOCUMENT_BYTES = 256 * KIB
 MAX_DOCUMENT_DEPTH = 32  # nesting of mappings and lists (elements in XML)
 MAX_DOCUMENT_VALUES = 20_000  # scalars, mappings and lists, with YAML aliases expanded
+MAX_DOCUMENT_TEXT = MAX_DOCUMENT_BYTES  # characters of all scalars, with aliases expanded
+# a number, size or duration written as text (a document's, a command line's)
+MAX_NUMBER_CHARS = 100
 # a document's `data`, which reaches every node's view
 MAX_DATA_ITEMS = 256
 MAX_DATA_BYTES = 64 * KIB  # names and values together, UTF-8
 
 # a group of nodes, and the sizes it asks for
 MAX_GROUP_COUNT = 10_000
+MAX_CLUSTER_NODES = 10_000  # all groups of one cluster together
 MAX_CORES = 4096
 MAX_MEMORY_MIB = 64 * MIB  # 64 TiB
+
+# what an admin registers: a host's capacity, a user's quota, an image's size
+MAX_HOST_CORES = 65_536
+MAX_HOST_MEMORY_MIB = MAX_MEMORY_MIB
+MAX_QUOTA_NODES = 1_000_000
+MAX_QUOTA_NODE_HOURS = 1e9
+MAX_IMAGE_BYTES = 1024**4  # 1 TiB
 
 # durations anywhere (leases, timeouts, extensions)
 MAX_DURATION_SECONDS = 10 * 365 * 86400
@@ -28,6 +39,9 @@ MAX_DURATION_SECONDS = 10 * 365 * 86400
 MAX_API_BODY_BYTES = 2 * MIB
 MAX_BROKER_BODY_BYTES = 128 * KIB
 MAX_LOG_TAIL_CHARS = 16 * KIB  # what one report may carry of a script's output
+
+# an event id a client may ask to read after (the store's largest integer)
+MAX_EVENT_ID = 2**63 - 1
 
 # free text that is echoed back (a document's source name)
 MAX_SOURCE_CHARS = 255

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from corral.errors import BadRequestError
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,23 @@ class NameRule:
             raise ValueError(f"not a {self.kind}: {shown} ({self.allowed})")
         return value  # type: ignore[return-value]
 
+    def require(self, value: object, field: str = "name") -> str:
+        """`check` outside pydantic: raises BadRequestError naming `field` and the rule."""
+        try:
+            return self.check(value)
+        except ValueError as exc:
+            raise BadRequestError(f"{field}: {exc}", field=field) from None
+
+    @property
+    def type(self) -> Any:
+        """This rule as a pydantic string type, checked by `check` and described in JSON
+        schema (OpenAPI) by its pattern and length."""
+        return Annotated[
+            str,
+            AfterValidator(self.check),
+            Field(json_schema_extra={"pattern": self.pattern, "maxLength": self.max_length}),
+        ]
+
 
 CLUSTER = NameRule(
     "cluster name",
@@ -53,6 +75,13 @@ ROLE = NameRule(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
     "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 64 characters",
     64,
+)
+# a node of a cluster: its group's name and its index in the group (`worker-12`)
+NODE = NameRule(
+    "node name",
+    r"^[a-z][a-z0-9-]{0,30}-[0-9]{1,5}$",
+    "a group name, '-' and the node's number in its group, like worker-0",
+    37,
 )
 # users, hosts and pools: also used as SSH principals and in file names
 ACCOUNT = NameRule(

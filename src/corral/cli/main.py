@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from corral import __version__
+from corral import __version__, limits, names
 from corral.cli import exit_codes, render
 from corral.cli.connection import connect
 from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
-from corral.document import load_document
+from corral.document import load_document, parse_document, read_document
 from corral.errors import ConflictError, CorralError, ForbiddenError, NotFoundError
 from corral.logs import escape_controls
 from corral.units import describe_size_mib, format_duration, parse_duration, parse_size_mib
@@ -48,6 +48,43 @@ def reports_errors(fn: Callable) -> Callable:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print stable JSON.")
+
+
+class NameType(click.ParamType):
+    """A name on the command line, checked by its rule (names.py) before any request."""
+
+    def __init__(self, rule: names.NameRule) -> None:
+        self.rule = rule
+        self.name = rule.kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return self.rule.check(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Hours(click.ParamType):
+    """A positive, finite number of hours within the longest duration corral takes."""
+
+    name = "hours"
+    most = limits.MAX_DURATION_SECONDS / 3600
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            hours = float(value)
+        except ValueError:
+            self.fail(f"not a number: {value!r}", param, ctx)
+        if not 0 < hours <= self.most:  # also refuses nan
+            self.fail(f"must be more than 0 and at most {self.most:g}, got {value!r}", param, ctx)
+        return hours
+
+
+CLUSTER_NAME = NameType(names.CLUSTER)
+ACCOUNT_NAME = NameType(names.ACCOUNT)
+IMAGE_NAME = NameType(names.IMAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,9 +225,11 @@ def validate(file: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(path_type=Path))
-@click.option("--hours", type=float, default=None, help="Lease in hours (overrides the file).")
+@click.option("--hours", type=Hours(), default=None, help="Lease in hours (overrides the file).")
 @click.option("--lease", default=None, metavar="DURATION", help="Lease like 30m or 12h.")
-@click.option("--name", default=None, help="Cluster name (the service makes it unique).")
+@click.option(
+    "--name", type=CLUSTER_NAME, default=None, help="Cluster name (the service makes it unique)."
+)
 @click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep a failed launch's nodes.")
 @click.option("--timeout", default=None, metavar="DURATION", help="Stop waiting after this.")
@@ -209,8 +248,6 @@ def run(
     """Launch a cluster and wait until it is ready (or say why not)."""
     if hours is not None and lease is not None:
         raise click.UsageError("give --hours or --lease, not both")
-    if hours is not None and hours <= 0:
-        raise click.BadParameter("must be positive", param_hint="--hours")
     try:
         lease_span = parse_duration(lease) if lease else None
         wait_limit = parse_duration(timeout).total_seconds() if timeout else None
@@ -218,10 +255,11 @@ def run(
         raise click.BadParameter(str(exc)) from None
     if hours is not None:
         lease_span = timedelta(hours=hours)
-    load_document(cluster_file)  # refuse a bad document here, with its lines, before any call
+    text = read_document(cluster_file)  # read once, and only up to the size limit
+    parse_document(text, str(cluster_file))  # refuse a bad one here, with its lines
     client = connect()
     cluster = client.launch(
-        cluster_file.read_text(),
+        text,
         str(cluster_file),
         name=name,
         lease_seconds=lease_span.total_seconds() if lease_span else None,
@@ -382,13 +420,11 @@ def _watch(client, ref: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("cluster")
-@click.option("--hours", type=float, required=True, help="How many hours later it should end.")
+@click.option("--hours", type=Hours(), required=True, help="How many hours later it should end.")
 @json_option
 @reports_errors
 def extend(cluster: str, hours: float, as_json: bool) -> None:
     """Move a cluster's lease deadline later."""
-    if hours <= 0:
-        raise click.BadParameter("must be positive", param_hint="--hours")
     view = connect().extend(cluster, hours * 3600)
     if as_json:
         render.emit_json(view)
@@ -503,7 +539,7 @@ def user() -> None:
 
 
 @user.command("add")
-@click.argument("name")
+@click.argument("name", type=ACCOUNT_NAME)
 @click.option("--admin", is_flag=True)
 @click.option("--max-nodes", type=int, default=None, help="Nodes held at once.")
 @click.option("--max-node-hours", type=float, default=None, help="Node-hours held at once.")
@@ -543,7 +579,7 @@ def user_list(as_json: bool) -> None:
 
 
 @user.command("remove")
-@click.argument("name")
+@click.argument("name", type=ACCOUNT_NAME)
 @reports_errors
 def user_remove(name: str) -> None:
     """Remove a user with no live cluster; their token stops working."""
@@ -598,10 +634,10 @@ def host() -> None:
 
 
 @host.command("add")
-@click.argument("name")
+@click.argument("name", type=ACCOUNT_NAME)
 @click.option("--cores", type=int, required=True)
 @click.option("--memory", required=True, help="Like 16GiB.")
-@click.option("--pool", default="local", show_default=True)
+@click.option("--pool", type=ACCOUNT_NAME, default="local", show_default=True)
 @json_option
 @reports_errors
 def host_add(name: str, cores: int, memory: str, pool: str, as_json: bool) -> None:
@@ -641,10 +677,10 @@ def host_list(as_json: bool) -> None:
 
 
 @host.command("remove")
-@click.argument("name")
+@click.argument("name", type=ACCOUNT_NAME)
 @reports_errors
 def host_remove(name: str) -> None:
-    """Remove a host that runs no workspace."""
+    """Remove a host that runs no live workspace (`host add` brings it back)."""
     connect().remove_host(name)
     click.echo(f"removed host {name}")
 
@@ -714,7 +750,7 @@ def image_bake(name: str, as_json: bool) -> None:
 
 
 @image.command("import")
-@click.argument("name")
+@click.argument("name", type=IMAGE_NAME)
 @click.argument("tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Point an existing NAME at this tarball.")
 @json_option
@@ -763,7 +799,7 @@ def image_list(as_json: bool) -> None:
 
 
 @image.command("delete")
-@click.argument("name")
+@click.argument("name", type=IMAGE_NAME)
 @json_option
 @reports_errors
 def image_delete(name: str, as_json: bool) -> None:

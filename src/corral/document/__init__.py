@@ -1,6 +1,6 @@
 """Cluster documents: the typed model and the YAML and Nimbus cluster.xml readers."""
 
-from .load import load_document, parse_document
+from .load import load_document, parse_document, read_document
 from .model import ClusterDocument, NodeGroup, Policy, Requirement, validate_document
 from .nimbus import parse_cluster_xml
 from .yaml_loader import parse_yaml
@@ -14,5 +14,6 @@ __all__ = [
     "parse_cluster_xml",
     "parse_document",
     "parse_yaml",
+    "read_document",
     "validate_document",
 ]

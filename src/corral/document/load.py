@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from corral import limits
 from corral.errors import DocumentError, Problem
 
 from .model import ClusterDocument
@@ -20,25 +21,51 @@ def looks_like_xml(text: str) -> bool:
 def parse_document(text: str, source: str = "<document>") -> ClusterDocument:
     """Parse a cluster document, as Nimbus cluster.xml if it looks like XML, else YAML.
 
-    Raises DocumentError(source, problems) when the document is malformed.
+    Raises DocumentError(source, problems) when the document is larger than
+    limits.MAX_DOCUMENT_BYTES or malformed.
     """
+    # characters are at most as many as UTF-8 bytes: only a short text is encoded to count
+    if len(text) > limits.MAX_DOCUMENT_BYTES or (
+        len(text.encode("utf-8", "surrogatepass")) > limits.MAX_DOCUMENT_BYTES
+    ):
+        raise DocumentError(source, [_too_large()])
     if looks_like_xml(text):
         return parse_cluster_xml(text, source)
     return parse_yaml(text.lstrip("\ufeff"), source)
 
 
-def load_document(path: str | os.PathLike[str]) -> ClusterDocument:
-    """Read and parse the cluster document at `path`.
+def read_document(path: str | os.PathLike[str]) -> str:
+    """The text of the cluster document at `path`, read only up to the size limit.
 
-    Raises DocumentError naming the path when the file cannot be read or decoded, or
-    when the document is malformed.
+    Raises DocumentError naming the path when the file cannot be read or decoded, or is
+    larger than limits.MAX_DOCUMENT_BYTES.
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(limits.MAX_DOCUMENT_BYTES + 1)
+        if len(data) > limits.MAX_DOCUMENT_BYTES:
+            raise DocumentError(source, [_too_large()])
+        return data.decode("utf-8")
     except FileNotFoundError as exc:
-        raise DocumentError(source, [Problem("", f"no such file: {source}")]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+        raise DocumentError(source, [Problem("", f"no such file: {source!r}")]) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise DocumentError(source, [Problem("", f"cannot read {source}: {reason}")]) from exc
-    return parse_document(text, source)
+        raise DocumentError(source, [Problem("", f"cannot read {source!r}: {reason}")]) from exc
+
+
+def load_document(path: str | os.PathLike[str]) -> ClusterDocument:
+    """Read and parse the cluster document at `path`.
+
+    Raises DocumentError naming the path when the file cannot be read or decoded, is too
+    large, or when the document is malformed.
+    """
+    return parse_document(read_document(path), str(path))
+
+
+def _too_large() -> Problem:
+    return Problem(
+        "",
+        f"the document is larger than {limits.MAX_DOCUMENT_BYTES // limits.KIB} KiB "
+        f"({limits.MAX_DOCUMENT_BYTES} bytes), the limit for a document",
+    )

@@ -10,7 +10,6 @@ checks and raises pydantic's ValidationError instead.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -25,12 +24,18 @@ from pydantic import (
     Strict,
     ValidationError,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
+from corral import limits, names
 from corral.errors import DocumentError, Problem
-from corral.units import format_duration, format_size_mib, parse_duration, parse_size_mib
+from corral.units import (
+    format_duration,
+    format_size_mib,
+    parse_duration,
+    parse_size_mib,
+    shown,
+)
 
 from .problems import Loc, describe_error, format_loc, sort_problems
 
@@ -38,9 +43,6 @@ from .problems import Loc, describe_error, format_loc, sort_problems
 # to a 1-based line, or None when the source has no lines.
 LineOf = Callable[[Loc, bool], int | None]
 
-_CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
-_GROUP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Set in the validation context by check_document, which runs the cross checks itself
 # so that each one becomes its own Problem with a line.
 _DEFER_CHECKS = "corral.defer_checks"
@@ -52,31 +54,41 @@ def _duration(value: object) -> timedelta:
     elif isinstance(value, str | int | float):
         delta = parse_duration(value)
     else:
-        raise ValueError(f"not a duration: {value!r} (use forms like 90s, 30m, 12h, 2d)")
+        raise ValueError(f"not a duration: {shown(value)} (use forms like 90s, 30m, 12h, 2d)")
     seconds = round(delta.total_seconds())
     if seconds < 1:
-        raise ValueError(f"duration too short: {value!r} (at least 1s)")
+        raise ValueError(f"duration too short: {shown(value)} (at least 1s)")
     return timedelta(seconds=seconds)
 
 
 def _size_mib(value: object) -> int:
     if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r} (use a number with a unit, like 1GiB)")
+        raise ValueError(f"not a size: {shown(value)} (use a number with a unit, like 1GiB)")
     return parse_size_mib(value)
 
 
-def _role(value: str) -> str:
-    if not _ROLE_NAME.match(value):
+def _data_items(value: object) -> object:
+    if isinstance(value, dict) and len(value) > limits.MAX_DATA_ITEMS:
+        raise ValueError(f"{len(value)} items, more than the limit of {limits.MAX_DATA_ITEMS}")
+    return value
+
+
+def _data_bytes(value: dict[str, str]) -> dict[str, str]:
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+    if size > limits.MAX_DATA_BYTES:
         raise ValueError(
-            f"not a role name: {value!r} (letters, digits, '_', '.' and '-', "
-            "starting with a letter or digit)"
+            f"{size} bytes of names and values, more than the limit of {limits.MAX_DATA_BYTES}"
         )
     return value
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
-Role = Annotated[str, AfterValidator(_role)]
-Count = Annotated[int, Strict(), Field(ge=1)]
+Role = names.ROLE.type
+Count = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_GROUP_COUNT)]
+# data reaches every node's view: bounded in items before its names are checked, in bytes after
+Data = Annotated[
+    dict[names.DATA_KEY.type, str], BeforeValidator(_data_items), AfterValidator(_data_bytes)
+]
 
 
 class Requirement(BaseModel):
@@ -100,7 +112,8 @@ class Requirement(BaseModel):
         if isinstance(value, dict | Requirement):
             return value
         raise ValueError(
-            f"expected a role name or a mapping like {{role: NAME, wait: ready}}, got {value!r}"
+            "expected a role name or a mapping like {role: NAME, wait: ready}, "
+            f"got {shown(value)}"
         )
 
     def to_data(self) -> str | dict[str, str]:
@@ -134,11 +147,11 @@ class NodeGroup(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    group: str
+    group: names.GROUP.type
     count: Count = 1
     min: Count | None = None
-    image: str | None = None
-    cores: Count = 1
+    image: names.IMAGE.type | None = None
+    cores: Annotated[int, Strict(), Field(ge=1, le=limits.MAX_CORES)] = 1
     memory_mib: Annotated[int, BeforeValidator(_size_mib)] = Field(1024, alias="memory")
     login: bool = False
     provides: list[Role] = []
@@ -151,23 +164,6 @@ class NodeGroup(BaseModel):
             value = dict(value)
             mib = value.pop("memory_mib")
             value["memory"] = f"{mib}MiB" if isinstance(mib, int) else mib
-        return value
-
-    @field_validator("group")
-    @classmethod
-    def _group_name(cls, value: str) -> str:
-        if not _GROUP_NAME.match(value):
-            raise ValueError(
-                f"not a group name: {value!r} (lowercase letters, digits and '-', "
-                "starting with a letter, at most 31 characters)"
-            )
-        return value
-
-    @field_validator("image")
-    @classmethod
-    def _image_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("image name is empty")
         return value
 
     @property
@@ -204,23 +200,13 @@ class ClusterDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str | None = None
+    name: names.CLUSTER.type | None = None
     lease: Duration | None = None
-    image: str | None = None
-    pool: str | None = None
+    image: names.IMAGE.type | None = None
+    pool: names.ACCOUNT.type | None = None
     policy: Policy = Policy()
-    data: dict[str, str] = {}
+    data: Data = {}
     nodes: list[NodeGroup] = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _cluster_name(cls, value: str | None) -> str | None:
-        if value is not None and not _CLUSTER_NAME.match(value):
-            raise ValueError(
-                f"not a cluster name: {value!r} (lowercase letters, digits and '-', "
-                "starting with a letter, at most 41 characters)"
-            )
-        return value
 
     @model_validator(mode="after")
     def _resolve_and_check(self, info: ValidationInfo) -> ClusterDocument:
@@ -271,6 +257,13 @@ class ClusterDocument(BaseModel):
 
 
 def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    total = sum(g.count for g in groups)
+    if total > limits.MAX_CLUSTER_NODES:
+        yield (
+            ("nodes",),
+            f"{total} nodes in all, more than the limit of {limits.MAX_CLUSTER_NODES} "
+            "for one cluster",
+        )
     first_index: dict[str, int] = {}
     for i, group in enumerate(groups):
         if group.group in first_index:
@@ -291,11 +284,13 @@ def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
 
 
 def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
-    provided = {role for g in groups for role in g.provides}
+    provided = sorted({role for g in groups for role in g.provides})
+    hints = DocumentError.MAX_SHOWN  # suggestions cost time: only for problems shown
     for i, group in enumerate(groups):
         for j, need in enumerate(group.requires):
             if need.role not in provided:
-                hint = difflib.get_close_matches(need.role, sorted(provided), n=1)
+                hint = difflib.get_close_matches(need.role, provided, n=1) if hints > 0 else []
+                hints -= 1
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
                 yield (
                     ("nodes", i, "requires", j),
@@ -307,21 +302,25 @@ def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
 
 
 def _check_ready_cycles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
-    """Refuse groups that wait (`wait: ready`) on each other: none could become ready."""
-    # edges[a] = [(b, index of a's requirement that makes a wait for b)]
-    edges: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(groups))}
-    for a, group in enumerate(groups):
-        for j, need in enumerate(group.requires):
-            if need.wait == "ready":
-                providers = [b for b, other in enumerate(groups) if need.role in other.provides]
-                edges[a] += [(b, j) for b in providers]
+    """Refuse groups that wait (`wait: ready`) on each other: none could become ready.
+
+    The graph links each group to the roles it waits for and each role to the groups that
+    provide it, so it grows with the document, not with groups times providers; a search
+    of its strongly connected components finds every group on a cycle in linear time, and
+    a shortest cycle is named for the first few.
+    """
+    graph = _WaitGraph(groups)
+    cyclic = graph.groups_on_cycles()
     in_cycle: set[int] = set()
+    reported = 0
     for start in range(len(groups)):
-        if start in in_cycle:
+        if start not in cyclic or start in in_cycle:
             continue
-        cycle = _shortest_cycle(start, edges)
-        if cycle is None:
+        if reported == DocumentError.MAX_SHOWN:
+            yield ("nodes", start, "requires"), "is on a wait: ready cycle too"
             continue
+        cycle = graph.shortest_cycle(start)
+        reported += 1
         in_cycle.update(step for step, _ in cycle)
         route = " -> ".join([groups[step].group for step, _ in cycle] + [groups[start].group])
         yield (
@@ -330,26 +329,89 @@ def _check_ready_cycles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
         )
 
 
-def _shortest_cycle(
-    start: int, edges: dict[int, list[tuple[int, int]]]
-) -> list[tuple[int, int]] | None:
-    """Breadth-first search back to `start`; returns [(group, requirement index), ...]."""
-    parents: dict[int, tuple[int, int]] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for target, req in edges[node]:
-                if target == start:
-                    path = [(node, req)]
-                    while path[0][0] != start:
-                        path.insert(0, parents[path[0][0]])
-                    return path
-                if target not in parents:
-                    parents[target] = (node, req)
-                    following.append(target)
-        frontier = following
-    return None
+class _WaitGraph:
+    """Groups 0..G-1 and the roles they wait for, G.., as one directed graph."""
+
+    def __init__(self, groups: list[NodeGroup]) -> None:
+        roles: dict[str, int] = {}
+        for group in groups:
+            for need in group.requires:
+                if need.wait == "ready":
+                    roles.setdefault(need.role, len(groups) + len(roles))
+        self.groups = len(groups)
+        # edges[v] = [(w, index of the requirement that makes group v wait for role w)]
+        self.edges: list[list[tuple[int, int]]] = [[] for _ in range(len(groups) + len(roles))]
+        for a, group in enumerate(groups):
+            for j, need in enumerate(group.requires):
+                if need.wait == "ready":
+                    self.edges[a].append((roles[need.role], j))
+            for role in group.provides:
+                if role in roles:
+                    self.edges[roles[role]].append((a, -1))
+
+    def groups_on_cycles(self) -> set[int]:
+        """Groups in a strongly connected component of more than one vertex (Tarjan's
+        algorithm, iterative: a document's graph may be thousands of vertices deep)."""
+        index: dict[int, int] = {}
+        low: dict[int, int] = {}
+        stack: list[int] = []
+        on_stack: set[int] = set()
+        found: set[int] = set()
+        for root in range(len(self.edges)):
+            if root in index:
+                continue
+            work = [(root, 0)]
+            while work:
+                v, i = work.pop()
+                if i == 0:
+                    index[v] = low[v] = len(index)
+                    stack.append(v)
+                    on_stack.add(v)
+                elif i > 0:
+                    low[v] = min(low[v], low[self.edges[v][i - 1][0]])
+                while i < len(self.edges[v]):
+                    w = self.edges[v][i][0]
+                    if w not in index:
+                        work += [(v, i + 1), (w, 0)]
+                        break
+                    if w in on_stack:
+                        low[v] = min(low[v], index[w])
+                    i += 1
+                else:
+                    if low[v] == index[v]:
+                        component = []
+                        while True:
+                            w = stack.pop()
+                            on_stack.discard(w)
+                            component.append(w)
+                            if w == v:
+                                break
+                        if len(component) > 1:
+                            found.update(w for w in component if w < self.groups)
+        return found
+
+    def shortest_cycle(self, start: int) -> list[tuple[int, int]]:
+        """Breadth-first search back to group `start`, which is on a cycle; returns
+        [(group, index of its requirement that leads on), ...] from `start`."""
+        parents: dict[int, tuple[int, int]] = {}
+        frontier = [start]
+        while frontier:
+            following = []
+            for v in frontier:
+                for w, via in self.edges[v]:
+                    if w == start:
+                        path, step = [], (v, via)
+                        while True:
+                            if step[0] < self.groups:  # roles are not part of the route
+                                path.insert(0, step)
+                            if step[0] == start:
+                                return path
+                            step = parents[step[0]]
+                    if w not in parents:
+                        parents[w] = (v, via)
+                        following.append(w)
+            frontier = following
+        raise AssertionError(f"group {start} is on no cycle")
 
 
 def check_document(
@@ -377,10 +439,12 @@ def check_document(
     try:
         document = ClusterDocument.model_validate(data, context={_DEFER_CHECKS: True})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc, message, key = describe_error(error, ClusterDocument)
-            problems.append(problem(loc, message, key))
+        errors = exc.errors(include_url=False)
+        # a DocumentError shows the first few; the others are only counted, so a hostile
+        # document with thousands of faults costs no wording or line lookups for them
+        first = DocumentError.MAX_SHOWN
+        problems = [problem(*describe_error(e, ClusterDocument)) for e in errors[:first]]
+        problems += [Problem(format_loc(e["loc"]), e["msg"]) for e in errors[first:]]
         return None, problems
     return document, [problem(loc, message) for loc, message in document.cross_check()]
 

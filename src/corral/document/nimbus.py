@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 from xml.parsers import expat
 
+from corral import limits
 from corral.errors import DocumentError, Problem
 
 from .model import ClusterDocument, check_document
@@ -34,7 +35,8 @@ _WORKSPACE_CHILDREN = ("name", "image", "quantity", "nic", "ctx", "cores", "memo
 
 
 class _Refused(Exception):
-    """A declaration corral will not parse (DOCTYPE, ENTITY), with its line."""
+    """What corral will not parse (a DOCTYPE or ENTITY, a document past its bounds),
+    with its line."""
 
     def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
@@ -243,8 +245,28 @@ def _parse(text: str, source: str) -> tuple[ET.Element, dict[ET.Element, int]]:
     lines: dict[ET.Element, int] = {}
     parser = expat.ParserCreate()
 
+    depth = 0
+
     def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > limits.MAX_DOCUMENT_DEPTH:
+            raise _Refused(
+                f"elements nested more than {limits.MAX_DOCUMENT_DEPTH} levels deep, "
+                "the limit for a document",
+                parser.CurrentLineNumber,
+            )
+        if len(lines) + 1 > limits.MAX_DOCUMENT_VALUES:
+            raise _Refused(
+                f"more than {limits.MAX_DOCUMENT_VALUES} elements, the limit for a document",
+                parser.CurrentLineNumber,
+            )
         lines[builder.start(tag, attrs)] = parser.CurrentLineNumber
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        builder.end(tag)
 
     def refuse(what: str) -> Any:
         def handler(*_: object) -> None:
@@ -256,7 +278,7 @@ def _parse(text: str, source: str) -> tuple[ET.Element, dict[ET.Element, int]]:
         return handler
 
     parser.StartElementHandler = start
-    parser.EndElementHandler = builder.end
+    parser.EndElementHandler = end
     parser.CharacterDataHandler = builder.data
     parser.StartDoctypeDeclHandler = refuse("DOCTYPE")
     parser.EntityDeclHandler = refuse("ENTITY")

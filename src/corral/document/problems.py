@@ -9,6 +9,7 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from corral.errors import Problem
+from corral.units import shown as _show
 
 Loc = tuple[str | int, ...]
 
@@ -55,6 +56,8 @@ def describe_error(error: Any, root: type[BaseModel]) -> tuple[Loc, str, bool]:
         message = f"expected true or false, got {shown}"
     elif kind == "greater_than_equal":
         message = f"must be at least {ctx['ge']}, got {shown}"
+    elif kind == "less_than_equal":
+        message = f"must be at most {ctx['le']}, got {shown}"
     elif kind == "literal_error":
         choices = [c.strip("'") for c in re.findall(r"'[^']*'", str(ctx.get("expected", "")))]
         hint = difflib.get_close_matches(str(value), choices, n=1)
@@ -70,11 +73,6 @@ def describe_error(error: Any, root: type[BaseModel]) -> tuple[Loc, str, bool]:
     else:
         message = error["msg"]
     return loc, message, on_key
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _known_keys(root: type[BaseModel], path: Loc) -> list[str]:

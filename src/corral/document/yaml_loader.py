@@ -9,29 +9,43 @@ from __future__ import annotations
 import yaml
 
 from corral.errors import DocumentError, Problem
+from corral.units import shown
 
 from .model import ClusterDocument, check_document
 from .problems import Loc, format_loc, sort_problems
+from .yaml_bounds import BoundedLoader, DocumentTooLarge
 
 
 def parse_yaml(text: str, source: str = "<document>") -> ClusterDocument:
     """Parse and validate a YAML cluster document.
 
     Raises DocumentError(source, problems) on a YAML syntax error (with the line of the
-    fault) or when the document is invalid (every problem, each with its line).
+    fault), a document past the bounds of yaml_bounds.py (aliases written out), or when
+    the document is invalid (every problem, each with its line).
     """
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = BoundedLoader(text)  # the reader refuses control characters here
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
+    except DocumentTooLarge as exc:
+        raise DocumentError(source, [Problem("", exc.message, exc.line)]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"not valid YAML: character {exc.character!r} is not allowed"
+        raise DocumentError(source, [Problem("", message, line)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise DocumentError(source, [Problem("", _syntax_message(exc), line)]) from exc
     except yaml.YAMLError as exc:
         raise DocumentError(source, [Problem("", f"not valid YAML: {exc}")]) from exc
+    except (ValueError, OverflowError) as exc:  # a value PyYAML recognised but cannot build
+        message = f"a value cannot be read: {shown(str(exc))}"
+        raise DocumentError(source, [Problem("", message)]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
     if root is None:
         problems = [Problem("", "the document is empty", 1)]
@@ -86,24 +100,34 @@ def _line_of(root: yaml.Node, loc: Loc, key: bool) -> int:
     return target.start_mark.line + 1
 
 
-def _duplicate_keys(node: yaml.Node, loc: Loc = ()) -> list[Problem]:
-    """Keys given twice in one mapping, which YAML would silently resolve to the last."""
+def _duplicate_keys(root: yaml.Node) -> list[Problem]:
+    """Keys given twice in one mapping, which YAML would silently resolve to the last.
+
+    Each node is looked at once, however many aliases point to it (at the place it is
+    first reached), and iteratively.
+    """
     problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    problems.append(
-                        Problem(
-                            format_loc((*loc, key.value)),
-                            f"given twice (first on line {seen[key.value]}); remove one",
-                            key.start_mark.line + 1,
+    seen_nodes: set[int] = set()
+    work: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    while work:
+        node, loc = work.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        problems.append(
+                            Problem(
+                                format_loc((*loc, key.value)),
+                                f"given twice (first on line {seen[key.value]}); remove one",
+                                key.start_mark.line + 1,
+                            )
                         )
-                    )
-                seen.setdefault(key.value, key.start_mark.line + 1)
-                problems += _duplicate_keys(value, (*loc, key.value))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, (*loc, i))
+                    seen.setdefault(key.value, key.start_mark.line + 1)
+                    work.append((value, (*loc, key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            work += [(item, (*loc, i)) for i, item in enumerate(node.value)]
     return problems

@@ -1,7 +1,10 @@
 """The REST API under /v1; its OpenAPI description is served at /openapi.json.
 
 Handlers are thin: authenticate, call an operation, turn records into schemas. Writes
-hold the service's decision lock so they never race the engine.
+hold the service's decision lock so they never race the engine; reading what a client
+sent (a cluster document above all) happens before, outside the lock. Every answer that
+is not a success is an ErrorView, the framework's own errors included, and every status
+an operation can answer is in its description.
 """
 
 from __future__ import annotations
@@ -9,26 +12,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
 
-from corral import __version__
+from corral import __version__, limits, names
 from corral.broker.issuance import issue_user_credentials
 from corral.broker.snapshots import peer_of
 from corral.broker.trust import trust_of
 from corral.broker.views import blocked_by_group, live_providers
-from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.document import parse_document
+from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.images import records as image_records
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import inventory, quotas
 from corral.service.auth import authenticate, require_admin
+from corral.service.body_limit import BodyLimit
 from corral.service.clusters import LaunchRequest
-from corral.service.http_errors import status_for
+from corral.service.http_errors import bad_request, status_for
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
@@ -62,10 +71,11 @@ from corral.store.models import (
 if TYPE_CHECKING:
     from corral.service.app import Service
 
-ERROR_RESPONSES = {code: {"model": ErrorView} for code in (401, 403, 404, 409, 422)}
+ERROR_RESPONSES = {code: {"model": ErrorView} for code in (401, 403, 404, 409, 413, 422)}
 
 
 router = APIRouter()
+bearer = HTTPBearer(auto_error=False, description="a user's API token (`corral user add`)")
 
 
 def create_app(service: Service) -> FastAPI:
@@ -80,7 +90,20 @@ def create_app(service: Service) -> FastAPI:
     def corral_error(_request: Request, exc: CorralError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=status_for(exc))
 
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return corral_error(request, bad_request(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    def framework_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not decode as JSON
+            return corral_error(request, BadRequestError("body: cannot be read as JSON"))
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
+        body = {"error": code, "message": str(exc.detail), "details": {}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
+    app.add_middleware(BodyLimit, max_bytes=limits.MAX_API_BODY_BYTES)
     return app
 
 
@@ -95,12 +118,9 @@ def _session(request: Request) -> Iterator[Session]:
 
 def _current_user(
     db: Annotated[Session, Depends(_session)],
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    return authenticate(db, token)
+    return authenticate(db, credentials.credentials.strip() if credentials else None)
 
 
 def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
@@ -113,6 +133,11 @@ Svc = Annotated[Any, Depends(_service)]
 DB = Annotated[Session, Depends(_session)]
 Caller = Annotated[User, Depends(_current_user)]
 Admin = Annotated[User, Depends(_admin)]
+# names in paths follow the rule for their kind (names.py), as they do everywhere else
+ClusterRef = names.CLUSTER.type  # a cluster's id (`c-1a2b3c4d`) or name
+NodeName = names.NODE.type
+AccountName = names.ACCOUNT.type
+ImageName = names.IMAGE.type
 
 
 @router.get("/health")
@@ -135,9 +160,9 @@ def whoami(service: Svc, db: DB, user: Caller) -> UserView:
 
 @router.post("/clusters", status_code=201)
 def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetail:
+    # parsing is bounded (limits.py) but not free: never under the lock every write waits on
     request = LaunchRequest(
-        document=body.document,
-        source=body.source,
+        document=parse_document(body.document, body.source),
         name=body.name,
         lease=timedelta(seconds=body.lease_seconds) if body.lease_seconds else None,
         keep_on_failure=body.keep_on_failure,
@@ -157,12 +182,18 @@ def list_clusters(service: Svc, db: DB, user: Caller, all: bool = False) -> list
 
 
 @router.get("/clusters/{ref}")
-def get_cluster(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
+def get_cluster(service: Svc, ref: ClusterRef, db: DB, user: Caller) -> ClusterDetail:
     return _detail(service, db, service.clusters.find(db, user, ref, load_nodes=True))
 
 
 @router.get("/clusters/{ref}/events")
-def cluster_events(service: Svc, ref: str, db: DB, user: Caller, since: int = 0) -> list[EventView]:
+def cluster_events(
+    service: Svc,
+    ref: ClusterRef,
+    db: DB,
+    user: Caller,
+    since: Annotated[int, Query(ge=0, le=limits.MAX_EVENT_ID)] = 0,
+) -> list[EventView]:
     cluster = service.clusters.find(db, user, ref)
     events = db.scalars(
         select(Event).where(Event.cluster_id == cluster.id, Event.id > since).order_by(Event.id)
@@ -171,7 +202,9 @@ def cluster_events(service: Svc, ref: str, db: DB, user: Caller, since: int = 0)
 
 
 @router.get("/clusters/{ref}/nodes/{node}/logs")
-def node_logs(ref: str, node: str, service: Svc, db: DB, user: Caller) -> list[ReportView]:
+def node_logs(
+    ref: ClusterRef, node: NodeName, service: Svc, db: DB, user: Caller
+) -> list[ReportView]:
     """Every report the node's agent made, kept after the node is gone."""
     cluster = service.clusters.find(db, user, ref)
     if not db.scalars(
@@ -187,7 +220,7 @@ def node_logs(ref: str, node: str, service: Svc, db: DB, user: Caller) -> list[R
 
 
 @router.post("/clusters/{ref}/credentials")
-def credentials(ref: str, service: Svc, db: DB, user: Caller) -> CredentialsView:
+def credentials(ref: ClusterRef, service: Svc, db: DB, user: Caller) -> CredentialsView:
     """Issue the caller a certificate and SSH key for the cluster, with its trust anchors."""
     cluster = service.clusters.find(db, user, ref, load_nodes=True)
     if not ClusterState(cluster.state).is_live or cluster.state == ClusterState.TERMINATING:
@@ -200,7 +233,7 @@ def credentials(ref: str, service: Svc, db: DB, user: Caller) -> CredentialsView
 
 
 @router.post("/clusters/{ref}/extend")
-def extend(service: Svc, ref: str, body: ExtendBody, db: DB, user: Caller) -> ClusterDetail:
+def extend(service: Svc, ref: ClusterRef, body: ExtendBody, db: DB, user: Caller) -> ClusterDetail:
     with service.decisions:
         cluster = service.clusters.extend(db, user, ref, timedelta(seconds=body.seconds))
         db.commit()
@@ -210,7 +243,7 @@ def extend(service: Svc, ref: str, body: ExtendBody, db: DB, user: Caller) -> Cl
 
 
 @router.delete("/clusters/{ref}", status_code=202)
-def destroy(service: Svc, ref: str, db: DB, user: Caller) -> ClusterDetail:
+def destroy(service: Svc, ref: ClusterRef, db: DB, user: Caller) -> ClusterDetail:
     with service.decisions:
         cluster = service.clusters.destroy(db, user, ref)
         db.commit()
@@ -231,7 +264,7 @@ def add_user(service: Svc, body: UserBody, db: DB, _admin: Admin) -> NewUserView
 
 
 @router.delete("/users/{name}", status_code=204)
-def remove_user(name: str, db: DB, _admin: Admin) -> None:
+def remove_user(name: AccountName, db: DB, _admin: Admin) -> None:
     inventory.remove_user(db, name)
 
 
@@ -250,7 +283,7 @@ def add_host(service: Svc, body: HostBody, db: DB, _admin: Admin) -> HostView:
 
 
 @router.delete("/hosts/{name}", status_code=204)
-def remove_host(service: Svc, name: str, db: DB, _admin: Admin) -> None:
+def remove_host(service: Svc, name: AccountName, db: DB, _admin: Admin) -> None:
     with service.decisions:
         inventory.remove_host(db, name)
         db.commit()
@@ -281,7 +314,7 @@ def register_image(
 
 
 @router.delete("/images/{name}")
-def remove_image(service: Svc, name: str, db: DB, _admin: Admin) -> ImageRemovedView:
+def remove_image(service: Svc, name: ImageName, db: DB, _admin: Admin) -> ImageRemovedView:
     """Forget an image name; its files stay in the store (`corral image delete` removes them)."""
     with service.decisions:
         image, others = image_records.remove(db, name)

@@ -181,7 +181,7 @@ class Service:
                         f"{pool.backend}; destroy them before serving it with {self.backend.name}"
                     )
                 pool.backend = self.backend.name
-            if not session.scalar(select(func.count()).select_from(Host)):
+            if not session.scalar(select(func.count(Host.name)).where(Host.removed_at.is_(None))):
                 inventory.add_host(
                     session,
                     LOCAL_HOST,

@@ -18,9 +18,10 @@ from ipaddress import IPv4Network
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from corral import names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
-from corral.document import ClusterDocument, parse_document
+from corral.document import ClusterDocument
 from corral.errors import LeaseError, NotFoundError
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import quotas
@@ -35,11 +36,13 @@ from corral.units import format_duration
 
 @dataclass(frozen=True)
 class LaunchRequest:
-    """A user's launch: the document's text plus the command line's overrides."""
+    """A user's launch: the parsed document plus the command line's overrides.
 
-    document: str
-    source: str = "<document>"
-    name: str | None = None
+    The document is parsed by the caller, outside any lock (api.py).
+    """
+
+    document: ClusterDocument
+    name: str | None = None  # follows names.CLUSTER
     lease: timedelta | None = None
     keep_on_failure: bool = False
 
@@ -68,10 +71,10 @@ class Clusters:
     def launch(self, session: Session, user: User, request: LaunchRequest) -> Cluster:
         """Create a cluster and its workspaces, or raise and create nothing.
 
-        Raises DocumentError, LeaseError, NotFoundError (pool or image), QuotaExceededError
-        or CapacityError.
+        Raises LeaseError, NotFoundError (pool or image), QuotaExceededError or
+        CapacityError.
         """
-        doc = parse_document(request.document, request.source)
+        doc = request.document
         lease = self._lease_for(request.lease or doc.lease)
         pool = self._pool_for(session, doc)
         self._check_images(session, doc)
@@ -210,7 +213,8 @@ class Clusters:
         name, n = wanted, 1
         while name in taken:
             n += 1
-            name = f"{wanted}-{n}"
+            suffix = f"-{n}"  # the name, suffix and all, stays within the rule's length
+            name = wanted[: names.CLUSTER.max_length - len(suffix)] + suffix
         return name
 
     def find(self, session: Session, user: User, ref: str, load_nodes: bool = False) -> Cluster:

@@ -1,28 +1,21 @@
-"""Admin records: users with their tokens and quotas, pools, and hosts with their capacity."""
+"""Admin records: users with their tokens and quotas, pools, and hosts with their capacity.
+
+Users and hosts are removed softly: the clusters they ran keep naming them, so their rows
+stay, marked removed (a user's token stops working; a host takes no more nodes).
+"""
 
 from __future__ import annotations
-
-import re
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from corral import names
 from corral.errors import ConflictError, NotFoundError
 from corral.lifecycle import NodeState
 from corral.service.auth import hash_token, new_token
 from corral.service.scheduler import HostCapacity
-from corral.store.models import Cluster, Host, Pool, User, Workspace
-
-_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-
-
-def _check_name(kind: str, name: str) -> None:
-    if not _NAME.match(name):
-        raise ConflictError(
-            f"{kind} name {name!r} must start with a lowercase letter and use a-z 0-9 _ . -",
-            field="name",
-        )
+from corral.store.models import Cluster, Host, Pool, User, Workspace, utcnow
 
 
 def add_user(
@@ -32,8 +25,11 @@ def add_user(
     max_nodes: int | None = None,
     max_node_hours: float | None = None,
 ) -> tuple[User, str]:
-    """Create a user; returns it with its token, which is never stored in clear."""
-    _check_name("user", name)
+    """Create a user; returns it with its token, which is never stored in clear.
+
+    Raises BadRequestError for a name against names.ACCOUNT, ConflictError for a taken one.
+    """
+    names.ACCOUNT.require(name)
     if session.scalars(select(User).where(User.name == name)).first():
         raise ConflictError(f"user {name} already exists", user=name)
     token = new_token()
@@ -74,9 +70,10 @@ def remove_user(session: Session, name: str) -> None:
         raise ConflictError(
             f"user {name} still has {live} live cluster(s); destroy them first", user=name
         )
-    # their cluster history stays; the user can no longer log in
+    # their cluster history stays; the user can no longer log in. The name is freed, and
+    # the new one is not a valid name, so no one can take it, and fits the column.
     user.token_hash = f"removed:{user.id}"
-    user.name = f"{user.name}~removed{user.id}"
+    user.name = f"{user.name[:32]}~removed{user.id}"
 
 
 def recover_admin(session: Session, name: str = "admin") -> tuple[User, str]:
@@ -117,16 +114,25 @@ def ensure_pool(
 
 
 def add_host(session: Session, name: str, pool: str, cores: int, memory_mib: int) -> Host:
-    """Register a host's capacity in a pool; raises NotFoundError for an unknown pool."""
-    _check_name("host", name)
+    """Register a host's capacity in a pool, or bring back a removed host of that name.
+
+    Raises BadRequestError for a name against names.ACCOUNT, NotFoundError for an unknown
+    pool, and ConflictError when a host of that name is registered.
+    """
+    names.ACCOUNT.require(name)
     if cores < 1 or memory_mib < 1:
         raise ConflictError(f"host {name}: cores and memory must be positive", host=name)
     if session.get(Pool, pool) is None:
         raise NotFoundError(f"no pool {pool}", pool=pool)
-    if session.get(Host, name) is not None:
+    host = session.get(Host, name)
+    if host is not None and host.removed_at is None:
         raise ConflictError(f"host {name} already exists", host=name)
-    host = Host(name=name, pool_name=pool, cores=cores, memory_mib=memory_mib)
-    session.add(host)
+    if host is not None:  # removed, kept for the clusters that ran on it: it comes back
+        host.pool_name, host.cores, host.memory_mib = pool, cores, memory_mib
+        host.enabled, host.removed_at = True, None
+    else:
+        host = Host(name=name, pool_name=pool, cores=cores, memory_mib=memory_mib)
+        session.add(host)
     try:
         session.flush()
     except IntegrityError as exc:
@@ -135,9 +141,13 @@ def add_host(session: Session, name: str, pool: str, cores: int, memory_mib: int
 
 
 def remove_host(session: Session, name: str) -> None:
-    """Delete a host that runs no live workspace; raises ConflictError otherwise."""
+    """Remove a host that runs no live workspace: it takes no more nodes and is no longer
+    listed, and the row stays for the clusters that ran there.
+
+    Raises NotFoundError for an unknown (or removed) host, ConflictError for a busy one.
+    """
     host = session.get(Host, name)
-    if host is None:
+    if host is None or host.removed_at is not None:
         raise NotFoundError(f"no host {name}", host=name)
     busy = session.scalar(
         select(func.count(Workspace.id)).where(
@@ -146,11 +156,12 @@ def remove_host(session: Session, name: str) -> None:
     )
     if busy:
         raise ConflictError(f"host {name} still runs {busy} workspace(s)", host=name)
-    session.delete(host)
+    host.removed_at = utcnow()
 
 
 def host_capacities(session: Session, pool: str | None = None) -> list[HostCapacity]:
-    """Every host (of one pool, or all) with what its live workspaces leave free."""
+    """Every host (of one pool, or all) with what its live workspaces leave free; removed
+    hosts are not among them."""
     used = dict(
         (name, (cores or 0, mem or 0))
         for name, cores, mem in session.execute(
@@ -159,7 +170,7 @@ def host_capacities(session: Session, pool: str | None = None) -> list[HostCapac
             .group_by(Workspace.host_name)
         ).all()
     )
-    query = select(Host).order_by(Host.name)
+    query = select(Host).where(Host.removed_at.is_(None)).order_by(Host.name)
     if pool is not None:
         query = query.where(Host.pool_name == pool)
     result = []

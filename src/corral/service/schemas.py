@@ -9,49 +9,74 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral import limits, names
+
 
 class LaunchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    document: str = Field(description="the cluster document, YAML or Nimbus cluster.xml")
-    source: str = Field("<document>", description="the file name, for error messages")
-    name: str | None = Field(None, description="overrides the document's name")
-    lease_seconds: float | None = Field(None, gt=0, description="overrides the document's lease")
+    document: str = Field(
+        description="the cluster document, YAML or Nimbus cluster.xml, "
+        f"at most {limits.MAX_DOCUMENT_BYTES} bytes as UTF-8"
+    )
+    source: str = Field(
+        "<document>",
+        max_length=limits.MAX_SOURCE_CHARS,
+        pattern=r"^[^\x00-\x1f\x7f]*$",  # echoed in messages: no control characters
+        description="the file name, for error messages",
+    )
+    name: names.CLUSTER.type | None = Field(None, description="overrides the document's name")
+    lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=limits.MAX_DURATION_SECONDS,
+        allow_inf_nan=False,
+        description="overrides the document's lease",
+    )
     keep_on_failure: bool = Field(False, description="keep a failed launch's nodes running")
 
 
 class ExtendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: float = Field(gt=0, description="how much later the lease should end")
+    seconds: float = Field(
+        gt=0,
+        le=limits.MAX_DURATION_SECONDS,
+        allow_inf_nan=False,
+        description="how much later the lease should end",
+    )
 
 
 class UserBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: names.ACCOUNT.type
     admin: bool = False
-    max_nodes: int | None = Field(None, ge=0)
-    max_node_hours: float | None = Field(None, ge=0)
+    max_nodes: int | None = Field(None, ge=0, le=limits.MAX_QUOTA_NODES)
+    max_node_hours: float | None = Field(
+        None, ge=0, le=limits.MAX_QUOTA_NODE_HOURS, allow_inf_nan=False
+    )
 
 
 class HostBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    pool: str = "local"
-    cores: int = Field(gt=0)
-    memory_mib: int = Field(gt=0)
+    name: names.ACCOUNT.type
+    pool: names.ACCOUNT.type = "local"
+    cores: int = Field(gt=0, le=limits.MAX_HOST_CORES)
+    memory_mib: int = Field(gt=0, le=limits.MAX_HOST_MEMORY_MIB)
 
 
 class ImageBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+    name: names.IMAGE.type
     digest: str = Field(
         pattern=r"^sha256:[0-9a-f]{64}$", description="an image in the service's image store"
     )
-    size_bytes: int | None = Field(None, ge=0, description="default: what the store measured")
+    size_bytes: int | None = Field(
+        None, ge=0, le=limits.MAX_IMAGE_BYTES, description="default: what the store measured"
+    )
     replace: bool = Field(False, description="point an existing name at another digest")
 
 

@@ -80,6 +80,8 @@ class Host(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # set by `host remove`: the row stays while terminated workspaces name the host
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     pool: Mapped[Pool] = relationship(back_populates="hosts")
 
