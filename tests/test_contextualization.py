@@ -130,7 +130,11 @@ def test_four_nodes_find_each_other_and_each_role_configures_once(agent_service)
     assert sorted(roots) == ["head-0", "worker-0", "worker-1", "worker-2"]
     view = client.get(f"/v1/clusters/{cluster_id}").json()
     addresses = {n["name"]: n["address"] for n in view["nodes"]}
+    every_node = [f"{address} {other}" for other, address in addresses.items()]
     for name, root in roots.items():
+        # a node may be ready before the last ones registered: its agent, following its
+        # view, adds them to /etc/hosts as they come
+        wait_for(lambda root=root: all(h in (root / "etc/hosts").read_text() for h in every_node))
         hosts = (root / "etc" / "hosts").read_text()
         assert hosts.startswith("127.0.0.1 localhost\n")  # what was there is kept
         for other, address in addresses.items():

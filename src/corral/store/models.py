@@ -91,7 +91,7 @@ class Image(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     digest: Mapped[str] = mapped_column(String(80))
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # images pass 2 GiB
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
