@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from inprocess import admin_token, api, wait_for
 from test_contextualization import broker_client, launch
 
+from corral.cli.client import Client
+from corral.cli.credentials import cached_credentials
 from corral.service.servers import ServersThread
 
 CLUSTER = """
@@ -316,3 +318,31 @@ def served_fingerprint(service) -> str:
         der = tls.getpeercert(binary_form=True)
     served_fingerprint.last = "sha256:" + hashlib.sha256(der).hexdigest()
     return served_fingerprint.last
+
+
+def test_the_cli_fetches_new_credentials_once_the_lease_is_extended(
+    make_service, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "user"))
+    service = make_service(serve=True)
+    client = Client(f"http://{service.config.listen}", admin_token(service))
+    try:
+        cluster_id = launch(api(service, admin_token(service)), CLUSTER)
+        cluster = client.cluster(cluster_id)
+        directory = cached_credentials(client, cluster)
+        first = (directory / "id_ed25519-cert.pub").read_text()
+        assert seconds((directory / "valid_until").read_text().strip()) == seconds(
+            cluster["lease_end"]
+        )
+        assert cached_credentials(client, cluster) == directory
+        assert (directory / "id_ed25519-cert.pub").read_text() == first  # still good
+        client.extend(cluster_id, 3600)
+        extended = client.cluster(cluster_id)
+        cached_credentials(client, extended)
+        renewed = (directory / "id_ed25519-cert.pub").read_text()
+        assert renewed != first
+        assert ssh_cert(renewed.encode()).valid_before == int(
+            seconds(extended["lease_end"]).timestamp()
+        )
+    finally:
+        client.close()

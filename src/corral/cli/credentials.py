@@ -7,7 +7,7 @@ strict checking on, and logs in as root with a certificate of the cluster's SSH 
 from __future__ import annotations
 
 import os
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ FILES = {
     "id_ed25519": ("ssh_user_key", 0o600),
     "id_ed25519.pub": ("ssh_user_public", 0o644),
     "id_ed25519-cert.pub": ("ssh_user_cert", 0o644),
+    "valid_until": ("valid_until", 0o644),  # when the certificates end: the lease's end
 }
-# user SSH certificates last a day; fetch new ones well before
-REFRESH_SECONDS = 12 * 3600
 
 
 def write_credentials(issued: dict[str, Any], directory: Path) -> list[Path]:
@@ -44,13 +43,23 @@ def write_credentials(issued: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
-def cached_credentials(client: Client, cluster_id: str) -> Path:
-    """The cluster's credentials in the user's data directory, fetched when stale."""
-    directory = default_data_dir() / "credentials" / cluster_id
-    cert = directory / "id_ed25519-cert.pub"
-    if not cert.exists() or time.time() - cert.stat().st_mtime > REFRESH_SECONDS:
-        write_credentials(client.credentials(cluster_id), directory)
+def cached_credentials(client: Client, cluster: dict[str, Any]) -> Path:
+    """The cluster's credentials in the user's data directory, fetched again when they end
+    before the cluster's lease does (it was extended) or have ended."""
+    directory = default_data_dir() / "credentials" / cluster["id"]
+    if not _last_the_lease(directory / "valid_until", cluster["lease_end"]):
+        write_credentials(client.credentials(cluster["id"]), directory)
     return directory
+
+
+def _last_the_lease(valid_until: Path, lease_end: str) -> bool:
+    try:
+        until = datetime.fromisoformat(valid_until.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    # certificates hold whole seconds
+    lease = datetime.fromisoformat(lease_end).replace(microsecond=0)
+    return until.replace(microsecond=0) >= lease and until > datetime.now(UTC)
 
 
 def ssh_command(
@@ -68,7 +77,7 @@ def ssh_command(
         if target is None:
             names = ", ".join(n["name"] for n in nodes)
             raise NotFoundError(f"cluster {cluster['id']} has no node {node} (nodes: {names})")
-    directory = cached_credentials(client, cluster["id"])
+    directory = cached_credentials(client, cluster)
     return [
         "ssh",
         "-i",

@@ -287,7 +287,7 @@ def run(
         sys.exit(130)
     if cluster["state"] == "ready":
         _print_cluster(cluster, as_json, short=True)
-        known_hosts = cached_credentials(client, cluster["id"]) / "known_hosts"
+        known_hosts = cached_credentials(client, cluster) / "known_hosts"
         if not as_json:
             click.echo(
                 f"log in with `corral ssh {cluster['id']}` (host keys are checked against "
