@@ -141,9 +141,9 @@ FINDINGS = """## What the numbers show, and what was done about them
   registration (the burst preloads tokens by hash, not their workspaces); it now comes
   joined with the token. The two SSH certificates of every registration (host key,
   root's key) were built with cryptography's builder, which parses the key into an
-  object and re-encodes it in Python: 0.16-0.18 ms each. `pki._sign_ssh` now lays the
-  certificate out as OpenSSH's PROTOCOL.certkeys says, from the key line's own fields:
-  0.06 ms (tests/test_pki.py checks it with ssh-keygen and the signature). Broker CPU
+  object and re-encodes it in Python: 0.16-0.18 ms each. `broker/ssh.py` (`_sign`) now lays
+  the certificate out as OpenSSH's PROTOCOL.certkeys says, from the key line's own
+  fields: 0.06 ms (tests/test_ssh.py checks it with ssh-keygen and the signature). Broker CPU
   per node at N=1000, three interleaved pairs for the first change: 5.20, 4.91, 4.95 ms
   before, 4.69, 4.71, 4.92 ms after. The second, with the cluster now loaded in each
   burst (`api.register`, `api.report`), did not show beyond the noise of three more
