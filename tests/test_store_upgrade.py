@@ -21,6 +21,7 @@ from cryptography import x509
 from inprocess import api, wait_for
 from test_store_schema import schema_differences
 
+import corral
 from corral.backends.base import BootSpec
 from corral.backends.fake import FakeBackend
 from corral.store.database import Store, sqlite_url
@@ -39,8 +40,10 @@ RUNNING = ("booting", "registered", "configuring", "ready")
 NEW = "name: new\nimage: tiny\nnodes: [{group: worker, count: 2}]\n"
 
 
-def test_there_is_a_store_of_the_first_release() -> None:
+def test_there_is_a_store_of_the_first_release_and_of_this_one() -> None:
+    # a release that changes the schema keeps a store it wrote, for every later one to open
     assert "store-0.1.0" in RELEASES
+    assert f"store-{corral.__version__}" in RELEASES
 
 
 @pytest.fixture(params=RELEASES)
