@@ -125,10 +125,11 @@ def test_certificates_name_only_what_the_service_recorded(cluster):
     addresses = {
         n["name"]: n["address"] for n in client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
     }
-    register(service, documents["head-0"], "head-0")
+    for head in ("head-0", "head-1"):  # the workers' providers
+        register(service, documents[head], head)
     for name, claimed in (("worker-0", "head-0"), ("worker-1", "*")):
         credential, _, _ = register(service, documents[name], claimed, addresses=["10.0.0.99"])
-        files = files_of(poll(service, credential))
+        files = files_of(satisfied(service, credential))
         tls = x509.load_pem_x509_certificate(files["/etc/corral/tls/host.crt"])
         sans = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert sans.get_values_for_type(x509.DNSName) == [name]
