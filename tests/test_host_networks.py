@@ -28,9 +28,9 @@ def routed_elsewhere():
     would be): (the /24, the device's name)."""
     taken = [n for n, _ in network.routes()]
     while True:
-        subnet = ipaddress.ip_network(
-            f"10.{random.randrange(232, 240)}.{random.randrange(256)}.0/24"
-        )
+        # the first /24 of its /23, so that a pool of that /23 would hand it out first
+        third = random.randrange(0, 256, 2)
+        subnet = ipaddress.ip_network(f"10.{random.randrange(232, 240)}.{third}.0/24")
         if not any(subnet.overlaps(n) for n in taken):
             break
     device = f"crlt-{secrets.token_hex(3)}"
@@ -67,7 +67,7 @@ def test_a_launch_is_never_given_a_subnet_routed_here(make_service, tmp_path, ro
     created = client.post("/v1/clusters", json={"document": document})
     assert created.status_code == 201, created.text
     given = ipaddress.ip_network(created.json()["subnet"])
-    assert not given.overlaps(subnet)
+    assert given == list(subnet.supernet(new_prefix=23).subnets(new_prefix=24))[1]
     # (its image has no files: the node fails to boot, and the cluster goes)
     wait_for(
         lambda: client.get(f"/v1/clusters/{created.json()['id']}").json()["state"] == "terminated",
@@ -78,6 +78,9 @@ def test_a_launch_is_never_given_a_subnet_routed_here(make_service, tmp_path, ro
 def test_a_bridge_for_a_subnet_routed_here_is_refused_saying_why(routed_elsewhere):
     subnet, device = routed_elsewhere
     cluster_id = f"c-test{secrets.token_hex(2)}"
-    with pytest.raises(BackendError, match=f"routed on this machine through {device}"):
-        network.ensure_bridge(cluster_id, str(subnet))
-    assert not network.link_exists(network.bridge_name(cluster_id))
+    try:
+        with pytest.raises(BackendError, match=f"routed on this machine through {device}"):
+            network.ensure_bridge(cluster_id, str(subnet))
+        assert not network.link_exists(network.bridge_name(cluster_id))
+    finally:
+        network.remove_bridge(cluster_id)  # were it made after all
