@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from authorities import LEASE_END
 from inprocess import free_port
 
 from corral.backends.base import Backend
+from corral.broker.issuance import create_cluster_authority
+from corral.broker.pki import ClusterAuthority
 from corral.images.bake import bake
 from corral.images.recipe import RECIPES
 from corral.images.store import ImageStore
@@ -74,6 +77,18 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     for service, _ in started:
         for machine in service.backend.list_machines():
             service.backend.terminate(machine.workspace_id)
+
+
+@pytest.fixture(scope="module")
+def authority() -> ClusterAuthority:
+    """A cluster's authority, its certificates ending at authorities.LEASE_END."""
+    return create_cluster_authority("c-1a2b3c4d", LEASE_END)
+
+
+@pytest.fixture(scope="module")
+def other_authority() -> ClusterAuthority:
+    """Another cluster's authority."""
+    return create_cluster_authority("c-99999999", LEASE_END)
 
 
 IMAGE_CACHE = Path("/var/tmp/corral-test-images")

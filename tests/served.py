@@ -98,9 +98,9 @@ def process_alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def end_agents(data_dir: Path) -> None:
-    """End every agent a fake machine of `data_dir`'s service runs (they outlive it)."""
-    marker = os.fsencode(str(Path(data_dir) / "fake-roots"))
+def processes_running(*words: bytes) -> list[int]:
+    """Pids of the live processes whose command line holds every one of `words`."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -108,8 +108,15 @@ def end_agents(data_dir: Path) -> None:
             command = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker in command:
-            end_process(int(proc.name))
+        if all(word in command for word in words) and process_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def end_agents(data_dir: Path) -> None:
+    """End every agent a fake machine of `data_dir`'s service runs (they outlive it)."""
+    for pid in processes_running(os.fsencode(str(Path(data_dir) / "fake-roots"))):
+        end_process(pid)
 
 
 def end_process(pid: int, timeout: float = STOP_TIMEOUT) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from served import ServedCorral, fake_machines, process_alive
+from served import ServedCorral, fake_machines, processes_running
 from test_contextualization import make_image
 
 LAUNCHES = 20
@@ -51,18 +51,7 @@ nodes:
 
 def agents_on(roots: Path) -> set[int]:
     """Pids of the agents whose machine roots are under `roots`."""
-    marker = os.fsencode(str(roots) + "/")
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in command and b"agent.py" in command and process_alive(int(proc.name)):
-            pids.add(int(proc.name))
-    return pids
+    return set(processes_running(os.fsencode(str(roots) + "/"), b"agent.py"))
 
 
 class Launches:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from authorities import LEASE_END, NOW
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -32,19 +33,6 @@ from corral.broker.pki import (
     renew_cluster_ca,
     revocation_list,
 )
-
-NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-LEASE_END = NOW + datetime.timedelta(hours=12)
-
-
-@pytest.fixture(scope="module")
-def authority() -> ClusterAuthority:
-    return create_cluster_authority("c-1a2b3c4d", LEASE_END)
-
-
-@pytest.fixture(scope="module")
-def other_authority() -> ClusterAuthority:
-    return create_cluster_authority("c-99999999", LEASE_END)
 
 
 def host_certificate(authority, node="worker-0", address="10.180.0.3", key_pem=None):

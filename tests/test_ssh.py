@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+from authorities import LEASE_END
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
-from corral.broker.issuance import create_cluster_authority
 from corral.broker.pki import ClusterAuthority
 from corral.broker.ssh import (
     generate_ssh_key,
@@ -24,20 +24,6 @@ from corral.broker.ssh import (
     sign_ssh_host_key,
     sign_ssh_user_key,
 )
-
-LEASE_END = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
-    hours=12
-)
-
-
-@pytest.fixture(scope="module")
-def authority() -> ClusterAuthority:
-    return create_cluster_authority("c-1a2b3c4d", LEASE_END)
-
-
-@pytest.fixture(scope="module")
-def other_authority() -> ClusterAuthority:
-    return create_cluster_authority("c-99999999", LEASE_END)
 
 
 def ssh_public_line(key) -> str:

@@ -30,6 +30,21 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _server(app: object, listen: str, **options: object) -> _Server:
+    """A server of `app` on `listen` (HOST:PORT), quiet, with `options` for uvicorn."""
+    host, port = split_listen(listen)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        **options,
+    )
+    return _Server(config)
+
+
 class Servers:
     """The API, broker and (if configured) metadata servers of one service.
 
@@ -42,51 +57,26 @@ class Servers:
         self.service = service
         self.renewal_check_seconds = renewal_check_seconds
         config = service.config
-        api_host, api_port = split_listen(config.listen)
-        broker_host, broker_port = split_listen(config.broker_listen)
-        self.api = _Server(
-            uvicorn.Config(
-                service.app,
-                host=api_host,
-                port=api_port,
-                log_level="warning",
-                lifespan="off",
-                timeout_graceful_shutdown=5,
-                proxy_headers=bool(config.trusted_proxies),
-                forwarded_allow_ips=",".join(config.trusted_proxies) or None,
-            )
+        self.api = _server(
+            service.app,
+            config.listen,
+            proxy_headers=bool(config.trusted_proxies),
+            forwarded_allow_ips=",".join(config.trusted_proxies) or None,
         )
-        self.broker = _Server(
-            uvicorn.Config(
-                service.broker_app,
-                host=broker_host,
-                port=broker_port,
-                log_level="warning",
-                lifespan="off",
-                ssl_certfile=str(service.broker_identity.cert_path),
-                ssl_keyfile=str(service.broker_identity.key_path),
-                http="httptools",  # parses in C: a third less CPU per agent than h11 here
-                timeout_keep_alive=75,  # longer than an agent's long-poll
-                proxy_headers=False,  # agents reach the broker directly, never via a proxy
-                timeout_graceful_shutdown=5,
-            )
+        self.broker = _server(
+            service.broker_app,
+            config.broker_listen,
+            ssl_certfile=str(service.broker_identity.cert_path),
+            ssl_keyfile=str(service.broker_identity.key_path),
+            http="httptools",  # parses in C: a third less CPU per agent than h11 here
+            timeout_keep_alive=75,  # longer than an agent's long-poll
+            proxy_headers=False,  # agents reach the broker directly, never via a proxy
         )
         self.all = [self.api, self.broker]
         if config.metadata_listen:
-            metadata_host, metadata_port = split_listen(config.metadata_listen)
-            self.all.append(
-                _Server(
-                    uvicorn.Config(
-                        service.metadata_app,
-                        host=metadata_host,
-                        port=metadata_port,
-                        log_level="warning",
-                        lifespan="off",
-                        proxy_headers=False,  # the peer's own address is the node's identity
-                        timeout_graceful_shutdown=5,
-                    )
-                )
-            )
+            # the peer's own address is the node's identity: no proxy header is believed
+            metadata = _server(service.metadata_app, config.metadata_listen, proxy_headers=False)
+            self.all.append(metadata)
 
     @property
     def started(self) -> bool:
