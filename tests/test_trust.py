@@ -347,3 +347,33 @@ def test_the_cli_fetches_new_credentials_once_the_lease_is_extended(
         )
     finally:
         client.close()
+
+
+WAITING = CLUSTER.replace("requires: [controller]", "requires: [{role: controller, wait: ready}]")
+
+
+def test_a_blocked_node_is_woken_when_a_node_leaves_and_not_by_a_new_login_node(
+    make_service, tmp_path
+):
+    boots = tmp_path / "boots"
+    service = make_service({"bootstrap_dir": str(boots)}, serve=True)
+    client = api(service, admin_token(service))
+    cluster_id = launch(client, WAITING)
+    wait_for(lambda: len(list(boots.glob("*.json"))) == 4)
+    documents = {d["node"]: d for d in (json.loads(p.read_text()) for p in boots.glob("*.json"))}
+    credential, first, _ = register(service, documents["worker-0"], "worker-0")
+    register(service, documents["worker-1"], "worker-1")
+    blocked = poll(service, credential)
+    assert not blocked["satisfied"]  # its controllers are not ready: they never report
+    register(service, documents["head-0"], "head-0")  # a login node: a new root principal
+    unmoved = poll(service, credential, since=blocked["version"], wait=2)
+    assert unmoved["version"] == blocked["version"]
+    gone = next(
+        n["id"]
+        for n in client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
+        if n["name"] == "worker-1"
+    )
+    service.backend.terminate(gone)
+    woken = poll(service, credential, since=blocked["version"], wait=20)
+    assert woken["version"] > blocked["version"] and not woken["satisfied"]
+    assert "@revoked" in woken["ssh_known_hosts"]

@@ -161,8 +161,8 @@ def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
 def _seen(blocked: list[str], peers: list[Peer], hosts: tuple, trust: Trust) -> tuple:
     """What a group's nodes act on: a change of it is what wakes them. Every node acts on
     the cluster's trust (its lease's end, renewed certificates, nodes that left)."""
-    if blocked:  # a blocked node acts only on becoming unblocked, and on whom it trusts
-        return ("blocked", tuple(blocked), trust.key)
+    if blocked:  # a blocked node acts only on becoming unblocked, and on what ends trust
+        return ("blocked", tuple(blocked), trust.refusals)
     return (tuple(p.seen_as for p in peers), hosts, trust.key)
 
 

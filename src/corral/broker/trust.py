@@ -58,7 +58,13 @@ class Trust:
 
     @property
     def key(self) -> tuple:
-        return (self.lease_end, self.generation, self.login_principals, self.departed_ids)
+        return (*self.refusals, self.login_principals)
+
+    @property
+    def refusals(self) -> tuple:
+        """What ends trust: the lease's end, renewed certificates, the nodes that left. A
+        blocked node acts on these alone: a new login node can wait until it is satisfied."""
+        return (self.lease_end, self.generation, self.departed_ids)
 
 
 def trust_of(nodes: Iterable[Node], lease_end: datetime, generation: int) -> Trust:
