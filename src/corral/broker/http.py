@@ -42,29 +42,37 @@ class Call:
         return dict(reversed(pairs))  # the first value of a repeated name wins
 
     async def body(self, limit: int) -> bytes:
-        """The request's body; raises PayloadTooLargeError as soon as it is known to be
-        longer than `limit` bytes (by its Content-Length, or while it streams in)."""
-        declared = self.header(b"content-length")
-        if declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
-        chunks, size = [], 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return b"".join(chunks)
+        """The request's body; raises PayloadTooLargeError as read_body says."""
+        return await read_body(self.scope, self._receive, limit, "the broker")
 
 
-def _too_large(limit: int) -> PayloadTooLargeError:
+async def read_body(scope: Scope, receive: Receive, limit: int, what: str) -> bytes:
+    """An ASGI request's body, read whole; raises PayloadTooLargeError as soon as it is
+    known to be longer than `limit` bytes, by its Content-Length or while it streams in,
+    so a long body is never read whole. `what` names the receiver in the message."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, what, int(declared))
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, what)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _too_large(limit: int, what: str, declared: int | None = None) -> PayloadTooLargeError:
+    said = f" ({declared} bytes)" if declared is not None else ""
     return PayloadTooLargeError(
-        f"request body is larger than the broker's limit of {limit} bytes", limit_bytes=limit
+        f"the request body{said} is larger than {limit} bytes, the limit for a request to {what}",
+        limit_bytes=limit,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from corral.broker.http import read_body
 from corral.errors import PayloadTooLargeError
 from corral.service.http_errors import status_for
 
@@ -26,47 +27,16 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send, declared)
+        try:
+            body = await read_body(scope, receive, self.max_bytes, "the API")
+        except PayloadTooLargeError as error:
+            # the rest of the body stays unread: the connection cannot carry another request
+            response = JSONResponse(
+                error.to_dict(), status_code=status_for(error), headers={"connection": "close"}
+            )
+            await response(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left before its body was complete: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send, None)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int | None) -> None:
-        said = f" ({size} bytes)" if size is not None else ""
-        error = PayloadTooLargeError(
-            f"the request body{said} is larger than {self.max_bytes} bytes, "
-            "the limit for a request to the API",
-            limit_bytes=self.max_bytes,
-        )
-        # the rest of the body stays unread: the connection cannot carry another request
-        response = JSONResponse(
-            error.to_dict(), status_code=status_for(error), headers={"connection": "close"}
-        )
-        await response(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            if not value.isdigit():
-                return None  # the server refuses such a request before it gets here
-            return int(value) if len(value) <= 18 else 10**18
-    return None
+        await self.app(scope, _replay(body, receive), send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
