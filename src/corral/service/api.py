@@ -164,6 +164,7 @@ def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetai
     request = LaunchRequest(
         document=parse_document(body.document, body.source),
         name=body.name,
+        pool=body.pool,
         lease=timedelta(seconds=body.lease_seconds) if body.lease_seconds else None,
         keep_on_failure=body.keep_on_failure,
     )

@@ -43,6 +43,7 @@ class LaunchRequest:
 
     document: ClusterDocument
     name: str | None = None  # follows names.CLUSTER
+    pool: str | None = None  # overrides the document's pool
     lease: timedelta | None = None
     keep_on_failure: bool = False
 
@@ -76,7 +77,7 @@ class Clusters:
         """
         doc = request.document
         lease = self._lease_for(request.lease or doc.lease)
-        pool = self._pool_for(session, doc)
+        pool = self._pool_for(session, request.pool or doc.pool)
         self._check_images(session, doc)
         now = utcnow()
         quotas.check_quota(
@@ -175,8 +176,8 @@ class Clusters:
             )
         return lease
 
-    def _pool_for(self, session: Session, doc: ClusterDocument) -> Pool:
-        name = doc.pool or self.config.pool
+    def _pool_for(self, session: Session, chosen: str | None) -> Pool:
+        name = chosen or self.config.pool
         pool = session.get(Pool, name)
         if pool is None:
             raise NotFoundError(f"pool: no pool named {name}", field="pool", pool=name)

@@ -26,6 +26,7 @@ class LaunchBody(BaseModel):
         description="the file name, for error messages",
     )
     name: names.CLUSTER.type | None = Field(None, description="overrides the document's name")
+    pool: names.ACCOUNT.type | None = Field(None, description="overrides the document's pool")
     lease_seconds: float | None = Field(
         None,
         gt=0,
