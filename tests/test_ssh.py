@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import shutil
 import subprocess
@@ -266,20 +267,170 @@ def test_revoked_keys_lists_one_key_per_line() -> None:
 # --- OpenSSH's own view ------------------------------------------------------------------
 
 
-def test_openssh_parses_host_certificate(authority: ClusterAuthority, tmp_path: Path) -> None:
-    cert_path = tmp_path / "ssh_host_ed25519_key-cert.pub"
-    cert_path.write_text(host_cert(authority, new_key_line(), ["worker-0", "10.180.0.3"]) + "\n")
-    ca_path = tmp_path / "ca.pub"
-    ca_path.write_text(authority.ssh_host_ca_public + "\n")
+def openssh_listing(tmp_path: Path, cert_line: str) -> dict[str, str | list[str]]:
+    """`ssh-keygen -L` of a certificate line, times in UTC, as {field: text or lines}.
 
-    listing = run_ssh_keygen("-L", "-f", cert_path)
-    ca_fingerprint = run_ssh_keygen("-l", "-f", ca_path).split()[1]
+    OpenSSH checks the CA's signature as it loads a certificate, so a listing is also
+    proof that the signature verifies against the key named as its signer.
+    """
+    path = tmp_path / "key-cert.pub"
+    path.write_text(cert_line + "\n")
+    keygen = shutil.which("ssh-keygen")
+    assert keygen, "ssh-keygen (openssh-client) must be installed to check OpenSSH interop"
+    result = subprocess.run(
+        [keygen, "-L", "-f", path], capture_output=True, text=True, timeout=30, env={"TZ": "UTC"}
+    )
+    assert result.returncode == 0, result.stderr
+    fields: dict[str, str | list[str]] = {}
+    name = ""
+    for line in result.stdout.splitlines()[1:]:
+        if line.startswith("        ") and not line.startswith("                "):
+            name, _, value = line.strip().partition(":")
+            fields[name] = value.strip() if value.strip() else []
+        else:
+            fields[name].append(line.strip())
+    return fields
 
-    assert "ssh-ed25519-cert-v01@openssh.com host certificate" in listing
-    assert 'Key ID: "n"' in listing
-    principals = listing.split("Principals:")[1].split("Critical Options:")[0].split()
-    assert principals == ["worker-0", "10.180.0.3"]
-    assert f"Signing CA: ED25519 {ca_fingerprint}" in listing
+
+def openssh_fingerprint(tmp_path: Path, public_line: str) -> str:
+    path = tmp_path / "key.pub"
+    path.write_text(public_line + "\n")
+    return run_ssh_keygen("-l", "-f", path).split()[1]
+
+
+def utc(timestamp: int) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_openssh_lists_a_host_certificate_as_signed(
+    authority: ClusterAuthority, tmp_path: Path
+) -> None:
+    key_line = new_key_line()
+    before = datetime.datetime.now(datetime.UTC)
+    line = sign_ssh_host_key(
+        authority,
+        key_line,
+        ["worker-0", "10.180.0.3", "worker-0"],
+        "c-1a2b3c4d/worker-0",
+        LEASE_END,
+    )
+    after = datetime.datetime.now(datetime.UTC)
+    cert = serialization.load_ssh_public_identity(line.encode())
+    listing = openssh_listing(tmp_path, line)
+
+    assert listing["Type"] == "ssh-ed25519-cert-v01@openssh.com host certificate"
+    assert listing["Public key"] == "ED25519-CERT " + openssh_fingerprint(tmp_path, key_line)
+    ca_fingerprint = openssh_fingerprint(tmp_path, authority.ssh_host_ca_public)
+    assert listing["Signing CA"] == f"ED25519 {ca_fingerprint} (using ssh-ed25519)"
+    assert listing["Key ID"] == '"c-1a2b3c4d/worker-0"'
+    assert listing["Serial"] == str(cert.serial)
+    assert listing["Principals"] == ["worker-0", "10.180.0.3"]
+    assert listing["Critical Options"] == "(none)"
+    assert listing["Extensions"] == "(none)"
+    # valid from five minutes back (clock skew between broker and nodes) to the lease's end
+    skew = datetime.timedelta(minutes=5)
+    assert int((before - skew).timestamp()) <= cert.valid_after <= (after - skew).timestamp()
+    assert listing["Valid"] == f"from {utc(cert.valid_after)} to {utc(int(LEASE_END.timestamp()))}"
+    cert.verify_cert_signature()
+    assert signer_of(line) == without_comment(authority.ssh_host_ca_public)
+
+
+def test_openssh_lists_a_users_certificate_with_interactive_permissions(
+    authority: ClusterAuthority, tmp_path: Path
+) -> None:
+    line = sign_ssh_user_key(authority, new_key_line(), "alice", "c/alice", LEASE_END, True)
+    listing = openssh_listing(tmp_path, line)
+
+    assert listing["Type"] == "ssh-ed25519-cert-v01@openssh.com user certificate"
+    ca_fingerprint = openssh_fingerprint(tmp_path, authority.ssh_user_ca_public)
+    assert listing["Signing CA"] == f"ED25519 {ca_fingerprint} (using ssh-ed25519)"
+    assert listing["Key ID"] == '"c/alice"'
+    assert listing["Principals"] == ["alice"]
+    assert listing["Critical Options"] == "(none)"
+    assert listing["Extensions"] == [
+        "permit-X11-forwarding",
+        "permit-agent-forwarding",
+        "permit-port-forwarding",
+        "permit-pty",
+        "permit-user-rc",
+    ]
+    assert listing["Valid"].endswith(f" to {utc(int(LEASE_END.timestamp()))}")
+
+
+@pytest.mark.parametrize(
+    ("key", "listed_type"),
+    [
+        (ec.generate_private_key(ec.SECP256R1()), "ecdsa-sha2-nistp256-cert-v01@openssh.com"),
+        (rsa.generate_private_key(65537, 2048), "ssh-rsa-cert-v01@openssh.com"),
+    ],
+    ids=["ecdsa", "rsa-2048"],
+)
+def test_openssh_lists_host_certificates_of_other_key_types(
+    authority: ClusterAuthority, tmp_path: Path, key, listed_type: str
+) -> None:
+    listing = openssh_listing(tmp_path, host_cert(authority, ssh_public_line(key), ["head-0"]))
+    assert listing["Type"] == f"{listed_type} host certificate"
+    assert listing["Principals"] == ["head-0"]
+
+
+def test_openssh_refuses_a_certificate_whose_signature_was_altered(
+    authority: ClusterAuthority, tmp_path: Path
+) -> None:
+    cert_type, blob = host_cert(authority, new_key_line()).split()
+    raw = bytearray(base64.b64decode(blob))
+    raw[-1] ^= 1  # the last byte of the Ed25519 signature
+    forged = f"{cert_type} {base64.b64encode(bytes(raw)).decode()}"
+    with pytest.raises(InvalidSignature):
+        serialization.load_ssh_public_identity(forged.encode()).verify_cert_signature()
+    path = tmp_path / "forged-cert.pub"
+    path.write_text(forged + "\n")
+    keygen = shutil.which("ssh-keygen")
+    result = subprocess.run([keygen, "-L", "-f", path], capture_output=True, timeout=30)
+    assert result.returncode != 0
+
+
+def test_an_ecdsa_ca_signs_host_certificates(authority: ClusterAuthority, tmp_path: Path) -> None:
+    ca = ec.generate_private_key(ec.SECP256R1())
+    private = ca.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    ecdsa_authority = dataclasses.replace(
+        authority, ssh_host_ca_private=private, ssh_host_ca_public=ssh_public_line(ca)
+    )
+    line = host_cert(ecdsa_authority, new_key_line())
+
+    cert = serialization.load_ssh_public_identity(line.encode())
+    cert.verify_cert_signature()
+    assert cert.signature_key() == ca.public_key()
+    ca_fingerprint = openssh_fingerprint(tmp_path, ssh_public_line(ca))
+    listing = openssh_listing(tmp_path, line)
+    assert listing["Signing CA"] == f"ECDSA {ca_fingerprint} (using ecdsa-sha2-nistp256)"
+
+
+def test_openssh_revokes_the_certificates_of_listed_keys(
+    authority: ClusterAuthority, tmp_path: Path
+) -> None:
+    """sshd's RevokedKeys, compiled by ssh-keygen into a KRL, refuses a certificate whose
+    key is listed and accepts one whose key is not."""
+    gone, staying = new_key_line(), new_key_line()
+    revoked = tmp_path / "revoked_keys"
+    revoked.write_text(revoked_keys([gone + " root@head-1"]))
+    krl = tmp_path / "revoked.krl"
+    run_ssh_keygen("-k", "-f", krl, revoked)
+    certs = []
+    for name, key_line in (("gone", gone), ("staying", staying)):
+        certs.append(tmp_path / f"{name}-cert.pub")
+        certs[-1].write_text(
+            sign_ssh_user_key(authority, key_line, f"root@{name}", name, LEASE_END, False) + "\n"
+        )
+    keygen = shutil.which("ssh-keygen")
+    result = subprocess.run(
+        [keygen, "-Q", "-f", krl, *certs], capture_output=True, text=True, timeout=30
+    )
+    verdicts = [line.rsplit(": ", 1)[1] for line in result.stdout.splitlines()]
+    assert verdicts == ["REVOKED", "ok"]
 
 
 def test_openssh_reads_private_keys_and_login_certificates(

@@ -9,17 +9,17 @@ host certificate can never be taken for a login, nor a login certificate for a h
 
 Certificates end when the cluster's lease ends (`not_after`). The keys of a node that
 has left are listed as revoked (`known_hosts` for host keys, `revoked_keys` for logins).
-Keys are Ed25519; a node may also offer ECDSA or RSA (2048 bits or more) host keys.
-Malformed input raises `ValueError` naming the problem.
+Keys are Ed25519; a node may also offer ECDSA or RSA (2048 bits or more) host keys, and
+a CA may be ECDSA. Certificates are built by cryptography's `SSHCertificateBuilder`; the
+tests check them with OpenSSH's `ssh-keygen`. Malformed input raises `ValueError` naming
+the problem.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import functools
 import secrets
-import struct
 from collections.abc import Iterable
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -30,7 +30,6 @@ from corral.broker.pki import CLOCK_SKEW, ClusterAuthority
 
 MIN_RSA_BITS = 2048
 _SUPPORTED_KEYS = (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey)
-_ED25519 = "ssh-ed25519"
 _INTERACTIVE = (
     b"permit-X11-forwarding",
     b"permit-agent-forwarding",
@@ -160,69 +159,42 @@ def _sign(
     not_after: datetime.datetime,
     extensions: Iterable[bytes],
 ) -> str:
-    """The certificate as OpenSSH's PROTOCOL.certkeys lays it out, signed by an Ed25519
-    CA. Encoded here: cryptography's builder parses and re-encodes the key in Python and
-    cost three times as much, twice for every node that registers (tests/test_ssh.py
-    checks the result with ssh-keygen and with cryptography's parser)."""
+    """The certificate, built and signed by cryptography's `SSHCertificateBuilder`: valid
+    from `CLOCK_SKEW` ago until `not_after`, a random 64-bit serial, no critical options,
+    the `extensions` named with empty values.
+
+    The builder is pure Python and re-parses what it signs: 0.09 ms a certificate against
+    0.04 ms for the hand encoding it replaced (bench/ssh_sign.py), one or two certificates
+    per node against the broker's 3.7 ms of CPU per node. A format OpenSSH trusts is
+    worth the library at that price."""
     now = datetime.datetime.now(datetime.UTC)
     if not_after.tzinfo is None or not_after <= now:
         raise ValueError(f"a certificate's end must be an aware time in the future: {not_after}")
     wanted = list(dict.fromkeys(p for p in principals if p))
     if not wanted:
         raise ValueError("an SSH certificate needs at least one principal")
-    key_type, key_fields = _key_fields(public_key_line)
-    ca_key, ca_blob = _parsed_ca(ca_private)
-    name = f"{key_type}-cert-v01@openssh.com".encode()
-    body = b"".join(
-        (
-            _string(name),
-            _string(secrets.token_bytes(32)),  # nonce
-            key_fields,
-            struct.pack(">QI", secrets.randbits(64), cert_type.value),  # serial, type
-            _string(key_id.encode()),
-            _string(b"".join(_string(p.encode()) for p in wanted)),
-            struct.pack(">QQ", int((now - CLOCK_SKEW).timestamp()), int(not_after.timestamp())),
-            _string(b""),  # critical options
-            _string(b"".join(_string(e) + _string(b"") for e in sorted(extensions))),
-            _string(b""),  # reserved
-            _string(ca_blob),
-        )
+    builder = (
+        serialization.SSHCertificateBuilder()
+        .public_key(_parse_public_key(public_key_line))
+        .type(cert_type)
+        .key_id(key_id.encode())
+        .serial(secrets.randbits(64))
+        .valid_principals([p.encode() for p in wanted])
+        .valid_after(int((now - CLOCK_SKEW).timestamp()))
+        .valid_before(int(not_after.timestamp()))
     )
-    signature = _string(_ED25519.encode()) + _string(ca_key.sign(body))
-    return f"{name.decode()} {base64.b64encode(body + _string(signature)).decode()}"
-
-
-def _key_fields(line: str) -> tuple[str, bytes]:
-    """A public key line's type and its key fields, as a certificate carries them.
-
-    An Ed25519 key, what nodes offer, is checked here; any other goes through
-    `_parse_public_key`. Raises ValueError as that does.
-    """
-    text = line.strip()
-    if not text or "\n" in text:
-        raise ValueError("expected exactly one SSH public key line")
-    key_type, _, rest = text.partition(" ")
-    if key_type != _ED25519:
-        _parse_public_key(text)
-    try:
-        blob = base64.b64decode(rest.split(maxsplit=1)[0], validate=True)
-    except (IndexError, ValueError):  # binascii.Error is a ValueError
-        blob = b""
-    prefix = _string(key_type.encode())
-    fields = blob[len(prefix) :]
-    ed25519_ok = fields[:4] == struct.pack(">I", 32) and len(fields) == 36
-    if not blob.startswith(prefix) or (key_type == _ED25519 and not ed25519_ok):
-        raise ValueError(f"cannot parse SSH public key {_abbreviate(text)!r}")
-    return key_type, fields
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
+    for extension in extensions:
+        builder = builder.add_extension(extension, b"")
+    return builder.sign(_parsed_ca(ca_private)).public_bytes().decode()
 
 
 def _parse_public_key(
-    text: str,
+    line: str,
 ) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """The key of one public key line. Raises ValueError as `sign_ssh_host_key` says."""
+    text = line.strip()
+    if not text or "\n" in text:
+        raise ValueError("expected exactly one SSH public key line")
     try:
         identity = serialization.load_ssh_public_identity(text.encode())
     except UnsupportedAlgorithm as exc:
@@ -244,12 +216,9 @@ def _abbreviate(text: str, limit: int = 40) -> str:
 
 # a broker signs for every node of a cluster with the same CA: parse it once
 @functools.lru_cache(maxsize=128)
-def _parsed_ca(private_key: str) -> tuple[ed25519.Ed25519PrivateKey, bytes]:
-    """An SSH CA's key, and its public key as a certificate names its signer."""
+def _parsed_ca(private_key: str) -> ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey:
+    """An SSH CA's private key. Raises ValueError when it is neither Ed25519 nor ECDSA."""
     key = serialization.load_ssh_private_key(private_key.encode(), password=None)
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError("the cluster's SSH CA key is not an Ed25519 key")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return key, _string(_ED25519.encode()) + _string(public)
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError("the cluster's SSH CA key is neither an Ed25519 nor an ECDSA key")
+    return key
