@@ -37,8 +37,8 @@ from corral.broker.credentials import (
 from corral.broker.http import Call, Reply, json_reply
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode
+from corral.broker.peers import Peer, peer_of
 from corral.broker.schemas import RegisterBody, ReportBody
-from corral.broker.snapshots import Peer, peer_of
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.lifecycle import NodeState

@@ -25,9 +25,9 @@ from starlette.exceptions import HTTPException
 
 from corral import __version__, limits, names
 from corral.broker.issuance import issue_user_credentials
-from corral.broker.snapshots import peer_of
+from corral.broker.peers import peer_of
+from corral.broker.requirements import blocked_by_group, live_providers
 from corral.broker.trust import trust_of
-from corral.broker.views import blocked_by_group, live_providers
 from corral.document import parse_document
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.images import records as image_records
