@@ -32,8 +32,8 @@ from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import Snapshots
 from corral.broker.views import build_view, view_json
 from corral.lifecycle import NodeState
-from corral.service.transitions import move_node
 from corral.store.models import NodeSecret, Report, Workspace, utcnow
+from corral.transitions import move_node
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
 

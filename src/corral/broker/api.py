@@ -41,10 +41,9 @@ from corral.broker.peers import Peer, peer_of
 from corral.broker.schemas import RegisterBody, ReportBody
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
+from corral.http_status import status_for
 from corral.lifecycle import NodeState
 from corral.limits import MAX_BROKER_BODY_BYTES
-from corral.service.http_errors import status_for
-from corral.service.transitions import move_node, record_node_event
 from corral.store.models import (
     BootstrapToken,
     Cluster,
@@ -54,6 +53,7 @@ from corral.store.models import (
     Workspace,
     utcnow,
 )
+from corral.transitions import move_node, record_node_event
 
 if TYPE_CHECKING:
     from corral.service.app import Service

@@ -30,6 +30,7 @@ from corral.broker.requirements import blocked_by_group, live_providers
 from corral.broker.trust import trust_of
 from corral.document import parse_document
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
+from corral.http_status import status_for
 from corral.images import records as image_records
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
@@ -37,7 +38,7 @@ from corral.service import inventory, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.body_limit import BodyLimit
 from corral.service.clusters import LaunchRequest
-from corral.service.http_errors import bad_request, status_for
+from corral.service.http_errors import bad_request
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,

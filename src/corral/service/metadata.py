@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from corral.errors import CorralError, NotFoundError, TooManyRequestsError
+from corral.http_status import status_for
 from corral.lifecycle import ClusterState, NodeState
-from corral.service.http_errors import status_for
 from corral.store.models import BootstrapToken, Cluster, Workspace
 
 if TYPE_CHECKING:
