@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,7 +56,6 @@ _PEER_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=1 << 14)  # a cluster is re-read often; most of its rows are as before
 def _peer(values: Sequence) -> Peer:
     """A peer from the values of _PEER_COLUMNS, in that order."""
     *fields, keys = values
@@ -74,4 +72,4 @@ def read_peers(session: Session, cluster_id: str, only: set[str] | None = None) 
     query = select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id)
     if only is not None:
         query = query.where(Workspace.id.in_(only))
-    return [_peer(tuple(row)) for row in session.execute(query)]
+    return [_peer(row) for row in session.execute(query)]
