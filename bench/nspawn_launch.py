@@ -38,8 +38,8 @@ from corral.backends.nspawn import NspawnBackend
 from corral.images.bake import bake
 from corral.images.recipe import RECIPES
 from corral.images.store import ImageStore
-from corral.service.app import Service
 from corral.service.config import ServiceConfig
+from corral.service.process import Service
 from corral.service.servers import ServersThread
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ at the same moment, one thread each, timed until the slowest accepts on port 22;
 cores, so this is its floor before any contextualization; it is reported beside the
 target's single-boot floor, without a target of its own.
 
-**Clusters.** One in-process `corral.service.app.Service` (backend nspawn, default engine
+**Clusters.** One in-process `corral.service.process.Service` (backend nspawn, default engine
 tick {ServiceConfig.tick_seconds} s as `corral serve` has, SQLite in a temporary data dir,
 images from `{IMAGE_CACHE}`) served by `ServersThread`: API on 127.0.0.1, broker on
 0.0.0.0. `examples/base-cluster.yaml` (1 head + 2 workers) and the same document with 8

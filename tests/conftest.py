@@ -16,8 +16,8 @@ from corral.broker.pki import ClusterAuthority
 from corral.images.bake import bake
 from corral.images.recipe import RECIPES
 from corral.images.store import ImageStore
-from corral.service.app import Service
 from corral.service.config import ServiceConfig
+from corral.service.process import Service
 from corral.service.servers import ServersThread
 from corral.store.models import utcnow
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from corral.service.app import Service
+from corral.service.process import Service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

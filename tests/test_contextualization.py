@@ -27,12 +27,13 @@ from inprocess import admin_token, api, wait_for
 
 from corral.broker.api import _record
 from corral.broker.credentials import issue_bootstrap_token
+from corral.broker.peers import peer_of
 from corral.broker.schemas import ReportBody
-from corral.broker.snapshots import Snapshots, peer_of
+from corral.broker.snapshots import Snapshots
 from corral.broker.views import build_view, view_json
 from corral.lifecycle import NodeState
-from corral.service.transitions import move_node
 from corral.store.models import NodeSecret, Report, Workspace, utcnow
+from corral.transitions import move_node
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
 

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from corral.document import parse_document
 from corral.errors import DocumentError
-from corral.service.app import Service
 from corral.service.config import ServiceConfig
+from corral.service.process import Service
 from corral.store.models import Cluster, Event, Host, User, Workspace
 
 SECONDS = 10.0  # per input, in-process

@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 from test_store_schema import revision_of, schema_differences
 
 from corral.broker.api import _record
+from corral.broker.peers import peer_of
 from corral.broker.schemas import ReportBody
-from corral.broker.snapshots import peer_of
 from corral.errors import StoreHeldError
 from corral.lifecycle import NodeState
 from corral.service.inventory import add_user

@@ -20,7 +20,7 @@ from corral.backends.base import Capability
 from corral.backends.fake import FakeBackend
 from corral.broker.credentials import issue_bootstrap_token, secret_digest
 from corral.broker.known_nodes import KnownNode, KnownNodes
-from corral.broker.snapshots import peer_of
+from corral.broker.peers import peer_of
 from corral.store.models import BootstrapToken, Event, NodeSecret, Workspace, utcnow
 
 

@@ -20,7 +20,7 @@
     ├── StoreError                   a database cannot be brought to this release's schema
     └── ServiceUnavailableError      the CLI cannot reach or start a service
 
-The HTTP layer maps each class to one status code (service/http_errors.py); the CLI maps them
+The HTTP layer maps each class to one status code (http_status.py); the CLI maps them
 back from the JSON body, so a user sees the same message either side of the wire.
 """
 

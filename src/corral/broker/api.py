@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,15 +36,17 @@ from corral.broker.credentials import (
 )
 from corral.broker.http import Call, Reply, json_reply
 from corral.broker.issuance import issue_node_secret
-from corral.broker.known_nodes import KnownNode
+from corral.broker.known_nodes import KnownNode, KnownNodes
+from corral.broker.notifier import ContextNotifier
+from corral.broker.peers import Peer, peer_of
 from corral.broker.schemas import RegisterBody, ReportBody
-from corral.broker.snapshots import Peer, peer_of
+from corral.broker.snapshots import Snapshots
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
+from corral.http_status import status_for
 from corral.lifecycle import NodeState
 from corral.limits import MAX_BROKER_BODY_BYTES
-from corral.service.http_errors import status_for
-from corral.service.transitions import move_node, record_node_event
+from corral.store.group_commit import GroupCommit
 from corral.store.models import (
     BootstrapToken,
     Cluster,
@@ -54,9 +56,7 @@ from corral.store.models import (
     Workspace,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from corral.service.app import Service
+from corral.transitions import move_node, record_node_event
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,25 @@ MAX_WAIT_SECONDS = 60.0
 Body = TypeVar("Body", bound=BaseModel)
 
 
-Endpoint = Callable[[Call, "Service"], Awaitable[Reply]]
+@dataclass(frozen=True)
+class BrokerParts:
+    """What the broker's endpoints use of the process they run in, and nothing more."""
+
+    writes: GroupCommit  # registrations and reports, under the service's decision lock
+    snapshots: Snapshots
+    known_nodes: KnownNodes
+    notifier: ContextNotifier
+    node_settled: Callable[[], None]  # a node reported ready or failed: decide on it now
+
+
+Endpoint = Callable[[Call, BrokerParts], Awaitable[Reply]]
 
 
 class BrokerApp:
     """The broker's ASGI app: each route's endpoint, and errors as JSON naming the cause."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, parts: BrokerParts) -> None:
+        self.parts = parts
         self.routes: dict[str, tuple[str, Endpoint]] = {
             PREFIX + "/register": ("POST", register),
             PREFIX + "/context": ("GET", context),
@@ -94,7 +105,7 @@ class BrokerApp:
                     allow=method,
                 )
             else:
-                reply = await endpoint(Call(scope, receive), self.service)
+                reply = await endpoint(Call(scope, receive), self.parts)
         except CorralError as exc:
             reply = json_reply(exc.to_dict(), status=status_for(exc))
         await reply.send(send)
@@ -125,17 +136,17 @@ def _number(request: Call, name: str, kind: type[int] | type[float]) -> int | fl
     return value
 
 
-async def _known_node(request: Call, service: Service) -> KnownNode:
+async def _known_node(request: Call, broker: BrokerParts) -> KnownNode:
     """The node whose credential the request bears; raises AuthError for none or unknown."""
     authorization = request.header(b"authorization")
     scheme, _, credential = authorization.partition(" ")
     credential = credential.strip() if scheme.lower() == "bearer" else None
-    return service.known_nodes.cached(credential) or await run_in_threadpool(
-        service.known_nodes.find, credential
+    return broker.known_nodes.cached(credential) or await run_in_threadpool(
+        broker.known_nodes.find, credential
     )
 
 
-async def register(request: Call, service: Service) -> Reply:
+async def register(request: Call, broker: BrokerParts) -> Reply:
     body = await _body(request, RegisterBody)
     # the cluster too: moving the node bumps its context version
     reads = [
@@ -143,17 +154,17 @@ async def register(request: Call, service: Service) -> Reply:
         (ClusterSecret, body.cluster),
         (Cluster, body.cluster),
     ]
-    registered = await service.writes.write(partial(_register, body), reads)
+    registered = await broker.writes.write(partial(_register, body), reads)
     credential, known = registered.credential, registered.known
-    service.known_nodes.remember(credential, known)
+    broker.known_nodes.remember(credential, known)
     if registered.replaced:
-        service.known_nodes.retire(known.cluster_id, registered.replaced)
+        broker.known_nodes.retire(known.cluster_id, registered.replaced)
     again = " again (its first reply was lost)" if registered.replaced else ""
     log.info("broker: %s/%s registered%s", body.cluster, body.node, again)
-    # the engine is not poked: none of its decisions turns on a node registering
+    # nothing is settled: none of the engine's decisions turns on a node registering
     # the first view comes with the credential, saving every node a request
-    snapshot = service.snapshots.latest(body.cluster) or await run_in_threadpool(
-        service.snapshots.get, body.cluster
+    snapshot = broker.snapshots.latest(body.cluster) or await run_in_threadpool(
+        broker.snapshots.get, body.cluster
     )
     version = snapshot.group_versions[known.me.group]
     view = view_json(snapshot, known.me, known.secret)
@@ -199,33 +210,33 @@ def _register(body: RegisterBody, session: Session) -> _Registered:
     return _Registered(credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret), None)
 
 
-async def context(request: Call, service: Service) -> Reply:
+async def context(request: Call, broker: BrokerParts) -> Reply:
     since = _number(request, "since", int)
     deadline = time.monotonic() + min(_number(request, "wait", float), MAX_WAIT_SECONDS)
-    known = await _known_node(request, service)
+    known = await _known_node(request, broker)
     me = known.me
     while True:
-        waiters = service.notifier.waiter(known.cluster_id, me.group)  # before reading
-        snapshot = service.snapshots.latest(known.cluster_id) or await run_in_threadpool(
-            service.snapshots.get, known.cluster_id
+        waiters = broker.notifier.waiter(known.cluster_id, me.group)  # before reading
+        snapshot = broker.snapshots.latest(known.cluster_id) or await run_in_threadpool(
+            broker.snapshots.get, known.cluster_id
         )
         # also after a long hold; no state yet when it registered after the snapshot
         refuse_ended(me.name, snapshot.state_of(me.id))
         remaining = deadline - time.monotonic()
-        closing = service.notifier.closing
+        closing = broker.notifier.closing
         if snapshot.group_versions[me.group] > since or remaining <= 0 or closing:
             view = view_json(snapshot, me, known.secret)
             return Reply(view.encode())  # a ContextView
-        await service.notifier.wait(waiters, remaining)
+        await broker.notifier.wait(waiters, remaining)
 
 
-async def report(request: Call, service: Service) -> Reply:
+async def report(request: Call, broker: BrokerParts) -> Reply:
     body = await _body(request, ReportBody)
-    known = await _known_node(request, service)
+    known = await _known_node(request, broker)
     reads = [(Workspace, known.me.id), (Cluster, known.cluster_id)]
-    state = await service.writes.write(partial(_record, body, known.me), reads)
+    state = await broker.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
-        service.engine.poke()
+        broker.node_settled()
     return _ALREADY_RECORDED if state is None else _RECORDED
 
 

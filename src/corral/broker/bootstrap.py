@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.pki import BrokerIdentity
-from corral.service.addresses import gateway_of
 from corral.store.models import Workspace
 
 BOOTSTRAP_FORMAT = 1
@@ -22,12 +21,12 @@ BOOTSTRAP_FORMAT = 1
 
 @dataclass(frozen=True)
 class BootstrapIssuer:
-    """Makes bootstrap documents. `broker_url` may hold `{gateway}`: the first address of
-    the node's cluster subnet, for backends whose nodes reach the service there.
-    `identity()` is the broker's TLS identity now (its certificate may have been renewed),
-    whose two pins the document carries."""
+    """Makes bootstrap documents. `broker_url_for(node)` is the broker's URL as that node
+    reaches it, which the service decides (the issuer knows no addresses); `identity()`
+    is the broker's TLS identity now (its certificate may have been renewed), whose two
+    pins the document carries."""
 
-    broker_url: str
+    broker_url_for: Callable[[Workspace], str]
     identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
@@ -37,9 +36,7 @@ class BootstrapIssuer:
         pins = self.identity()
         document = {
             "corral": BOOTSTRAP_FORMAT,
-            "broker": self.broker_url.format(gateway=gateway_of(ws.cluster.subnet))
-            if "{gateway}" in self.broker_url
-            else self.broker_url,
+            "broker": self.broker_url_for(ws),
             "fingerprint": pins.fingerprint,
             "key_fingerprint": pins.key_fingerprint,
             "cluster": ws.cluster_id,

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from corral.broker.credentials import node_for_credential, secret_digest
-from corral.broker.snapshots import Peer, peer_of
+from corral.broker.peers import Peer, peer_of
 from corral.store.database import Store
 from corral.store.models import NodeSecret
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.service.transitions import add_changed_nodes
+from corral.transitions import add_changed_nodes
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +45,12 @@ class Member(BaseModel):
 class HostEntry(BaseModel):
     name: str
     address: str
+
+
+def host_entry_json(name: str, address: str) -> str:
+    """A HostEntry as compact JSON, as pydantic writes it (names and addresses are ASCII),
+    without making one."""
+    return json.dumps({"name": name, "address": address}, separators=(",", ":"))
 
 
 class FileItem(BaseModel):

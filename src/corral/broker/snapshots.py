@@ -20,62 +20,25 @@ cluster's size.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from corral.broker.schemas import FileItem, Member
+from corral.broker.peers import Peer, read_peers
+from corral.broker.requirements import blocked_by_group, live_providers, provider_groups
+from corral.broker.schemas import FileItem, host_entry_json
 from corral.broker.trust import REGISTERED, Trust, cluster_files, known_hosts, trust_of
-from corral.broker.views import (
-    blocked_by_group,
-    host_offsets,
-    hosts_json,
-    live_providers,
-    provider_groups,
-)
 from corral.document import ClusterDocument
 from corral.lifecycle import ClusterState
-from corral.store.models import Cluster, ClusterSecret, Workspace
+from corral.store.models import Cluster, ClusterSecret
 
 # more changed nodes than this are read with the rest of the cluster (an IN list that
 # long costs as much, and SQLite bounds how many parameters a query may have)
 PARTIAL_READ_LIMIT = 500
-
-
-@dataclass(frozen=True)
-class Peer:
-    """What other nodes learn of one node."""
-
-    id: str
-    name: str
-    group: str
-    state: str
-    address: str | None
-    hostname: str | None
-    login: bool
-    ssh_root_key: str | None  # a login node's root key (public), once registered
-    ssh_host_keys: tuple[str, ...]
-
-    @property
-    def seen_as(self) -> tuple:
-        """What a peer's view holds of this node and acts on (not its state)."""
-        return (self.name, self.address, self.hostname, self.ssh_host_keys)
-
-    def member(self) -> Member:
-        return Member(
-            name=self.name,
-            group=self.group,
-            address=self.address,
-            hostname=self.hostname,
-            ssh_host_keys=list(self.ssh_host_keys),
-            state=self.state,
-        )
 
 
 @dataclass
@@ -88,7 +51,7 @@ class Snapshot:
     blocked: dict[str, list[str]]  # group -> roles it still waits for
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
     hosts: tuple[tuple[str, str], ...]  # (name, address) of every registered node with one
-    hosts_json: str  # the same as HostEntry objects, serialized once for every view
+    host_entries: tuple[str, ...]  # the same, each a HostEntry as JSON, made once for all views
     nodes: dict[str, Peer]  # every node, by workspace id
     trust: Trust  # what every node trusts and refuses, and until when
     group_versions: dict[str, int] = field(default_factory=dict)
@@ -104,46 +67,14 @@ class Snapshot:
         return known_hosts(self.secret, self.trust)
 
     @cached_property
-    def host_offsets(self) -> list[int]:
-        """Where each host's entry starts in hosts_json (for views that add a host)."""
-        return host_offsets(self.hosts)
+    def hosts_json(self) -> str:
+        """The hosts as a JSON list of HostEntry, joined once for every view."""
+        return "[" + ",".join(self.host_entries) + "]"
 
     def state_of(self, workspace_id: str) -> str | None:
         """A node's state, or None when it was not in the cluster when this was read."""
         node = self.nodes.get(workspace_id)
         return node.state if node is not None else None
-
-
-_PEER_COLUMNS = (
-    Workspace.id,
-    Workspace.name,
-    Workspace.group,
-    Workspace.state,
-    Workspace.address,
-    Workspace.hostname,
-    Workspace.login,
-    Workspace.ssh_root_key,
-    Workspace.ssh_host_keys,
-)
-
-
-@lru_cache(maxsize=1 << 14)  # a cluster is re-read often; most of its rows are as before
-def _peer(values: Sequence) -> Peer:
-    """A peer from the values of _PEER_COLUMNS, in that order."""
-    *fields, keys = values
-    return Peer(*fields, tuple(json.loads(keys or "[]")))
-
-
-def peer_of(ws: Workspace) -> Peer:
-    return _peer(tuple(getattr(ws, column.key) for column in _PEER_COLUMNS))
-
-
-def _peers(session: Session, cluster_id: str, only: set[str] | None = None) -> list[Peer]:
-    """The cluster's nodes (or those of them in `only`) as plain rows, not ORM objects."""
-    query = select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id)
-    if only is not None:
-        query = query.where(Workspace.id.in_(only))
-    return [_peer(tuple(row)) for row in session.execute(query)]
 
 
 def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
@@ -198,7 +129,7 @@ def read_snapshot(
         blocked=blocked,
         peers=peers,
         hosts=tuple(hosts),
-        hosts_json=hosts_json(hosts),
+        host_entries=tuple(host_entry_json(name, address) for name, address in hosts),
         nodes=nodes,
         trust=trust_of(ordered, lease_end, secret.generation or 0),
     )
@@ -242,7 +173,7 @@ class Snapshots:
                     cluster_id,
                     version,
                     cluster.owner.name,
-                    {p.id: p for p in _peers(session, cluster_id)},
+                    {p.id: p for p in read_peers(session, cluster_id)},
                     self.documents.of(cluster),
                     session.get(ClusterSecret, cluster_id),
                     cluster.lease_end,
@@ -252,7 +183,7 @@ class Snapshots:
                 state, version = session.execute(
                     select(Cluster.state, Cluster.context_version).where(Cluster.id == cluster_id)
                 ).one()
-                nodes = previous.nodes | {p.id: p for p in _peers(session, cluster_id, changed)}
+                nodes = previous.nodes | {p.id: p for p in read_peers(session, cluster_id, changed)}
                 snapshot = read_snapshot(
                     cluster_id,
                     version,

@@ -14,10 +14,10 @@ import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from corral.broker import pki, ssh
 from corral.broker.issuance import authority_of, root_principal
+from corral.broker.peers import Peer
 from corral.broker.schemas import FileItem
 from corral.lifecycle import NodeState
 from corral.store.models import ClusterSecret
@@ -32,17 +32,6 @@ MUNGE_KEY = "/etc/munge/munge.key"
 USER_CA = "/etc/ssh/corral_user_ca.pub"
 PRINCIPALS = "/etc/ssh/corral_principals"
 REVOKED_KEYS = "/etc/ssh/corral_revoked_keys"
-
-
-class Node(Protocol):
-    """A snapshot's peer: what trust is judged on."""
-
-    id: str
-    name: str
-    state: str
-    login: bool
-    ssh_host_keys: tuple[str, ...]
-    ssh_root_key: str | None
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ class Trust:
         return (self.lease_end, self.generation, self.departed_ids)
 
 
-def trust_of(nodes: Iterable[Node], lease_end: datetime, generation: int) -> Trust:
+def trust_of(nodes: Iterable[Peer], lease_end: datetime, generation: int) -> Trust:
     """The trust of a cluster whose nodes are `nodes`, sorted by name."""
     principals, ids, host_keys, root_keys = [], [], [], []
     for node in nodes:

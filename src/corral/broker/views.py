@@ -1,8 +1,7 @@
-"""What one node is told: its context view, built from the cluster's records.
+"""What one node is told: its context view, rendered from a snapshot of its cluster.
 
-A requirement is met when every live provider of the role has registered (or, with
-`wait: ready`, is ready). Until every requirement of a node is met, its view says what it
-is blocked on, and the node configures nothing. Its members are the node itself and its
+Until every requirement of a node is met (requirements.py), its view says what it is
+blocked on, and the node configures nothing. Its members are the node itself and its
 peers (see snapshots.py); its hosts are every registered node of the cluster; its files
 are what every node trusts (trust.py) and what was issued to it.
 """
@@ -10,30 +9,22 @@ are what every node trusts (trust.py) and what was issued to it.
 from __future__ import annotations
 
 import bisect
-import json
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
 
-from corral.broker.schemas import ContextView, FileItem, HostEntry, RequirementView
-from corral.broker.trust import GONE, PRINCIPALS, REGISTERED, REVOKED_KEYS, USER_CA, file_item
-from corral.document import ClusterDocument
-from corral.lifecycle import NodeState
+from corral.broker.peers import Peer
+from corral.broker.requirements import provider_groups
+from corral.broker.schemas import (
+    ContextView,
+    FileItem,
+    HostEntry,
+    RequirementView,
+    host_entry_json,
+)
+from corral.broker.snapshots import Snapshot
+from corral.broker.trust import PRINCIPALS, REGISTERED, REVOKED_KEYS, USER_CA, file_item
 from corral.store.models import NodeSecret
-
-if TYPE_CHECKING:
-    from corral.broker.snapshots import Peer, Snapshot
-
-
-class Node(Protocol):
-    """A workspace record or a snapshot's peer: what requirements are judged on."""
-
-    group: str
-    state: str
-
 
 SSH_HOST_CERT = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
 SSHD_CONFIG = "/etc/ssh/sshd_config.d/corral.conf"
-_COMPACT = (",", ":")  # JSON separators, as pydantic writes them
 
 
 def build_view(
@@ -88,33 +79,13 @@ def view_json(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> s
     return view.model_dump_json(exclude={"hosts"})[:-1] + ',"hosts":' + hosts + "}"
 
 
-def hosts_json(hosts: Iterable[tuple[str, str]]) -> str:
-    """(name, address) pairs as a JSON list of HostEntry, without a pydantic object each."""
-    return json.dumps([{"name": n, "address": a} for n, a in hosts], separators=_COMPACT)
-
-
-def host_offsets(hosts: Sequence[tuple[str, str]]) -> list[int]:
-    """Where each host's entry starts in `hosts_json(hosts)`."""
-    offsets, at = [], 1
-    for name, address in hosts:
-        offsets.append(at)
-        at += len(_host_json(name, address)) + 1
-    return offsets
-
-
-def _host_json(name: str, address: str) -> str:
-    return json.dumps({"name": name, "address": address}, separators=_COMPACT)
-
-
 def _hosts_json_with(snapshot: Snapshot, me: Peer) -> str:
-    """The snapshot's hosts as JSON with `me` added in its place: a thousand hosts are
-    spliced, not serialized again, for each node registering."""
-    entry = _host_json(me.name, me.address)
+    """The snapshot's hosts as JSON with `me` added in its place, for a node the snapshot
+    predates: its entry among the snapshot's, joined once."""
     place = bisect.bisect(snapshot.hosts, (me.name, me.address))
-    if place == len(snapshot.hosts):
-        return snapshot.hosts_json[:-1] + ("," if snapshot.hosts else "") + entry + "]"
-    at = snapshot.host_offsets[place]
-    return snapshot.hosts_json[:at] + entry + "," + snapshot.hosts_json[at:]
+    entries = snapshot.host_entries
+    mine = host_entry_json(me.name, me.address)
+    return "[" + ",".join([*entries[:place], mine, *entries[place:]]) + "]"
 
 
 def _listed(snapshot: Snapshot, me: Peer) -> bool:
@@ -131,47 +102,6 @@ def _with_me(snapshot: Snapshot, me: Peer) -> tuple[tuple[str, str], ...]:
 
 def _name(peer: Peer) -> str:
     return peer.name
-
-
-def provider_groups(doc: ClusterDocument) -> dict[str, list[str]]:
-    """Each role the document's groups provide, with those groups in document order."""
-    provided_by: dict[str, list[str]] = {}
-    for g in doc.nodes:
-        for role in g.provides:
-            provided_by.setdefault(role, []).append(g.group)
-    return provided_by
-
-
-def live_providers(nodes: Iterable[Node], doc: ClusterDocument) -> dict[str, list[Node]]:
-    """Each role's providers that may still provide it, in one pass over the nodes."""
-    provided_by = provider_groups(doc)
-    by_group: dict[str, list[Node]] = {}
-    for w in nodes:
-        if w.state not in GONE:  # states are StrEnums: a plain string compares as its state
-            by_group.setdefault(w.group, []).append(w)
-    return {
-        role: [w for group in groups for w in by_group.get(group, [])]
-        for role, groups in provided_by.items()
-    }
-
-
-def blocked_by_group(
-    doc: ClusterDocument, providers: dict[str, list[Node]]
-) -> dict[str, list[str]]:
-    """For each group, the required roles whose providers are not far enough yet."""
-    met: dict[tuple[str, str], bool] = {}
-    blocked: dict[str, list[str]] = {}
-    for g in doc.nodes:
-        blocked[g.group] = []
-        for need in g.requires:
-            key = (need.role, need.wait)
-            if key not in met:
-                enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
-                role_providers = providers.get(need.role, [])
-                met[key] = bool(role_providers) and all(w.state in enough for w in role_providers)
-            if not met[key]:
-                blocked[g.group].append(need.role)
-    return blocked
 
 
 def node_files(snapshot: Snapshot, node_secret: NodeSecret | None) -> list[FileItem]:

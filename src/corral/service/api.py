@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Annotated, Any
+from threading import Lock
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,20 +25,26 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from corral import __version__, limits, names
+from corral.backends.base import Backend
 from corral.broker.issuance import issue_user_credentials
-from corral.broker.snapshots import peer_of
+from corral.broker.known_nodes import KnownNodes
+from corral.broker.peers import peer_of
+from corral.broker.requirements import blocked_by_group, live_providers
 from corral.broker.trust import trust_of
-from corral.broker.views import blocked_by_group, live_providers
 from corral.document import parse_document
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
+from corral.http_status import status_for
 from corral.images import records as image_records
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import inventory, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.body_limit import BodyLimit
-from corral.service.clusters import LaunchRequest
-from corral.service.http_errors import bad_request, status_for
+from corral.service.clusters import Clusters, LaunchRequest
+from corral.service.config import ServiceConfig
+from corral.service.documents import DocumentCache
+from corral.service.engine import Engine
+from corral.service.http_errors import bad_request
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
@@ -58,6 +65,7 @@ from corral.service.schemas import (
     UserBody,
     UserView,
 )
+from corral.store.database import Store
 from corral.store.models import (
     Cluster,
     ClusterSecret,
@@ -68,8 +76,21 @@ from corral.store.models import (
     utcnow,
 )
 
-if TYPE_CHECKING:
-    from corral.service.app import Service
+
+class Service(Protocol):
+    """What the API's handlers use of the service process (process.Service), which
+    builds this app and so cannot be imported here."""
+
+    instance: str  # tells this process apart from another on the same port
+    config: ServiceConfig
+    store: Store
+    backend: Backend
+    decisions: Lock  # held by every write, as by the engine's decisions
+    clusters: Clusters
+    documents: DocumentCache
+    known_nodes: KnownNodes
+    engine: Engine
+
 
 ERROR_RESPONSES = {code: {"model": ErrorView} for code in (401, 403, 404, 409, 413, 422)}
 
@@ -128,8 +149,7 @@ def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
     return user
 
 
-# the Service type is only imported for checkers: app.py imports this module
-Svc = Annotated[Any, Depends(_service)]
+Svc = Annotated[Service, Depends(_service)]
 DB = Annotated[Session, Depends(_session)]
 Caller = Annotated[User, Depends(_current_user)]
 Admin = Annotated[User, Depends(_admin)]

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.broker.http import read_body
 from corral.errors import PayloadTooLargeError
-from corral.service.http_errors import status_for
+from corral.http_status import status_for
 
 
 class BodyLimit:

@@ -29,8 +29,8 @@ from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
 from corral.service.inventory import host_capacities
 from corral.service.scheduler import NodeRequest, place
-from corral.service.transitions import bump_context, move_cluster, record, record_node
 from corral.store.models import Cluster, Image, Pool, User, Workspace, utcnow
+from corral.transitions import bump_context, move_cluster, record, record_node
 from corral.units import format_duration
 
 

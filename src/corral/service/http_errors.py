@@ -1,5 +1,8 @@
-"""The one place where corral's errors become HTTP status codes (and back, in the client),
-and where the web framework's own request errors become corral's."""
+"""Where the web framework's own request errors become corral's.
+
+corral's errors become status codes in corral/http_status.py; `error_from_body` is
+re-exported from there only for the CLI's client, until its next change imports it there.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from corral import errors
+from corral.http_status import error_from_body
 
-STATUS_BY_ERROR: dict[type[errors.CorralError], int] = {
-    errors.DocumentError: 422,
-    errors.PayloadTooLargeError: 413,
-    errors.BadRequestError: 422,
-    errors.NotFoundError: 404,
-    errors.ForbiddenError: 403,
-    errors.AuthError: 401,
-    errors.QuotaExceededError: 403,
-    errors.CapacityError: 409,
-    errors.LeaseError: 422,
-    errors.TooManyRequestsError: 429,
-    errors.RefusedError: 409,
-    errors.ConflictError: 409,
-    errors.IllegalTransitionError: 409,
-    errors.BackendError: 502,
-    errors.ImageError: 422,
-    errors.ServiceUnavailableError: 503,
-}
-
-ERROR_BY_CODE: dict[str, type[errors.CorralError]] = {
-    cls.code: cls for cls in [errors.CorralError, *STATUS_BY_ERROR]
-}
-
-
-def status_for(error: errors.CorralError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 500
-
-
-def error_from_body(body: dict[str, object]) -> errors.CorralError:
-    """Rebuild the error a service sent, so the client raises what the service raised."""
-    cls = ERROR_BY_CODE.get(str(body.get("error")), errors.CorralError)
-    message = str(body.get("message", "the service reported an error"))
-    details = body.get("details") or {}
-    error = errors.CorralError.__new__(cls)
-    errors.CorralError.__init__(error, message, **(details if isinstance(details, dict) else {}))
-    return error
+__all__ = ["bad_request", "error_from_body"]
 
 
 def bad_request(problems: Sequence[Mapping[str, Any]]) -> errors.BadRequestError:

@@ -11,27 +11,36 @@ again mints no tokens without bound.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import datetime
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from corral.broker.bootstrap import BootstrapIssuer
 from corral.errors import CorralError, NotFoundError, TooManyRequestsError
+from corral.http_status import status_for
 from corral.lifecycle import ClusterState, NodeState
-from corral.service.http_errors import status_for
+from corral.store.database import Store
+from corral.store.group_commit import GroupCommit
 from corral.store.models import BootstrapToken, Cluster, Workspace
-
-if TYPE_CHECKING:
-    from corral.service.app import Service
 
 BOOTSTRAPPABLE = (NodeState.PENDING.value, NodeState.BOOTING.value)
 # the boot job's token, and a few more for a node whose first fetch went astray
 MAX_BOOTSTRAP_TOKENS = 4
 
 
-def create_metadata_app(service: Service) -> FastAPI:
+def create_metadata_app(
+    bootstrap: BootstrapIssuer | None,
+    backend_name: str,
+    store: Store,
+    writes: GroupCommit,
+    clock: Callable[[], datetime],
+) -> FastAPI:
+    """The metadata app. `bootstrap` is None for a backend that runs no context agents
+    (it then answers 404); documents are issued through `writes`, at `clock()`."""
     app = FastAPI(title="corral metadata", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(CorralError)
@@ -41,8 +50,8 @@ def create_metadata_app(service: Service) -> FastAPI:
     @app.get("/metadata/v1/user-data")
     def user_data(request: Request) -> Response:
         """The asking node's bootstrap document (JSON), with a new token."""
-        if service.engine.bootstrap is None:
-            raise NotFoundError(f"backend {service.backend.name} runs no context agents")
+        if bootstrap is None:
+            raise NotFoundError(f"backend {backend_name} runs no context agents")
 
         def issue(session: Session) -> bytes:
             ws = _asking_node(session, request)
@@ -55,14 +64,14 @@ def create_metadata_app(service: Service) -> FastAPI:
                     "it gets no more",
                     node=ws.name,
                 )
-            return service.engine.bootstrap.user_data(session, ws, service.engine.clock())
+            return bootstrap.user_data(session, ws, clock())
 
-        return Response(service.writes.write_from_thread(issue), media_type="application/json")
+        return Response(writes.write_from_thread(issue), media_type="application/json")
 
     @app.get("/metadata/v1/meta-data")
     def meta_data(request: Request) -> PlainTextResponse:
         """NoCloud meta-data: the node's instance id and host name."""
-        with service.store.session() as session:
+        with store.session() as session:
             ws = _asking_node(session, request)
             return PlainTextResponse(f"instance-id: {ws.id}\nlocal-hostname: {ws.name}\n")
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 import uvicorn
 import uvloop
 
-from corral.service.app import Service
 from corral.service.config import split_listen
+from corral.service.process import Service
 
 RENEWAL_CHECK_SECONDS = 3600.0
 
