@@ -75,8 +75,9 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             servers.stop()
         service.stop()
     for service, _ in started:
-        for machine in service.backend.list_machines():
-            service.backend.terminate(machine.workspace_id)
+        for pool in service.pools:
+            for machine in pool.backend.list_machines():
+                pool.backend.terminate(machine.node_id)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.pki import BrokerIdentity
-from corral.service.addresses import gateway_of
 from corral.store.models import Workspace
 
 BOOTSTRAP_FORMAT = 1
@@ -22,24 +21,20 @@ BOOTSTRAP_FORMAT = 1
 
 @dataclass(frozen=True)
 class BootstrapIssuer:
-    """Makes bootstrap documents. `broker_url` may hold `{gateway}`: the first address of
-    the node's cluster subnet, for backends whose nodes reach the service there.
-    `identity()` is the broker's TLS identity now (its certificate may have been renewed),
-    whose two pins the document carries."""
+    """Makes bootstrap documents. `identity()` is the broker's TLS identity now (its
+    certificate may have been renewed), whose two pins the document carries."""
 
-    broker_url: str
     identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
-    def user_data(self, session: Session, ws: Workspace, now: datetime) -> bytes:
-        """A bootstrap document for `ws`, with a new token recorded in `session`."""
+    def user_data(self, session: Session, ws: Workspace, now: datetime, broker_url: str) -> bytes:
+        """A bootstrap document for `ws`, with a new token recorded in `session`;
+        `broker_url` is where the node reaches the broker (its pool says)."""
         token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
         pins = self.identity()
         document = {
             "corral": BOOTSTRAP_FORMAT,
-            "broker": self.broker_url.format(gateway=gateway_of(ws.cluster.subnet))
-            if "{gateway}" in self.broker_url
-            else self.broker_url,
+            "broker": broker_url,
             "fingerprint": pins.fingerprint,
             "key_fingerprint": pins.key_fingerprint,
             "cluster": ws.cluster_id,

@@ -54,6 +54,7 @@ from corral.service.schemas import (
     LaunchBody,
     NewUserView,
     NodeView,
+    PoolView,
     ReportView,
     UserBody,
     UserView,
@@ -150,6 +151,15 @@ def health(
         instance=service.instance,
         backend=service.backend.name,
         capabilities=sorted(service.backend.capabilities),
+        pools=[
+            PoolView(
+                name=pool.name,
+                backend=pool.backend.name,
+                capabilities=sorted(pool.capabilities),
+                default=pool is service.pools.default,
+            )
+            for pool in service.pools
+        ],
     )
 
 

@@ -41,11 +41,11 @@ def create_metadata_app(service: Service) -> FastAPI:
     @app.get("/metadata/v1/user-data")
     def user_data(request: Request) -> Response:
         """The asking node's bootstrap document (JSON), with a new token."""
-        if service.engine.bootstrap is None:
-            raise NotFoundError(f"backend {service.backend.name} runs no context agents")
 
         def issue(session: Session) -> bytes:
             ws = _asking_node(session, request)
+            if not service.engine.runs_agents(ws.cluster.pool_name):
+                raise NotFoundError(f"pool {ws.cluster.pool_name} runs no context agents")
             issued = session.scalar(
                 select(func.count()).where(BootstrapToken.workspace_id == ws.id)
             )
@@ -55,7 +55,7 @@ def create_metadata_app(service: Service) -> FastAPI:
                     "it gets no more",
                     node=ws.name,
                 )
-            return service.engine.bootstrap.user_data(session, ws, service.engine.clock())
+            return service.engine.user_data(session, ws)
 
         return Response(service.writes.write_from_thread(issue), media_type="application/json")
 

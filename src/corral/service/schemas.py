@@ -193,12 +193,20 @@ class ImageRemovedView(ImageView):
     )
 
 
+class PoolView(BaseModel):
+    name: str
+    backend: str
+    capabilities: list[str]
+    default: bool = Field(description="clusters that name no pool go here")
+
+
 class HealthView(BaseModel):
     status: str
     version: str
     instance: str
-    backend: str
-    capabilities: list[str]
+    backend: str = Field(description="the default pool's backend")
+    capabilities: list[str] = Field(description="the default pool's backend's capabilities")
+    pools: list[PoolView]
 
 
 class ErrorView(BaseModel):
