@@ -363,6 +363,7 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
         lease_left_seconds=max(0.0, (cluster.lease_end - utcnow()).total_seconds()),
         created_at=cluster.created_at,
         failure=cluster.failure,
+        pool=cluster.pool_name,
     )
 
 
@@ -392,7 +393,6 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     summary = _summary(cluster, len(nodes), ready)
     return ClusterDetail(
         **summary.model_dump(),
-        pool=cluster.pool_name,
         subnet=cluster.subnet,
         policy=cluster.policy,
         keep_on_failure=cluster.keep_on_failure,

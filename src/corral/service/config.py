@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from corral.backends.base import Capability
 from corral.backends.registry import backend_class
 
 DEFAULT_PORT = 8470
@@ -128,6 +129,14 @@ class ServiceConfig:
             self.pool, self.backend, self.backend_options, self.address_range, self.subnet_prefix
         )
         return (shorthand,)
+
+    def nodes_reach_service_at_gateways(self) -> bool:
+        """Whether some pool's nodes reach the service at their bridge's address, so the
+        broker must listen on every address (Capability.GATEWAY_SERVICES)."""
+        return any(
+            Capability.GATEWAY_SERVICES in backend_class(p.backend).capabilities
+            for p in self.pool_configs()
+        )
 
     @property
     def default_pool_name(self) -> str:

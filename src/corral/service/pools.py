@@ -70,12 +70,10 @@ class Pools:
             for pool_config in config.pool_configs():
                 backend = (given or {}).get(pool_config.name)
                 if backend is None:
+                    data_dir = pool_data_dir(config.data_dir, pool_config.name)
+                    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                     try:
-                        backend = load_backend(
-                            pool_config.backend,
-                            pool_config.options,
-                            pool_data_dir(config.data_dir, pool_config.name),
-                        )
+                        backend = load_backend(pool_config.backend, pool_config.options, data_dir)
                     except ValueError as exc:
                         raise ValueError(f"pool {pool_config.name}: {exc}") from None
                 self._pools[pool_config.name] = Pool(pool_config, backend)

@@ -112,10 +112,10 @@ class ClusterSummary(BaseModel):
     lease_left_seconds: float
     created_at: datetime
     failure: str | None = None
+    pool: str = Field(description="the pool the cluster runs in")
 
 
 class ClusterDetail(ClusterSummary):
-    pool: str
     subnet: str | None
     policy: str
     keep_on_failure: bool
