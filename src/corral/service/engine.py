@@ -19,14 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.backends.base import Capability, ImageRef, Machine, MachineState, NodeSpec, Placement
+from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.document import ClusterDocument
 from corral.errors import BackendError
@@ -34,6 +34,7 @@ from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
+from corral.service.decisions import NodeRecord, apply_policy, react_to_machine
 from corral.service.documents import DocumentCache
 from corral.service.observation import Observation, Observer
 from corral.service.pools import Pools
@@ -50,41 +51,7 @@ MIN_TICK_GAP_SECONDS = 0.02
 # keeps the engine to a fifth of a core however many nodes there are
 TICK_SPACING = 4
 
-_IN_PROGRESS = {
-    NodeState.PENDING,
-    NodeState.BOOTING,
-    NodeState.REGISTERED,
-    NodeState.CONFIGURING,
-}
-_FAILING = {NodeState.FAILED, NodeState.LOST}
-_RUNNING_STATES = {
-    NodeState.BOOTING,
-    NodeState.REGISTERED,
-    NodeState.CONFIGURING,
-    NodeState.READY,
-}
-
-
-@dataclass
-class Node:
-    """A workspace as a tick reads it: plain values, not an ORM object.
-
-    A tick reads every live node but changes few, so only the nodes it moves or boots
-    are loaded as Workspace objects (see `Engine._move`).
-    """
-
-    id: str
-    cluster_id: str
-    name: str
-    group: str
-    state: str
-    state_since: datetime
-    registered_at: datetime | None
-    failure: str | None
-    failure_phase: str | None
-
-
-_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(Node)]
+_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(NodeRecord)]
 
 
 class Engine:
@@ -170,7 +137,7 @@ class Engine:
         live = Cluster.state != ClusterState.TERMINATED.value
         with self.writes.decisions, self.store.session() as session:
             clusters = list(session.scalars(select(Cluster).where(live)))
-            members: dict[str, list[Node]] = {c.id: [] for c in clusters}
+            members: dict[str, list[NodeRecord]] = {c.id: [] for c in clusters}
             rows = session.execute(
                 select(*_NODE_COLUMNS)
                 .join(Cluster)
@@ -178,7 +145,7 @@ class Engine:
                 .order_by(Workspace.group, Workspace.index)
             )
             for row in rows:
-                members[row.cluster_id].append(Node(*row))
+                members[row.cluster_id].append(NodeRecord(*row))
             for cluster in clusters:
                 seen = observed.get(cluster.pool_name, _UNOBSERVED)
                 self._drive(session, cluster, members[cluster.id], seen, busy, now)
@@ -200,7 +167,7 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
-        members: list[Node],
+        members: list[NodeRecord],
         observation: Observation,
         busy: set[str],
         now: datetime,
@@ -217,8 +184,11 @@ class Engine:
             return
         for node in nodes:
             machine = observation.machines.get(node.id)
-            if machine is not None or observation.fresh:
-                self._observe(session, node, machine, doc, now, agents)
+            if machine is None and not observation.fresh:
+                continue  # a stale listing cannot say a machine is gone
+            move = react_to_machine(node, machine, doc.policy, now, agents)
+            if move is not None:
+                self._move(session, node, move.target, move.reason)
         self._apply_policy(session, cluster, members, doc)
         for node in nodes:
             if node.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
@@ -227,99 +197,21 @@ class Engine:
             elif node.state == NodeState.TERMINATING.value:
                 self._submit(node.id, self._terminate_job, (cluster.pool_name, node.id))
 
-    def _observe(
-        self,
-        session: Session,
-        node: Node,
-        machine: Machine | None,
-        doc: ClusterDocument,
-        now: datetime,
-        agents: bool,
-    ) -> None:
-        state = NodeState(node.state)
-        if state not in _RUNNING_STATES:
-            return
-        if machine is None:
-            self._move(session, node, NodeState.LOST, "the backend no longer has this machine")
-        elif machine.state is MachineState.ERROR:
-            self._move(
-                session, node, NodeState.FAILED, machine.detail or "the backend reports an error"
-            )
-        elif machine.state is MachineState.STOPPED:
-            self._move(session, node, NodeState.LOST, machine.detail or "the machine stopped")
-        elif state is NodeState.BOOTING and machine.state is MachineState.RUNNING and not agents:
-            running = "running (this backend runs no context agent)"
-            self._move(session, node, NodeState.READY, running)
-        elif state is NodeState.BOOTING and now - node.state_since > doc.policy.boot_timeout:
-            waited = "its agent to register" if agents else "the machine to run"
-            self._move(
-                session,
-                node,
-                NodeState.FAILED,
-                f"boot timed out after {format_duration(doc.policy.boot_timeout)} "
-                f"waiting for {waited}",
-            )
-        elif (
-            state in (NodeState.REGISTERED, NodeState.CONFIGURING)
-            and node.registered_at is not None
-            and now - node.registered_at > doc.policy.context_timeout
-        ):
-            self._move(
-                session,
-                node,
-                NodeState.FAILED,
-                f"contextualization timed out after "
-                f"{format_duration(doc.policy.context_timeout)} (still {state})",
-            )
-
     def _apply_policy(
-        self, session: Session, cluster: Cluster, members: list[Node], doc: ClusterDocument
+        self, session: Session, cluster: Cluster, members: list[NodeRecord], doc: ClusterDocument
     ) -> None:
-        state = ClusterState(cluster.state)
-        if state not in (ClusterState.LAUNCHING, ClusterState.READY):
+        outcome = apply_policy(ClusterState(cluster.state), members, doc)
+        if outcome.failure is not None:
+            self._fail(session, cluster, outcome.failure)
             return
-        by_group: dict[str, list[Node]] = {}
+        dropped = set(outcome.drop)
         for node in members:
-            by_group.setdefault(node.group, []).append(node)
-        failing = [n for n in members if NodeState(n.state) in _FAILING]
-        best_effort = doc.policy.mode == "best-effort"
-        if best_effort:
-            short = []
-            for group in doc.nodes:
-                of_group = by_group.get(group.group, [])
-                ready = sum(1 for n in of_group if n.state == NodeState.READY.value)
-                hopeful = sum(1 for n in of_group if NodeState(n.state) in _IN_PROGRESS)
-                if ready + hopeful < group.min_ready:
-                    short.append((group, ready))
-                elif ready < group.min_ready:
-                    short.append(None)  # still possible, not there yet
-            if any(s is not None for s in short):
-                group, ready = next(s for s in short if s is not None)
-                cause = _describe_failures(
-                    [w for w in by_group.get(group.group, []) if w.failure is not None]
-                )
-                self._fail(
-                    session,
-                    cluster,
-                    f"group {group.group} cannot reach its minimum of {group.min_ready} ready "
-                    f"node(s) ({ready} ready): {cause}",
-                )
-                return
-            for node in failing:  # best effort carries on without its failed nodes
+            if node.id in dropped:
                 self._move(
                     session, node, NodeState.TERMINATING, "dropped under the best-effort policy"
                 )
-            if not short and state is ClusterState.LAUNCHING:
-                move_cluster(
-                    session, cluster, ClusterState.READY, "every group has its minimum ready"
-                )
-            return
-        if failing:
-            self._fail(session, cluster, _describe_failures(failing))
-        elif state is ClusterState.LAUNCHING and all(
-            n.state == NodeState.READY.value for n in members
-        ):
-            move_cluster(session, cluster, ClusterState.READY, "every node is ready")
+        if outcome.ready is not None:
+            move_cluster(session, cluster, ClusterState.READY, outcome.ready)
 
     def _fail(self, session: Session, cluster: Cluster, cause: str) -> None:
         launching = cluster.state == ClusterState.LAUNCHING
@@ -357,8 +249,8 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
-        members: list[Node],
-        nodes: list[Node],
+        members: list[NodeRecord],
+        nodes: list[NodeRecord],
         observation: Observation,
         busy: set[str],
     ) -> None:
@@ -396,7 +288,7 @@ class Engine:
             log.warning("pool %s runs %s, which no live record owns; removing it", pool, node_id)
             self._submit(node_id, self._terminate_job, (pool, node_id))
 
-    def _move(self, session: Session, node: Node, target: NodeState, reason: str) -> None:
+    def _move(self, session: Session, node: NodeRecord, target: NodeState, reason: str) -> None:
         """Move the node's workspace, and keep `node` as it now is for the rest of the tick."""
         ws = session.get(Workspace, node.id)
         move_node(session, ws, target, reason)
@@ -460,16 +352,17 @@ class Engine:
         return self.bootstrap.user_data(session, ws, self.clock(), url)
 
     def _terminate_job(self, target: tuple[str, str]) -> None:
-        pool, workspace_id = target
-        self.pools.get(pool).backend.terminate(workspace_id)
-        with self.store.session() as session:
-            ws = session.get(Workspace, workspace_id)
-            if ws is None or ws.state == NodeState.TERMINATED.value:
-                return
-            if ws.state != NodeState.TERMINATING.value:
-                return  # an orphan's record moved on; nothing of ours to update
+        pool, node_id = target
+        self.pools.get(pool).backend.terminate(node_id)
+
+        def record(session: Session) -> None:
+            ws = session.get(Workspace, node_id)
+            if ws is None or ws.state != NodeState.TERMINATING.value:
+                return  # gone, terminated, or an orphan's record moved on: nothing to update
             move_node(session, ws, NodeState.TERMINATED, f"removed from {ws.host_name}")
             release_address(session, ws.id)
+
+        self.writes.write_from_thread(record, [(Workspace, node_id)])
         self.poke()
 
     def _set_node(
@@ -508,11 +401,3 @@ def _placement(cluster: Cluster, ws: Workspace) -> Placement:
 
 
 _UNOBSERVED = Observation({}, fresh=False)
-
-
-def _describe_failures(failing: list[Node]) -> str:
-    if not failing:
-        return "no node failed, but too few are left"
-    parts = [f"node {w.name} failed in phase {w.failure_phase}: {w.failure}" for w in failing[:5]]
-    more = f"; and {len(failing) - 5} more" if len(failing) > 5 else ""
-    return "; ".join(parts) + more
