@@ -33,7 +33,7 @@ import yaml
 
 from bench.section import Section
 from corral.backends import network
-from corral.backends.base import BootSpec
+from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.nspawn import NspawnBackend
 from corral.images.bake import bake
 from corral.images.recipe import RECIPES
@@ -86,7 +86,7 @@ PHASE_LABELS = {
 }
 
 METHOD = f"""\
-**Floor: a bare container boot.** `NspawnBackend.boot` with a hand-made `BootSpec`: the
+**Floor: a bare container boot.** `NspawnBackend.boot` with a hand-made `NodeSpec`: the
 same `{IMAGE}` image, overlay root, network namespace, veth pair and bridge
 (`corral.backends.network`) and `systemd-nspawn --boot` command line as a cluster node,
 but with `corral-agent.service` masked (a `/dev/null` symlink in the overlay's upper
@@ -196,7 +196,7 @@ def ensure_image() -> str:
 
 def measure_bare_boots(root: Path, digest: str, tag: str) -> tuple[list[BareBoot], list[float]]:
     """Single bare boots, then groups of TOGETHER booted at once (the slowest of each)."""
-    backend = NspawnBackend(root, IMAGE_CACHE)
+    backend = NspawnBackend(root)
     check_subnet_free(BARE_SUBNET)
     boot_bare(backend, digest, f"{tag}-warmup", tag)
     alone = [boot_bare(backend, digest, f"{tag}-bare-{i}", tag) for i in range(BARE_BOOTS)]
@@ -216,31 +216,28 @@ def check_subnet_free(subnet: str) -> None:
 
 def bare_spec(
     backend: NspawnBackend, digest: str, workspace_id: str, tag: str, index: int = 0
-) -> BootSpec:
-    """A node's BootSpec, its agent masked, at the `index`th bare address."""
+) -> tuple[NodeSpec, Placement]:
+    """A node and its placement, its agent masked, at the `index`th bare address."""
     # the backend mounts its overlay over an existing upper directory, so a unit masked
     # here is masked in the container from its first instant
     mask_unit(backend.root / workspace_id / "upper", "corral-agent.service")
     prefix, first = BARE_ADDRESS.rsplit(".", 1)
-    return BootSpec(
-        workspace_id=workspace_id,
+    spec = NodeSpec(
+        node_id=workspace_id,
         cluster_id=f"{tag}-bare",
-        node=f"bare-{index}",
-        host="local",
-        image=IMAGE,
+        name=f"bare-{index}",
+        image=ImageRef(IMAGE, digest, ImageStore(IMAGE_CACHE).path(digest)),
         cores=1,
         memory_mib=1024,
-        address=f"{prefix}.{int(first) + index}",
-        subnet=BARE_SUBNET,
-        image_digest=digest,
     )
+    return spec, Placement("local", "local", f"{prefix}.{int(first) + index}", BARE_SUBNET)
 
 
 def boot_bare(backend: NspawnBackend, digest: str, workspace_id: str, tag: str) -> BareBoot:
     spec = bare_spec(backend, digest, workspace_id, tag)
     started = time.monotonic()
     try:
-        backend.boot(spec)
+        backend.boot(*spec)
         spawned = time.monotonic() - started
         wait_for_tcp(BARE_ADDRESS, 22, BOOT_TIMEOUT)
         sshd = time.monotonic() - started
@@ -260,9 +257,9 @@ def boot_bare_together(
     """Seconds from booting all of `workspace_ids` at once until the last accepts ssh."""
     specs = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(workspace_ids)]
 
-    def boot(spec: BootSpec) -> None:
-        backend.boot(spec)
-        wait_for_tcp(spec.address, 22, BOOT_TIMEOUT)
+    def boot(order: tuple[NodeSpec, Placement]) -> None:
+        backend.boot(*order)
+        wait_for_tcp(order[1].address, 22, BOOT_TIMEOUT)
 
     started = time.monotonic()
     try:
@@ -272,7 +269,7 @@ def boot_bare_together(
         slowest = time.monotonic() - started
     finally:
         for spec in specs:
-            backend.terminate(spec.workspace_id)
+            backend.terminate(spec.node_id)
     log.info("%d bare boots together: the last sshd after %.2f s", len(specs), slowest)
     return slowest
 
@@ -371,7 +368,7 @@ def served_service(data_dir: Path) -> Iterator[httpx.Client]:
             servers.stop()
         service.stop()
         for machine in service.backend.list_machines():
-            service.backend.terminate(machine.workspace_id)
+            service.backend.terminate(machine.node_id)
 
 
 def free_port(host: str) -> int:

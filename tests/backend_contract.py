@@ -3,7 +3,7 @@
 A backend's tests subclass BackendContract and provide two fixtures:
 
     backend        a Backend ready to boot machines (closed and cleaned up by the fixture)
-    spec_factory   a callable `spec_factory(node)` returning a BootSpec for a new workspace
+    spec_factory   a callable `spec_factory(node)` returning a BootOrder for a new node
                    id on a host the backend can use
 
 and may set `boot_timeout` (seconds) to how long a machine may take to report running.
@@ -13,10 +13,22 @@ This module's name keeps pytest from collecting the class on its own.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import pytest
 
-from corral.backends.base import Backend, Machine, MachineState
+from corral.backends.base import Backend, Machine, MachineState, NodeSpec, Placement
+
+
+class BootOrder(NamedTuple):
+    """A node and its placement: what `Backend.boot` takes (as `boot(*order)`)."""
+
+    spec: NodeSpec
+    placement: Placement
+
+    @property
+    def node_id(self) -> str:
+        return self.spec.node_id
 
 
 class BackendContract:
@@ -29,8 +41,8 @@ class BackendContract:
         booted: list[str] = []
 
         def _boot(spec):
-            booted.append(spec.workspace_id)
-            return backend.boot(spec)
+            booted.append(spec.node_id)
+            return backend.boot(*spec)
 
         yield _boot
         for workspace_id in booted:
@@ -50,73 +62,73 @@ class BackendContract:
 
     @staticmethod
     def listed(backend: Backend) -> list[str]:
-        return [m.workspace_id for m in backend.list_machines()]
+        return [m.node_id for m in backend.list_machines()]
 
     # --- the contract ------------------------------------------------------------------
 
-    def test_boot_returns_a_machine_for_the_workspace(self, backend, spec_factory, boot):
+    def test_boot_returns_a_machine_for_the_node(self, backend, spec_factory, boot):
         spec = spec_factory("worker-0")
         machine = boot(spec)
         assert isinstance(machine, Machine)
-        assert machine.workspace_id == spec.workspace_id
-        assert machine.host == spec.host
+        assert machine.node_id == spec.node_id
+        assert machine.host == spec.placement.host
         assert machine.state in (MachineState.STARTING, MachineState.RUNNING)
 
     def test_a_booted_machine_reports_running(self, backend, spec_factory, boot):
         spec = spec_factory("worker-0")
         boot(spec)
-        machine = self.wait_for(backend, spec.workspace_id, MachineState.RUNNING)
-        assert machine.workspace_id == spec.workspace_id
-        assert machine.host == spec.host
+        machine = self.wait_for(backend, spec.node_id, MachineState.RUNNING)
+        assert machine.node_id == spec.node_id
+        assert machine.host == spec.placement.host
 
     def test_a_booted_machine_is_listed(self, backend, spec_factory, boot):
         first, second = spec_factory("worker-0"), spec_factory("worker-1")
         boot(first)
         boot(second)
         ids = self.listed(backend)
-        assert first.workspace_id in ids
-        assert second.workspace_id in ids
+        assert first.node_id in ids
+        assert second.node_id in ids
 
     def test_terminate_removes_the_machine(self, backend, spec_factory, boot):
         gone, kept = spec_factory("worker-0"), spec_factory("worker-1")
         boot(gone)
         boot(kept)
-        self.wait_for(backend, gone.workspace_id, MachineState.RUNNING)
-        backend.terminate(gone.workspace_id)
-        assert backend.describe(gone.workspace_id) is None
-        assert gone.workspace_id not in self.listed(backend)
+        self.wait_for(backend, gone.node_id, MachineState.RUNNING)
+        backend.terminate(gone.node_id)
+        assert backend.describe(gone.node_id) is None
+        assert gone.node_id not in self.listed(backend)
         # the other machine is untouched
-        assert backend.describe(kept.workspace_id) is not None
-        assert kept.workspace_id in self.listed(backend)
+        assert backend.describe(kept.node_id) is not None
+        assert kept.node_id in self.listed(backend)
 
     def test_terminate_of_a_starting_machine_removes_it(self, backend, spec_factory, boot):
         spec = spec_factory("worker-0")
         boot(spec)
-        backend.terminate(spec.workspace_id)
-        assert backend.describe(spec.workspace_id) is None
-        assert spec.workspace_id not in self.listed(backend)
+        backend.terminate(spec.node_id)
+        assert backend.describe(spec.node_id) is None
+        assert spec.node_id not in self.listed(backend)
 
     def test_terminate_twice_is_fine(self, backend, spec_factory, boot):
         spec = spec_factory("worker-0")
         boot(spec)
-        backend.terminate(spec.workspace_id)
-        backend.terminate(spec.workspace_id)
-        assert backend.describe(spec.workspace_id) is None
+        backend.terminate(spec.node_id)
+        backend.terminate(spec.node_id)
+        assert backend.describe(spec.node_id) is None
 
     def test_terminate_of_an_unknown_machine_is_fine(self, backend, spec_factory):
-        unknown = spec_factory("worker-0").workspace_id
+        unknown = spec_factory("worker-0").node_id
         backend.terminate(unknown)
         assert backend.describe(unknown) is None
         assert unknown not in self.listed(backend)
 
     def test_describe_of_an_unknown_machine_is_none(self, backend, spec_factory):
-        assert backend.describe(spec_factory("worker-0").workspace_id) is None
+        assert backend.describe(spec_factory("worker-0").node_id) is None
 
     def test_booting_the_same_workspace_twice_makes_one_machine(self, backend, spec_factory, boot):
         spec = spec_factory("worker-0")
         boot(spec)
         again = boot(spec)
-        assert again.workspace_id == spec.workspace_id
-        assert self.listed(backend).count(spec.workspace_id) == 1
-        backend.terminate(spec.workspace_id)
-        assert backend.describe(spec.workspace_id) is None
+        assert again.node_id == spec.node_id
+        assert self.listed(backend).count(spec.node_id) == 1
+        backend.terminate(spec.node_id)
+        assert backend.describe(spec.node_id) is None

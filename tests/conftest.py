@@ -39,11 +39,13 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         serve: bool = False,
         backend: Backend | None = None,
         backend_name: str = "fake",
+        backends: dict[str, Backend] | None = None,
         **settings: Any,
     ) -> Service:
         settings.setdefault("listen", f"127.0.0.1:{free_port()}")
-        # nspawn nodes reach the broker at their bridge, so it listens on every address
-        broker_host = "0.0.0.0" if backend_name == "nspawn" else "127.0.0.1"
+        # nodes that reach the broker at their bridge need it listening on every address
+        at_gateways = ServiceConfig(backend=backend_name).nodes_reach_service_at_gateways()
+        broker_host = "0.0.0.0" if at_gateways else "127.0.0.1"
         settings.setdefault("broker_listen", f"{broker_host}:{free_port()}")
         settings.setdefault("metadata_listen", f"{broker_host}:{free_port()}")
         if backend_name == "fake":
@@ -55,7 +57,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             backend_options=backend_options or {},
             **settings,
         )
-        service = Service(config, backend=backend, clock=clock)
+        service = Service(config, backend=backend, clock=clock, backends=backends)
         service.start()
         servers = ServersThread(service).start() if serve else None
         started.append((service, servers))
@@ -75,8 +77,9 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             servers.stop()
         service.stop()
     for service, _ in started:
-        for machine in service.backend.list_machines():
-            service.backend.terminate(machine.workspace_id)
+        for pool in service.pools:
+            for machine in pool.backend.list_machines():
+                pool.backend.terminate(machine.node_id)
 
 
 @pytest.fixture(scope="module")

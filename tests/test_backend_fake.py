@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from backend_contract import BackendContract
+from backend_contract import BackendContract, BootOrder
 from served import end_agents, end_process, process_alive
 
-from corral.backends.base import BootSpec, Capability, MachineState
+from corral.backends.base import Capability, ImageRef, MachineState, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
 from corral.backends.registry import load_backend
 from corral.errors import BackendError
@@ -35,19 +35,19 @@ class ManualClock:
 def make_spec_factory():
     ids = itertools.count()
 
-    def spec(node: str) -> BootSpec:
+    def spec(node: str) -> BootOrder:
         n = next(ids)
-        return BootSpec(
-            workspace_id=f"w{n:04}",
-            cluster_id="c1",
-            node=node,
-            host="host-a",
-            image="debian",
-            cores=1,
-            memory_mib=512,
-            address=f"10.9.0.{n + 2}",
-            subnet="10.9.0.0/24",
-            user_data=b"token",
+        return BootOrder(
+            NodeSpec(
+                node_id=f"w{n:04}",
+                cluster_id="c1",
+                name=node,
+                image=ImageRef("debian"),
+                cores=1,
+                memory_mib=512,
+                user_data=b"token",
+            ),
+            Placement("local", "host-a", f"10.9.0.{n + 2}", "10.9.0.0/24"),
         )
 
     return spec
@@ -89,13 +89,13 @@ class TestFakeBackendWithStateFileContract(BackendContract):
 def test_a_machine_is_starting_until_its_boot_delay_has_passed(spec_factory, clock):
     backend = FakeBackend(boot_delay=5, clock=clock)
     spec = spec_factory("worker-0")
-    assert backend.boot(spec).state is MachineState.STARTING
+    assert backend.boot(*spec).state is MachineState.STARTING
     clock.advance(4.9)
-    assert backend.describe(spec.workspace_id).state is MachineState.STARTING
+    assert backend.describe(spec.node_id).state is MachineState.STARTING
     clock.advance(0.1)
-    machine = backend.describe(spec.workspace_id)
+    machine = backend.describe(spec.node_id)
     assert machine.state is MachineState.RUNNING
-    assert machine.address == spec.address
+    assert machine.address == spec.placement.address
     assert machine.detail == ""
 
 
@@ -103,26 +103,26 @@ def test_injected_boot_failure_raises_naming_the_node(spec_factory, clock):
     backend = FakeBackend(boot_delay=0, fail={"worker-1": "boot"}, clock=clock)
     spec = spec_factory("worker-1")
     with pytest.raises(BackendError) as caught:
-        backend.boot(spec)
+        backend.boot(*spec)
     assert "worker-1" in caught.value.message
     assert caught.value.details["node"] == "worker-1"
-    assert backend.describe(spec.workspace_id) is None
+    assert backend.describe(spec.node_id) is None
     assert backend.list_machines() == []
 
 
 def test_injected_crash_ends_in_error_after_the_boot_delay(spec_factory, clock):
     backend = FakeBackend(boot_delay=2, fail={"worker-1": "crash"}, clock=clock)
     spec = spec_factory("worker-1")
-    assert backend.boot(spec).state is MachineState.STARTING
+    assert backend.boot(*spec).state is MachineState.STARTING
     clock.advance(1)
-    assert backend.describe(spec.workspace_id).state is MachineState.STARTING
+    assert backend.describe(spec.node_id).state is MachineState.STARTING
     clock.advance(1)
-    machine = backend.describe(spec.workspace_id)
+    machine = backend.describe(spec.node_id)
     assert machine.state is MachineState.ERROR
     assert machine.detail
     # the crashed machine still exists until it is terminated
     assert [m.state for m in backend.list_machines()] == [MachineState.ERROR]
-    backend.terminate(spec.workspace_id)
+    backend.terminate(spec.node_id)
     assert backend.list_machines() == []
 
 
@@ -130,11 +130,11 @@ def test_failures_match_node_names_by_glob(spec_factory, clock):
     backend = FakeBackend(boot_delay=0, fail={"worker-*": "boot"}, clock=clock)
     for node in ("worker-0", "worker-12"):
         with pytest.raises(BackendError, match=node):
-            backend.boot(spec_factory(node))
+            backend.boot(*spec_factory(node))
     for node in ("master-0", "workers"):
         spec = spec_factory(node)
-        backend.boot(spec)
-        assert backend.describe(spec.workspace_id).state is MachineState.RUNNING
+        backend.boot(*spec)
+        assert backend.describe(spec.node_id).state is MachineState.RUNNING
 
 
 def test_unknown_failure_mode_is_refused_naming_it():
@@ -151,38 +151,38 @@ def test_machines_outlive_the_backend_through_the_state_file(tmp_path, spec_fact
     state_file = tmp_path / "machines.json"
     first = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
     a, b = spec_factory("worker-0"), spec_factory("worker-1")
-    first.boot(a)
-    first.boot(b)
+    first.boot(*a)
+    first.boot(*b)
     first.close()
 
     clock.advance(1)
     second = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
-    assert sorted(m.workspace_id for m in second.list_machines()) == [
-        a.workspace_id,
-        b.workspace_id,
+    assert sorted(m.node_id for m in second.list_machines()) == [
+        a.node_id,
+        b.node_id,
     ]
-    machine = second.describe(a.workspace_id)
+    machine = second.describe(a.node_id)
     assert machine.state is MachineState.RUNNING
-    assert (machine.host, machine.address) == (a.host, a.address)
+    assert (machine.host, machine.address) == (a.placement.host, a.placement.address)
 
-    second.terminate(a.workspace_id)
+    second.terminate(a.node_id)
     third = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
-    assert [m.workspace_id for m in third.list_machines()] == [b.workspace_id]
+    assert [m.node_id for m in third.list_machines()] == [b.node_id]
 
 
 def test_an_injected_crash_survives_a_restart(tmp_path, spec_factory, clock):
     state_file = tmp_path / "machines.json"
     first = FakeBackend(boot_delay=1, fail={"db-*": "crash"}, state_file=state_file, clock=clock)
     spec = spec_factory("db-0")
-    first.boot(spec)
+    first.boot(*spec)
     clock.advance(1)
     second = FakeBackend(boot_delay=1, state_file=state_file, clock=clock)
-    assert second.describe(spec.workspace_id).state is MachineState.ERROR
+    assert second.describe(spec.node_id).state is MachineState.ERROR
 
 
 def test_without_a_state_file_machines_die_with_the_backend(spec_factory, clock):
     first = FakeBackend(boot_delay=0, clock=clock)
-    first.boot(spec_factory("worker-0"))
+    first.boot(*spec_factory("worker-0"))
     assert FakeBackend(boot_delay=0, clock=clock).list_machines() == []
 
 
@@ -194,8 +194,8 @@ def test_from_options_reads_boot_delay(tmp_path, spec_factory):
     (tmp_path / "quick").mkdir()
     slow = FakeBackend.from_options({"boot_delay": "3600"}, tmp_path / "slow")
     quick = FakeBackend.from_options({"boot_delay": "0"}, tmp_path / "quick")
-    assert slow.boot(spec_factory("worker-0")).state is MachineState.STARTING
-    assert quick.boot(spec_factory("worker-0")).state is MachineState.RUNNING
+    assert slow.boot(*spec_factory("worker-0")).state is MachineState.STARTING
+    assert quick.boot(*spec_factory("worker-0")).state is MachineState.RUNNING
 
 
 def test_from_options_reads_failures_with_boot_as_the_default_mode(tmp_path, spec_factory):
@@ -203,28 +203,28 @@ def test_from_options_reads_failures_with_boot_as_the_default_mode(tmp_path, spe
         {"boot_delay": "0", "fail": "worker-1:crash,master-*"}, tmp_path
     )
     crashed = spec_factory("worker-1")
-    backend.boot(crashed)
-    assert backend.describe(crashed.workspace_id).state is MachineState.ERROR
+    backend.boot(*crashed)
+    assert backend.describe(crashed.node_id).state is MachineState.ERROR
     with pytest.raises(BackendError, match="master-0"):
-        backend.boot(spec_factory("master-0"))
+        backend.boot(*spec_factory("master-0"))
     fine = spec_factory("worker-2")
-    backend.boot(fine)
-    assert backend.describe(fine.workspace_id).state is MachineState.RUNNING
+    backend.boot(*fine)
+    assert backend.describe(fine.node_id).state is MachineState.RUNNING
 
 
 def test_from_options_reads_state_file(tmp_path, spec_factory):
     options = {"boot_delay": "0", "state_file": str(tmp_path / "elsewhere.json")}
     spec = spec_factory("worker-0")
-    FakeBackend.from_options(options, tmp_path / "data-a").boot(spec)
+    FakeBackend.from_options(options, tmp_path / "data-a").boot(*spec)
     again = FakeBackend.from_options(options, tmp_path / "data-b")
-    assert [m.workspace_id for m in again.list_machines()] == [spec.workspace_id]
+    assert [m.node_id for m in again.list_machines()] == [spec.node_id]
 
 
 def test_from_options_keeps_machines_in_the_data_dir_by_default(tmp_path, spec_factory):
     spec = spec_factory("worker-0")
-    FakeBackend.from_options({"boot_delay": "0"}, tmp_path).boot(spec)
+    FakeBackend.from_options({"boot_delay": "0"}, tmp_path).boot(*spec)
     again = FakeBackend.from_options({}, tmp_path)
-    assert [m.workspace_id for m in again.list_machines()] == [spec.workspace_id]
+    assert [m.node_id for m in again.list_machines()] == [spec.node_id]
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()
     assert FakeBackend.from_options({}, elsewhere).list_machines() == []
@@ -253,8 +253,8 @@ def test_from_options_rejects_a_boot_delay_that_is_not_a_number(tmp_path):
 def test_registry_builds_the_fake_backend(tmp_path, spec_factory):
     backend = load_backend("fake", {"boot_delay": "0"}, tmp_path)
     spec = spec_factory("worker-0")
-    assert backend.boot(spec).state is MachineState.RUNNING
-    assert load_backend("fake", {}, tmp_path).describe(spec.workspace_id) is not None
+    assert backend.boot(*spec).state is MachineState.RUNNING
+    assert load_backend("fake", {}, tmp_path).describe(spec.node_id) is not None
 
 
 def test_registry_passes_options_through(tmp_path):
@@ -274,11 +274,11 @@ def test_bootstrap_dir_hands_each_machine_its_bootstrap_owner_only_until_termina
 ):
     backend = FakeBackend.from_options({"bootstrap_dir": str(tmp_path / "boot")}, tmp_path)
     assert Capability.RUNS_AGENT in backend.capabilities
-    machine = backend.boot(spec_factory("worker-0"))
-    written = tmp_path / "boot" / f"{machine.workspace_id}.json"
+    machine = backend.boot(*spec_factory("worker-0"))
+    written = tmp_path / "boot" / f"{machine.node_id}.json"
     assert written.read_bytes() == b"token"
     assert written.stat().st_mode & 0o777 == 0o600
-    backend.terminate(machine.workspace_id)
+    backend.terminate(machine.node_id)
     assert not written.exists()
 
 
@@ -323,21 +323,20 @@ def with_agents(tmp_path, spec_factory):
     """Backends that run real agents on `tmp_path`; each agent ends with the test."""
     image = tmp_path / "image"
     (image / "etc").mkdir(parents=True)
-    spec = replace(spec_factory("worker-0"), user_data=WAITING)
+    order = spec_factory("worker-0")
+    spec = order._replace(spec=replace(order.spec, user_data=WAITING))
 
     def backend() -> FakeBackend:  # one service process after another, on the same files
         return FakeBackend.from_options({"agent_image": str(image)}, tmp_path)
 
-    yield backend, spec, tmp_path / "fake-roots" / spec.workspace_id
+    yield backend, spec, tmp_path / "fake-roots" / spec.node_id
     end_agents(tmp_path)
 
 
-def crash_forgets(tmp_path, workspace_id: str, *, agent: bool) -> None:
+def crash_forgets(tmp_path, node_id: str, *, agent: bool) -> None:
     """Leave the state file as a crash would have: without the machine, or without its agent."""
     state = tmp_path / "fake-machines.json"
-    records = [
-        r for r in json.loads(state.read_text()) if r["workspace_id"] != workspace_id or agent
-    ]
+    records = [r for r in json.loads(state.read_text()) if r["node_id"] != node_id or agent]
     for record in records:
         record["agent_pid"] = 0
     state.write_text(json.dumps(records))
@@ -346,42 +345,42 @@ def crash_forgets(tmp_path, workspace_id: str, *, agent: bool) -> None:
 def test_a_boot_again_after_a_crash_adopts_the_agent_that_runs_no_record_named(with_agents):
     backend, spec, root = with_agents
     first = backend()
-    first.boot(spec)
+    first.boot(*spec)
     (started,) = agents_on(root)
     # killed after the agent started and before it was recorded: the engine boots again
-    crash_forgets(root.parent.parent, spec.workspace_id, agent=False)
+    crash_forgets(root.parent.parent, spec.node_id, agent=False)
     second = backend()
     assert second.list_machines() == []
-    second.boot(replace(spec, user_data=WAITING.replace(b"bt_for", b"bt_new")))
+    second.boot(replace(spec.spec, user_data=WAITING.replace(b"bt_for", b"bt_new")), spec.placement)
     assert agents_on(root) == [started]  # one machine, one agent
-    second.terminate(spec.workspace_id)
+    second.terminate(spec.node_id)
     assert agents_on(root) == [] and not root.exists()
 
 
 def test_a_boot_again_after_a_crash_starts_the_agent_a_recorded_machine_never_got(with_agents):
     backend, spec, root = with_agents
     first = backend()
-    first.boot(spec)
+    first.boot(*spec)
     for pid in agents_on(root):  # as if it had never started
         end_process(pid)
     # killed after the machine was recorded and before its agent started
-    crash_forgets(root.parent.parent, spec.workspace_id, agent=True)
+    crash_forgets(root.parent.parent, spec.node_id, agent=True)
     second = backend()
-    assert [m.workspace_id for m in second.list_machines()] == [spec.workspace_id]
-    second.boot(spec)
+    assert [m.node_id for m in second.list_machines()] == [spec.node_id]
+    second.boot(*spec)
     assert len(agents_on(root)) == 1
-    second.terminate(spec.workspace_id)
+    second.terminate(spec.node_id)
     assert agents_on(root) == []
 
 
 def test_terminate_after_a_crash_ends_the_agent_no_record_names(with_agents):
     backend, spec, root = with_agents
     first = backend()
-    first.boot(spec)
+    first.boot(*spec)
     assert len(agents_on(root)) == 1
     # killed after the machine was forgotten and before its agent was ended
-    crash_forgets(root.parent.parent, spec.workspace_id, agent=False)
+    crash_forgets(root.parent.parent, spec.node_id, agent=False)
     second = backend()
-    second.terminate(spec.workspace_id)  # the engine's job, run again after the restart
+    second.terminate(spec.node_id)  # the engine's job, run again after the restart
     assert agents_on(root) == [] and not root.exists()
     assert second.list_machines() == []

@@ -172,7 +172,7 @@ def test_run_without_a_service_starts_a_local_one(home: Path) -> None:
     for node in nodes.values():
         assert node["state"] == "ready"
         assert node["host"]
-    assert {m["workspace_id"] for m in fake_machines(home)} == {n["id"] for n in view["nodes"]}
+    assert {m["node_id"] for m in fake_machines(home)} == {n["id"] for n in view["nodes"]}
 
     listed = ok(corral("list", "--json", env=env))
     assert cluster_id in [c["id"] for c in listed]
@@ -322,7 +322,7 @@ def test_keep_on_failure_keeps_the_nodes_that_booted(tmp_path: Path) -> None:
         nodes = {n["name"]: n for n in view["nodes"]}
         assert nodes["worker-1"]["state"] == "failed"
         assert nodes["worker-1"]["failure_phase"] == "boot"
-        kept = {m["workspace_id"] for m in fake_machines(served.data_dir)}
+        kept = {m["node_id"] for m in fake_machines(served.data_dir)}
         assert kept == {nodes["head-0"]["id"], nodes["worker-0"]["id"]}
 
         result = corral("destroy", cluster_id, "--yes", env=env)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from inprocess import admin_token, api, document, wait_for
 
-from corral.backends.base import BootSpec
+from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.store.models import utcnow
 
 BEST_EFFORT = """
@@ -60,7 +60,7 @@ def test_keep_on_failure_leaves_the_healthy_nodes_running(make_service):
     assert by_name["worker-1"]["state"] == "failed"
     assert by_name["worker-1"]["failure"] == "injected crash during boot"
     assert by_name["worker-1"]["failure_phase"] == "boot"
-    running = {m.workspace_id for m in service.backend.list_machines()}
+    running = {m.node_id for m in service.backend.list_machines()}
     assert by_name["head-0"]["id"] in running
 
 
@@ -111,8 +111,8 @@ def test_a_machine_that_vanishes_is_lost_and_fails_the_cluster(make_service):
 
 def test_machines_no_record_owns_are_removed(make_service):
     service = make_service()
-    spec = BootSpec("w-orphan", "c-none", "stray-0", "local", "x", 1, 64, "10.0.0.9", "")
-    service.backend.boot(spec)
+    spec = NodeSpec("w-orphan", "c-none", "stray-0", ImageRef("x"), 1, 64)
+    service.backend.boot(spec, Placement("local", "local", "10.0.0.9"))
     wait_for(lambda: service.backend.describe("w-orphan") is None)
 
 

@@ -55,7 +55,7 @@ def test_the_routes_of_this_machine_are_read(routed_elsewhere):
 
 def test_a_launch_is_never_given_a_subnet_routed_here(make_service, tmp_path, routed_elsewhere):
     subnet, _ = routed_elsewhere
-    backend = NspawnBackend(tmp_path / "nspawn", tmp_path / "images")
+    backend = NspawnBackend(tmp_path / "nspawn")
     # the pool's range starts with the routed /24, as a second service's range would
     service = make_service(
         backend=backend, backend_name="nspawn", address_range=str(subnet.supernet(new_prefix=23))

@@ -118,7 +118,7 @@ def assert_nothing_left(served: ServedCorral, view: dict[str, Any]) -> None:
     assert view["state"] == "terminated"
     assert {n["state"] for n in view["nodes"]} == {"terminated"}
     ids = {n["id"] for n in view["nodes"]}
-    assert not ids & {m["workspace_id"] for m in fake_machines(served.data_dir)}
+    assert not ids & {m["node_id"] for m in fake_machines(served.data_dir)}
     roots = served.data_dir / "fake-roots"
     assert not [p.name for p in roots.iterdir() if p.name in ids]
     assert not agents_on(roots), "agents outlived their machines"

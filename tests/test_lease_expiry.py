@@ -71,7 +71,7 @@ def assert_lease_ended_everything(served: ServedCorral, launched: dict[str, Any]
     assert "lease expired" in ending[0]["reason"]
 
     workspace_ids = [n["id"] for n in view["nodes"]]
-    left = {m["workspace_id"] for m in fake_machines(served.data_dir)}
+    left = {m["node_id"] for m in fake_machines(served.data_dir)}
     assert left.isdisjoint(workspace_ids)
     assert allocations(served.data_dir, launched["id"], workspace_ids) == ([], [])
 
@@ -113,7 +113,7 @@ def test_an_expired_lease_removes_the_cluster_with_no_client_running(
     # from here until the checks, no corral client runs: only the services' own clocks
     sleep_until(launched_at + KILL_AFTER)
     crashing.kill()
-    assert {m["workspace_id"] for m in fake_machines(crashing.data_dir)} == {
+    assert {m["node_id"] for m in fake_machines(crashing.data_dir)} == {
         n["id"] for n in crashing_cluster["nodes"]
     }, "the crashed service's machines should outlive it"
     sleep_until(launched_at + KILL_AFTER + DOWN_FOR)

@@ -21,10 +21,11 @@ from inprocess import admin_token, api, document, wait_for
 from served import process_alive
 
 from corral.backends import cgroups, network
-from corral.backends.base import BootSpec
+from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.nspawn import NspawnBackend, _alive
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
+from corral.images.store import ImageStore
 from corral.store.models import Image
 
 pytestmark = pytest.mark.slow
@@ -294,19 +295,16 @@ def test_a_boot_cut_short_before_it_was_recorded_is_started_afresh(baked, tmp_pa
         )
         if not any(s.overlaps(n) for n in taken)
     )
-    spec = BootSpec(
-        workspace_id=f"w-crash{os.getpid()}",
+    spec = NodeSpec(
+        node_id=f"w-crash{os.getpid()}",
         cluster_id=f"c-crash{os.getpid()}",
-        node="worker-0",
-        host="local",
-        image="debian-12-slurm",
+        name="worker-0",
+        image=ImageRef("debian-12-slurm", digest, ImageStore(cache).path(digest)),
         cores=1,
         memory_mib=1024,
-        address=str(next(subnet.hosts()) + 1),
-        subnet=str(subnet),
-        image_digest=digest,
     )
-    machine = f"--machine={network.netns_name(spec.workspace_id)}"
+    placement = Placement("local", "local", str(next(subnet.hosts()) + 1), str(subnet))
+    machine = f"--machine={network.netns_name(spec.node_id)}"
 
     def containers() -> list[int]:
         found = []
@@ -319,20 +317,20 @@ def test_a_boot_cut_short_before_it_was_recorded_is_started_afresh(baked, tmp_pa
                 found.append(int(proc.name))
         return found
 
-    first = NspawnBackend(tmp_path / "nspawn", cache)
+    first = NspawnBackend(tmp_path / "nspawn")
     try:
-        first.boot(spec)
+        first.boot(spec, placement)
         wait_for(lambda: len(containers()) == 1, timeout=30)  # once its shell execs nspawn
         (tmp_path / "nspawn" / "machines.json").unlink()  # killed before it was recorded
-        again = NspawnBackend(tmp_path / "nspawn", cache)
-        again.boot(spec)
+        again = NspawnBackend(tmp_path / "nspawn")
+        again.boot(spec, placement)
         # the container running is the one recorded, and the only one
         recorded = json.loads((tmp_path / "nspawn" / "machines.json").read_text())[0]["pid"]
         wait_for(lambda: containers() == [recorded], timeout=30)
-        assert again.describe(spec.workspace_id).state == "running"
+        assert again.describe(spec.node_id).state == "running"
     finally:
-        NspawnBackend(tmp_path / "nspawn", cache).terminate(spec.workspace_id)
+        NspawnBackend(tmp_path / "nspawn").terminate(spec.node_id)
         network.remove_bridge(spec.cluster_id)
     assert containers() == []
-    assert not network.netns_exists(network.netns_name(spec.workspace_id))
+    assert not network.netns_exists(network.netns_name(spec.node_id))
     assert not network.link_exists(network.bridge_name(spec.cluster_id))

@@ -22,7 +22,7 @@ from inprocess import api, wait_for
 from test_store_schema import schema_differences
 
 import corral
-from corral.backends.base import BootSpec
+from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
 from corral.store.database import Store, sqlite_url
 from corral.store.models import utcnow
@@ -107,7 +107,9 @@ def machines_of(path: Path) -> FakeBackend:
     finally:
         db.close()
     for row in running:
-        backend.boot(BootSpec(*row[:7], address=row[7] or "", subnet=row[8] or ""))
+        node_id, cluster_id, name, host, image, cores, memory_mib, address, subnet = row
+        spec = NodeSpec(node_id, cluster_id, name, ImageRef(image), cores, memory_mib)
+        backend.boot(spec, Placement("local", host, address or "", subnet or ""))
     return backend
 
 
@@ -173,7 +175,7 @@ def test_the_service_carries_on_with_an_old_store(old_store: Path, make_service)
         wait_for(
             lambda c=cluster_id: alice.get(f"/v1/clusters/{c}").json()["state"] == "terminated"
         )
-    assert {m.workspace_id for m in backend.list_machines()} == {
+    assert {m.node_id for m in backend.list_machines()} == {
         w["id"]
         for w in before["workspaces"]
         if w["cluster_id"] == by_name["failed"]["id"] and w["state"] in RUNNING

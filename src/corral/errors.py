@@ -135,7 +135,8 @@ class QuotaExceededError(RefusedError):
 
 
 class CapacityError(RefusedError):
-    """Raised when the scheduler cannot place every workspace of a request."""
+    """Raised when the scheduler cannot place every node of a request, or when a pool's
+    limit would be passed."""
 
     code = "no-capacity"
 

@@ -1,8 +1,17 @@
 """The one interface every backend implements: boot, terminate, describe, list.
 
-A backend declares what it can do as a set of capabilities rather than raising
-NotImplementedError at run time. Backend states are mapped onto MachineState so the
-service never sees a vendor's vocabulary.
+Where the cut is. The service decides *what* a node is (its image, resolved through the
+image store; its cores, memory and name; its bootstrap document) and, for a backend that
+takes what it is given, *where* it runs (pool, host, address and subnet, as a Placement).
+A backend that places machines itself (a cloud) says so with Capability.PLACES_ITSELF,
+gets a Placement with no host or address, and reports the address it got in its
+Machine. The backend decides how its machines are made and removed, how its nodes reach
+the service (`service_address`), and how often it can afford to be observed
+(`observe_every`). Backend states are mapped onto MachineState so the service never sees
+a vendor's vocabulary.
+
+A backend declares what it can do as a set of capabilities, which the service consults
+instead of its name, rather than raising NotImplementedError at run time.
 """
 
 from __future__ import annotations
@@ -28,30 +37,47 @@ class Capability(StrEnum):
     REAL_MACHINES = "real-machines"  # machines are real containers or VMs
     GATEWAY_SERVICES = "gateway-services"  # nodes reach the service at their subnet's gateway
     RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
+    PLACES_ITSELF = "places-itself"  # chooses hosts and addresses itself and reports them
 
 
 @dataclass(frozen=True)
-class BootSpec:
-    """Everything a backend needs to boot one workspace."""
+class ImageRef:
+    """An image as the image store resolved it for a boot."""
 
-    workspace_id: str
+    name: str
+    digest: str = ""  # pinned at launch; empty where any name will do
+    rootfs: Path | None = None  # the store's directory of it; None where it holds none
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a node is, whatever runs it."""
+
+    node_id: str
     cluster_id: str
-    node: str
-    host: str
-    image: str
+    name: str  # <group>-<index>, also its hostname
+    image: ImageRef
     cores: int
     memory_mib: int
-    address: str
-    subnet: str
-    image_digest: str = ""  # the image as pinned at launch; empty where any name will do
     user_data: bytes = field(default=b"", repr=False)  # sensitive: carries the bootstrap token
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a node runs, as the service chose it; host and addresses are empty for a
+    backend that places machines itself."""
+
+    pool: str
+    host: str = ""
+    address: str = ""
+    subnet: str = ""
 
 
 @dataclass(frozen=True)
 class Machine:
     """What a backend knows of one machine."""
 
-    workspace_id: str
+    node_id: str
     state: MachineState
     host: str
     address: str = ""
@@ -66,12 +92,22 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     capabilities: frozenset[Capability] = frozenset()  # may differ per instance
+    # options whose values are secrets: never logged, never shown (service/pools.py)
+    secret_options: ClassVar[frozenset[str]] = frozenset()
+    # how often list_machines() may be called, in seconds: free locally, paced on a cloud
+    observe_every: float = 0.0
+
+    @classmethod
+    def detect(cls) -> str | None:
+        """Why this backend cannot run on this machine, or None when it can; cheap, so it
+        serves both the choice of a default backend and the checks before building one."""
+        return None
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> Backend:
-        """Build the backend from `--backend-option KEY=VALUE` strings.
+        """Build the backend from its pool's options (`--backend-option KEY=VALUE`).
 
-        `data_dir` is the service's own directory, where a backend may keep its files.
+        `data_dir` is the pool's own directory, where a backend may keep its files.
         Raises ValueError naming an option it does not know or cannot parse.
         """
         if options:
@@ -79,20 +115,25 @@ class Backend(abc.ABC):
         return cls()
 
     @abc.abstractmethod
-    def boot(self, spec: BootSpec) -> Machine:
+    def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
         """Start booting a machine and return at once; raises BackendError if it cannot."""
 
     @abc.abstractmethod
-    def terminate(self, workspace_id: str) -> None:
+    def terminate(self, node_id: str) -> None:
         """Remove a machine and everything it holds; a machine that is gone is not an error."""
 
     @abc.abstractmethod
-    def describe(self, workspace_id: str) -> Machine | None:
+    def describe(self, node_id: str) -> Machine | None:
         """Return the machine's state, or None when the backend has no such machine."""
 
     @abc.abstractmethod
     def list_machines(self) -> list[Machine]:
         """Every machine this backend runs, also those the service has no record of."""
+
+    def service_address(self, placement: Placement) -> str | None:
+        """The address at which a node placed so reaches the service (its broker), or None
+        where the service's own listen address will do (the default)."""
+        return None
 
     def networks_in_use(self) -> list[ipaddress.IPv4Network]:
         """Networks the service must not give this backend's clusters, because something

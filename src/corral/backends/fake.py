@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import shutil
@@ -31,13 +30,21 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
+from corral.backends.base import (
+    Backend,
+    Capability,
+    Machine,
+    MachineState,
+    NodeSpec,
+    Placement,
+)
+from corral.backends.machine_records import load_records, save_records
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,7 @@ POWER_OFF_MARK = "run/corral/powered-off"
 
 @dataclass
 class _FakeMachine:
-    workspace_id: str
+    node_id: str
     node: str
     host: str
     address: str
@@ -144,25 +151,30 @@ class FakeBackend(Backend):
             bootstrap_dir=Path(bootstrap_dir) if bootstrap_dir else None,
         )
 
-    def boot(self, spec: BootSpec) -> Machine:
-        mode = self._failure_for(spec.node)
+    def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
+        mode = self._failure_for(spec.name)
         if mode == "boot":
             raise BackendError(
-                f"fake backend: injected boot failure for {spec.node}", node=spec.node
+                f"fake backend: injected boot failure for {spec.name}", node=spec.name
             )
         with self._lock:
-            machine = self._machines.get(spec.workspace_id)
+            machine = self._machines.get(spec.node_id)
             if machine is None:
                 machine = _FakeMachine(
-                    spec.workspace_id, spec.node, spec.host, spec.address, self._clock(), mode
+                    spec.node_id,
+                    spec.name,
+                    placement.host,
+                    placement.address,
+                    self._clock(),
+                    mode,
                 )
                 if self.agent_image is not None and mode is None:
-                    machine.root = str(self.roots / spec.workspace_id)
-                self._machines[spec.workspace_id] = machine
+                    machine.root = str(self.roots / spec.node_id)
+                self._machines[spec.node_id] = machine
                 self.boots += 1
                 self._save()  # before anything runs: a crash from here on leaves it recorded
             if self.bootstrap_dir is not None and mode is None:
-                handed = self.bootstrap_dir / f"{spec.workspace_id}.json"
+                handed = self.bootstrap_dir / f"{spec.node_id}.json"
                 if not handed.exists():  # a machine keeps the document it booted with
                     _write_private(handed, spec.user_data)
             if machine.root and not machine.agent_pid:
@@ -173,33 +185,33 @@ class FakeBackend(Backend):
                 self._save()
         log.info(
             "fake: booting %s (%s) on %s at %s",
-            spec.node,
-            spec.workspace_id,
-            spec.host,
-            spec.address,
+            spec.name,
+            spec.node_id,
+            placement.host,
+            placement.address,
         )
         return self._view(machine)
 
-    def terminate(self, workspace_id: str) -> None:
+    def terminate(self, node_id: str) -> None:
         with self._lock:
-            machine = self._machines.get(workspace_id)
+            machine = self._machines.get(node_id)
         if self.bootstrap_dir is not None:
-            (self.bootstrap_dir / f"{workspace_id}.json").unlink(missing_ok=True)
-        root = self.roots / workspace_id if self.roots is not None else None
+            (self.bootstrap_dir / f"{node_id}.json").unlink(missing_ok=True)
+        root = self.roots / node_id if self.roots is not None else None
         if root is not None and root.is_dir():  # also when no record names it any more
             _stop_processes(str(root))
             shutil.rmtree(root, ignore_errors=True)
         with self._lock:  # forgotten last: a crash before this leaves it to terminate again
-            forgotten = self._machines.pop(workspace_id, None)
+            forgotten = self._machines.pop(node_id, None)
             if forgotten is not None:
                 self.terminations += 1
                 self._save()
         if machine is not None:
-            log.info("fake: terminated %s", workspace_id)
+            log.info("fake: terminated %s", node_id)
 
-    def describe(self, workspace_id: str) -> Machine | None:
+    def describe(self, node_id: str) -> Machine | None:
         with self._lock:
-            machine = self._machines.get(workspace_id)
+            machine = self._machines.get(node_id)
         return self._view(machine) if machine else None
 
     def list_machines(self) -> list[Machine]:
@@ -207,14 +219,14 @@ class FakeBackend(Backend):
             machines = list(self._machines.values())
         return [self._view(m) for m in machines]
 
-    def _start_agent(self, spec: BootSpec) -> int:
+    def _start_agent(self, spec: NodeSpec) -> int:
         """Make the machine's root from the image and start its agent; the agent's pid."""
-        root = self.roots / spec.workspace_id
+        root = self.roots / spec.node_id
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(self.agent_image, root, symlinks=True)
         (root / "etc").mkdir(exist_ok=True)
-        (root / "etc" / "hostname").write_text(spec.node + "\n")
-        _write_host_key(root / "etc" / "ssh", spec.node)
+        (root / "etc" / "hostname").write_text(spec.name + "\n")
+        _write_host_key(root / "etc" / "ssh", spec.name)
         state = root / "var" / "lib" / "corral"
         state.mkdir(parents=True, exist_ok=True)
         _write_private(state / "bootstrap.json", spec.user_data)
@@ -247,20 +259,13 @@ class FakeBackend(Backend):
             state, detail = MachineState.ERROR, "injected crash during boot"
         else:
             state, detail = MachineState.RUNNING, ""
-        return Machine(machine.workspace_id, state, machine.host, machine.address, detail)
+        return Machine(machine.node_id, state, machine.host, machine.address, detail)
 
     def _load(self) -> dict[str, _FakeMachine]:
-        if not self.state_file or not self.state_file.exists():
-            return {}
-        records = json.loads(self.state_file.read_text())
-        return {r["workspace_id"]: _FakeMachine(**r) for r in records}
+        return load_records(self.state_file, _FakeMachine)
 
     def _save(self) -> None:
-        if not self.state_file:
-            return
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(m) for m in self._machines.values()]))
-        os.replace(tmp, self.state_file)
+        save_records(self.state_file, self._machines)
 
 
 def _write_host_key(ssh_dir: Path, node: str) -> None:

@@ -34,6 +34,11 @@ def _short(text: str, size: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:size]
 
 
+def gateway_of(subnet: str) -> str:
+    """The first address of a cluster subnet, kept for its bridge (where the service listens)."""
+    return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
 def bridge_name(cluster_id: str) -> str:
     return f"{PREFIX}b-{_short(cluster_id)}"
 
@@ -131,7 +136,7 @@ def ensure_bridge(cluster_id: str, subnet: str) -> str:
     """
     name = bridge_name(cluster_id)
     network = ipaddress.ip_network(subnet)
-    gateway = next(network.hosts())
+    gateway = gateway_of(subnet)
     with _bridges:
         if link_exists(name):
             return name

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -19,11 +18,19 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.backends import cgroups, network
-from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
+from corral.backends.base import (
+    Backend,
+    Capability,
+    Machine,
+    MachineState,
+    NodeSpec,
+    Placement,
+)
+from corral.backends.machine_records import load_records, save_records
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -32,8 +39,8 @@ STOP_SECONDS = 20.0
 
 
 @dataclass
-class _Container:
-    workspace_id: str
+class _Machine:
+    node_id: str
     cluster_id: str
     node: str
     host: str
@@ -55,93 +62,106 @@ class NspawnBackend(Backend):
         }
     )
 
-    def __init__(self, root: Path, images: Path) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.images = images
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file = root / "machines.json"
         self._lock = threading.Lock()
-        self._containers = self._load()
+        self._machines = self._load()
+
+    @classmethod
+    def detect(cls) -> str | None:
+        if os.geteuid() != 0:
+            return "backend nspawn needs root (network namespaces, overlay mounts)"
+        if shutil.which("systemd-nspawn") is None:
+            return "backend nspawn needs systemd-nspawn (apt install systemd-container)"
+        return None
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> NspawnBackend:
-        """No options; containers live in `data_dir`/nspawn, images in `data_dir`/images."""
+        """No options; containers live in `data_dir`/nspawn."""
         if options:
             raise ValueError(f"backend nspawn takes no options (got {', '.join(options)})")
-        if os.geteuid() != 0:
-            raise ValueError("backend nspawn needs root (network namespaces, overlay mounts)")
-        if shutil.which("systemd-nspawn") is None:
-            raise ValueError("backend nspawn needs systemd-nspawn (apt install systemd-container)")
-        return cls(data_dir / "nspawn", data_dir / "images")
+        if reason := cls.detect():
+            raise ValueError(reason)
+        return cls(data_dir / "nspawn")
 
     # -- the interface -------------------------------------------------------------------
 
-    def boot(self, spec: BootSpec) -> Machine:
+    def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
         with self._lock:
-            existing = self._containers.get(spec.workspace_id)
+            existing = self._machines.get(spec.node_id)
         if existing is not None:
             return self._view(existing)
-        image = self.images / spec.image_digest.removeprefix("sha256:") / "rootfs"
-        if not spec.image_digest or not image.is_dir():
+        image = spec.image.rootfs
+        if image is None or not image.is_dir():
             raise BackendError(
-                f"{spec.node}: image {spec.image} ({spec.image_digest or 'no digest'}) is not "
-                f"in the image store {self.images}",
-                node=spec.node,
+                f"{spec.name}: image {spec.image.name} ({spec.image.digest or 'no digest'}) "
+                "is not in the image store",
+                node=spec.name,
             )
-        directory = self.root / spec.workspace_id
+        directory = self.root / spec.node_id
         if directory.exists():
             # a boot that a crash cut short before it was recorded: its container may run
-            self._clean(spec.workspace_id, None, str(directory))
+            self._clean(spec.node_id, None, str(directory))
         try:
             merged = self._mount_root(directory, image)
             self._personalize(merged, spec)
             namespace = network.attach_node(
-                spec.workspace_id, spec.cluster_id, spec.address, spec.subnet
+                spec.node_id, spec.cluster_id, placement.address, placement.subnet
             )
             pid = self._start(directory, merged, spec, namespace)
         except (OSError, BackendError) as exc:
-            self._clean(spec.workspace_id, spec.cluster_id, str(directory))
-            raise BackendError(f"{spec.node}: could not start its container: {exc}") from exc
-        container = _Container(
-            spec.workspace_id,
+            self._clean(spec.node_id, spec.cluster_id, str(directory))
+            raise BackendError(f"{spec.name}: could not start its container: {exc}") from exc
+        machine = _Machine(
+            spec.node_id,
             spec.cluster_id,
-            spec.node,
-            spec.host,
-            spec.address,
+            spec.name,
+            placement.host,
+            placement.address,
             pid,
             str(directory),
         )
         with self._lock:
-            self._containers[spec.workspace_id] = container
+            self._machines[spec.node_id] = machine
             self._save()
         log.info(
-            "nspawn: booting %s (%s) at %s, pid %d", spec.node, spec.workspace_id, spec.address, pid
+            "nspawn: booting %s (%s) at %s, pid %d",
+            spec.name,
+            spec.node_id,
+            placement.address,
+            pid,
         )
-        return self._view(container)
+        return self._view(machine)
 
-    def terminate(self, workspace_id: str) -> None:
+    def terminate(self, node_id: str) -> None:
         with self._lock:
-            container = self._containers.get(workspace_id)
+            container = self._machines.get(node_id)
         if container is None:
             # nothing recorded; still remove what a crash between steps may have left
-            self._clean(workspace_id, None, str(self.root / workspace_id))
+            self._clean(node_id, None, str(self.root / node_id))
             return
         _stop(container.pid, container.directory)
-        self._clean(workspace_id, container.cluster_id, container.directory)
+        self._clean(node_id, container.cluster_id, container.directory)
         with self._lock:
-            self._containers.pop(workspace_id, None)
+            self._machines.pop(node_id, None)
             self._save()
-        log.info("nspawn: terminated %s (%s)", container.node, workspace_id)
+        log.info("nspawn: terminated %s (%s)", container.node, node_id)
 
-    def describe(self, workspace_id: str) -> Machine | None:
+    def describe(self, node_id: str) -> Machine | None:
         with self._lock:
-            container = self._containers.get(workspace_id)
+            container = self._machines.get(node_id)
         return self._view(container) if container else None
 
     def list_machines(self) -> list[Machine]:
         with self._lock:
-            containers = list(self._containers.values())
+            containers = list(self._machines.values())
         return [self._view(c) for c in containers]
+
+    def service_address(self, placement: Placement) -> str:
+        """Nodes reach the service at their cluster bridge's address."""
+        return network.gateway_of(placement.subnet)
 
     def networks_in_use(self) -> list[ipaddress.IPv4Network]:
         """Whatever this machine routes: clusters' bridges live beside its other networks."""
@@ -165,8 +185,8 @@ class NspawnBackend(Backend):
             )
         return merged
 
-    def _personalize(self, merged: Path, spec: BootSpec) -> None:
-        (merged / "etc" / "hostname").write_text(spec.node + "\n")
+    def _personalize(self, merged: Path, spec: NodeSpec) -> None:
+        (merged / "etc" / "hostname").write_text(spec.name + "\n")
         state = merged / "var" / "lib" / "corral"
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state / "bootstrap.json"
@@ -174,8 +194,8 @@ class NspawnBackend(Backend):
         with os.fdopen(fd, "wb") as out:
             out.write(spec.user_data)
 
-    def _start(self, directory: Path, merged: Path, spec: BootSpec, namespace: str) -> int:
-        machine = network.netns_name(spec.workspace_id)
+    def _start(self, directory: Path, merged: Path, spec: NodeSpec, namespace: str) -> int:
+        machine = network.netns_name(spec.node_id)
         command = [
             "systemd-nspawn",
             "--quiet",
@@ -184,7 +204,7 @@ class NspawnBackend(Backend):
             "--keep-unit",
             f"--directory={merged}",
             f"--machine={machine}",
-            f"--hostname={spec.node}",
+            f"--hostname={spec.name}",
             f"--network-namespace-path={network.NETNS_DIR / namespace}",
             "--link-journal=no",
             "--resolv-conf=off",
@@ -201,8 +221,8 @@ class NspawnBackend(Backend):
             )
         return process.pid
 
-    def _clean(self, workspace_id: str, cluster_id: str | None, directory: str) -> None:
-        machine = network.netns_name(workspace_id)
+    def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
+        machine = network.netns_name(node_id)
         _kill_namespace(machine)
         cgroups.remove(machine)
         merged = Path(directory) / "merged"
@@ -210,40 +230,36 @@ class NspawnBackend(Backend):
         if os.path.ismount(merged) and unmounted.returncode != 0:
             subprocess.run(["umount", "--lazy", str(merged)], capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
-        network.detach_node(workspace_id)
+        network.detach_node(node_id)
         if cluster_id is not None:
             with self._lock:
                 others = [
                     c
-                    for c in self._containers.values()
-                    if c.cluster_id == cluster_id and c.workspace_id != workspace_id
+                    for c in self._machines.values()
+                    if c.cluster_id == cluster_id and c.node_id != node_id
                 ]
             if not others and not network.bridge_ports(cluster_id):
                 network.remove_bridge(cluster_id)
 
-    def _view(self, container: _Container) -> Machine:
+    def _view(self, container: _Machine) -> Machine:
         if _alive(container.pid, container.directory):
             return Machine(
-                container.workspace_id, MachineState.RUNNING, container.host, container.address
+                container.node_id, MachineState.RUNNING, container.host, container.address
             )
         tail = _tail(Path(container.directory) / "console.log")
         return Machine(
-            container.workspace_id,
+            container.node_id,
             MachineState.STOPPED,
             container.host,
             container.address,
             f"its container exited: {tail}" if tail else "its container exited",
         )
 
-    def _load(self) -> dict[str, _Container]:
-        if not self.state_file.exists():
-            return {}
-        return {r["workspace_id"]: _Container(**r) for r in json.loads(self.state_file.read_text())}
+    def _load(self) -> dict[str, _Machine]:
+        return load_records(self.state_file, _Machine)
 
     def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(c) for c in self._containers.values()]))
-        os.replace(tmp, self.state_file)
+        save_records(self.state_file, self._machines)
 
 
 def _run(*command: str) -> None:

@@ -20,8 +20,8 @@ def backend_names() -> list[str]:
     return sorted(BACKENDS)
 
 
-def load_backend(name: str, options: dict[str, str], data_dir: Path) -> Backend:
-    """Import and build the backend `name`; raises ValueError for an unknown name or option."""
+def backend_class(name: str) -> type[Backend]:
+    """Import the backend `name`; raises ValueError for an unknown name."""
     try:
         target = BACKENDS[name]
     except KeyError:
@@ -29,5 +29,9 @@ def load_backend(name: str, options: dict[str, str], data_dir: Path) -> Backend:
             f"unknown backend {name!r} (known: {', '.join(backend_names())})"
         ) from None
     module_name, _, class_name = target.partition(":")
-    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
-    return cls.from_options(dict(options), data_dir)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_backend(name: str, options: dict[str, str], data_dir: Path) -> Backend:
+    """Import and build the backend `name`; raises ValueError for an unknown name or option."""
+    return backend_class(name).from_options(dict(options), data_dir)

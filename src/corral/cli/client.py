@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from corral.errors import ServiceUnavailableError
-from corral.service.http_errors import error_from_body
+from corral.http_status import error_from_body
 
 
 class Client:

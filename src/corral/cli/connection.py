@@ -25,6 +25,7 @@ from corral.service.config import (
     DEFAULT_BROKER_PORT,
     DEFAULT_METADATA_PORT,
     DEFAULT_PORT,
+    ServiceConfig,
     default_backend,
     default_data_dir,
 )
@@ -84,7 +85,8 @@ def start_local(data_dir: Path) -> str:
     broker_port = DEFAULT_BROKER_PORT if _port_free(DEFAULT_BROKER_PORT) else _free_port()
     metadata_port = DEFAULT_METADATA_PORT if _port_free(DEFAULT_METADATA_PORT) else _free_port()
     # containers reach the broker at their bridge; other backends need only loopback
-    cluster_side = "0.0.0.0" if default_backend() == "nspawn" else "127.0.0.1"
+    at_gateways = ServiceConfig(backend=default_backend()).nodes_reach_service_at_gateways()
+    cluster_side = "0.0.0.0" if at_gateways else "127.0.0.1"
     log_path = data_dir / "service.log"
     command = [
         sys.executable,

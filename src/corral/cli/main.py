@@ -102,6 +102,13 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Configuration file with the service's pools (see docs/configuration.md).",
+)
+@click.option(
     "--backend",
     default=None,
     help="Backend for the local pool (default: $CORRAL_BACKEND, else nspawn if usable, else fake).",
@@ -136,6 +143,7 @@ def cli() -> None:
 @click.option("--tick", "tick_seconds", type=float, default=None, help="Engine interval (s).")
 @reports_errors
 def serve(
+    config_file: Path | None,
     backend: str | None,
     backend_options: tuple[str, ...],
     db_url: str | None,
@@ -158,10 +166,21 @@ def serve(
         DEFAULT_METADATA_PORT,
         ServiceConfig,
     )
+    from corral.service.config_file import read_config_file
 
     config = ServiceConfig()
     if data_dir:
         config.data_dir = data_dir
+    if config_file is not None:
+        if backend or backend_options:
+            raise click.UsageError(
+                "--backend and --backend-option describe one pool; with --config, "
+                "the file describes every pool"
+            )
+        try:
+            read_config_file(config_file, config)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--config") from None
     if backend:
         config.backend = backend
     for item in backend_options:
@@ -174,7 +193,7 @@ def serve(
         config.listen = listen
     if broker_listen:
         config.broker_listen = broker_listen
-    elif config.backend == "nspawn":
+    elif config.nodes_reach_service_at_gateways():
         # containers reach the broker at their bridge's address
         config.broker_listen = f"0.0.0.0:{DEFAULT_BROKER_PORT}"
     config.broker_url = broker_url

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from corral.cli.connection import clear_state, write_state
-from corral.service.app import Service
 from corral.service.config import ServiceConfig, split_listen
+from corral.service.process import Service
 from corral.service.servers import run_in_foreground
 
 

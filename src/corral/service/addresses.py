@@ -12,13 +12,9 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from corral.backends.network import gateway_of
 from corral.errors import CapacityError
 from corral.store.models import AddressAllocation, Pool, SubnetAllocation
-
-
-def gateway_of(subnet: str) -> str:
-    """The first address of a cluster subnet, kept for its bridge (where the service listens)."""
-    return str(next(ipaddress.ip_network(subnet).hosts()))
 
 
 def allocate_subnet(

@@ -61,6 +61,7 @@ from corral.service.schemas import (
     LaunchBody,
     NewUserView,
     NodeView,
+    PoolView,
     ReportView,
     UserBody,
     UserView,
@@ -170,6 +171,15 @@ def health(
         instance=service.instance,
         backend=service.backend.name,
         capabilities=sorted(service.backend.capabilities),
+        pools=[
+            PoolView(
+                name=pool.name,
+                backend=pool.backend.name,
+                capabilities=sorted(pool.capabilities),
+                default=pool is service.pools.default,
+            )
+            for pool in service.pools
+        ],
     )
 
 
@@ -373,6 +383,7 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
         lease_left_seconds=max(0.0, (cluster.lease_end - utcnow()).total_seconds()),
         created_at=cluster.created_at,
         failure=cluster.failure,
+        pool=cluster.pool_name,
     )
 
 
@@ -402,7 +413,6 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     summary = _summary(cluster, len(nodes), ready)
     return ClusterDetail(
         **summary.model_dump(),
-        pool=cluster.pool_name,
         subnet=cluster.subnet,
         policy=cluster.policy,
         keep_on_failure=cluster.keep_on_failure,

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from ipaddress import IPv4Network
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from corral import names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
-from corral.errors import LeaseError, NotFoundError
+from corral.errors import CapacityError, LeaseError, NotFoundError
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import quotas
 from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
 from corral.service.inventory import host_capacities
+from corral.service.pools import Pool, Pools
 from corral.service.scheduler import NodeRequest, place
-from corral.store.models import Cluster, Image, Pool, User, Workspace, utcnow
+from corral.store.models import Cluster, Image, User, Workspace, utcnow
+from corral.store.models import Pool as PoolRow
 from corral.transitions import bump_context, move_cluster, record, record_node
 from corral.units import format_duration
 
@@ -58,14 +58,10 @@ class Clusters:
     def __init__(
         self,
         config: ServiceConfig,
-        capabilities: frozenset[Capability],
-        networks_in_use: Callable[[], list[IPv4Network]] = list,
+        pools: Pools,
     ) -> None:
-        """`networks_in_use()` says what the backend's hosts route already, which no
-        cluster may be given (Backend.networks_in_use)."""
         self.config = config
-        self.capabilities = capabilities
-        self.networks_in_use = networks_in_use
+        self.pools = pools
         # one launch places at a time, so two launches cannot take the same free capacity
         self._placement_lock = threading.Lock()
 
@@ -73,12 +69,12 @@ class Clusters:
         """Create a cluster and its workspaces, or raise and create nothing.
 
         Raises LeaseError, NotFoundError (pool or image), QuotaExceededError or
-        CapacityError.
+        CapacityError (the pool's hosts, addresses or limit).
         """
         doc = request.document
         lease = self._lease_for(request.lease or doc.lease)
-        pool = self._pool_for(session, request.pool or doc.pool)
-        self._check_images(session, doc)
+        pool = self.pools.get(request.pool or doc.pool or self.config.default_pool_name)
+        self._check_images(session, doc, pool)
         now = utcnow()
         quotas.check_quota(
             session,
@@ -89,6 +85,7 @@ class Clusters:
             quotas.node_hours(doc.total_nodes, lease),
         )
         with self._placement_lock:
+            _check_pool_limit(session, pool, doc.total_nodes)
             cluster = self._create(session, user, doc, request, pool, lease, now)
             session.flush()
         return cluster
@@ -109,6 +106,7 @@ class Clusters:
             for node in group.node_names()
         ]
         placement = place(requests, host_capacities(session, pool.name))
+        pool_row = session.get(PoolRow, pool.name)
         digests = self._image_digests(session, doc)
         cluster = Cluster(
             id=new_id("c"),
@@ -125,7 +123,7 @@ class Clusters:
         )
         session.add(cluster)
         session.flush()
-        cluster.subnet = allocate_subnet(session, pool, cluster.id, self.networks_in_use())
+        cluster.subnet = allocate_subnet(session, pool_row, cluster.id, pool.networks_in_use())
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
         workspaces = []
         for group in doc.nodes:
@@ -149,7 +147,9 @@ class Clusters:
                 workspaces.append(ws)
         session.add_all(workspaces)
         session.flush()
-        addresses = allocate_addresses(session, pool, cluster.subnet, [w.id for w in workspaces])
+        addresses = allocate_addresses(
+            session, pool_row, cluster.subnet, [w.id for w in workspaces]
+        )
         for ws in workspaces:
             ws.address = addresses[ws.id]
             record_node(
@@ -176,15 +176,8 @@ class Clusters:
             )
         return lease
 
-    def _pool_for(self, session: Session, chosen: str | None) -> Pool:
-        name = chosen or self.config.pool
-        pool = session.get(Pool, name)
-        if pool is None:
-            raise NotFoundError(f"pool: no pool named {name}", field="pool", pool=name)
-        return pool
-
-    def _check_images(self, session: Session, doc: ClusterDocument) -> None:
-        if Capability.ANY_IMAGE in self.capabilities:
+    def _check_images(self, session: Session, doc: ClusterDocument, pool: Pool) -> None:
+        if Capability.ANY_IMAGE in pool.capabilities:
             return
         for i, group in enumerate(doc.nodes):
             if session.get(Image, group.image) is None:
@@ -280,3 +273,20 @@ class Clusters:
             return cluster
         move_cluster(session, cluster, ClusterState.TERMINATING, f"destroyed by {user.name}")
         return cluster
+
+
+def _check_pool_limit(session: Session, pool: Pool, adding: int) -> None:
+    """Raises CapacityError when `adding` nodes would take the pool past its limit."""
+    limit = pool.config.max_nodes
+    if limit is None:
+        return
+    live = session.scalar(
+        select(func.count(Workspace.id))
+        .join(Cluster)
+        .where(Cluster.pool_name == pool.name, Workspace.state != NodeState.TERMINATED.value)
+    )
+    if live + adding > limit:
+        raise CapacityError(
+            f"pool {pool.name} runs {live} of its {limit} nodes; {adding} more do not fit",
+            pool=pool.name,
+        )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+
+from corral.backends.base import Capability
+from corral.backends.registry import backend_class
 
 DEFAULT_PORT = 8470
 DEFAULT_BROKER_PORT = 8471
@@ -25,9 +27,7 @@ def default_backend() -> str:
     """$CORRAL_BACKEND, else real containers where this machine can run them, else fake."""
     if env := os.environ.get("CORRAL_BACKEND"):
         return env
-    if os.geteuid() == 0 and shutil.which("systemd-nspawn"):
-        return "nspawn"
-    return "fake"
+    return "nspawn" if backend_class("nspawn").detect() is None else "fake"
 
 
 def default_data_dir() -> Path:
@@ -50,6 +50,38 @@ def machine_memory_mib() -> int:
     return 1024
 
 
+@dataclass(frozen=True)
+class HostConfig:
+    """A host a site lists for a pool: its name and what it offers."""
+
+    name: str
+    cores: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool: its backend and options, hosts, addresses and limits.
+
+    A pool that lists no hosts gets one for this machine, named after the pool.
+    """
+
+    name: str
+    backend: str
+    # values of the backend's secret_options are never shown: see `shown_options`
+    options: dict[str, str] = field(default_factory=dict, repr=False)
+    address_range: str = "10.180.0.0/16"
+    subnet_prefix: int = 24
+    hosts: tuple[HostConfig, ...] = ()
+    max_nodes: int | None = None  # live nodes of every cluster in the pool together
+    broker_url: str | None = None  # what its nodes are told; None: the service's own
+
+    def shown_options(self) -> dict[str, str]:
+        """The options as they may be logged or shown: secret values hidden."""
+        secret = backend_class(self.backend).secret_options
+        return {k: ("<secret>" if k in secret else v) for k, v in self.options.items()}
+
+
 @dataclass
 class ServiceConfig:
     """Settings of one service process; every field has a working default for local use."""
@@ -66,8 +98,12 @@ class ServiceConfig:
     bootstrap_token_lifetime: timedelta = timedelta(minutes=10)
     # the broker's own certificate; renewed with the same key once a third of it is left
     broker_cert_lifetime: timedelta = timedelta(days=90)
+    # the pools, from a configuration file (config_file.py); none: one pool from the
+    # shorthand below, as `corral serve --backend ... --backend-option ...` gives it
+    pools: tuple[PoolConfig, ...] = ()
+    default_pool: str | None = None  # None: the first pool
     backend: str = field(default_factory=lambda: default_backend())
-    backend_options: dict[str, str] = field(default_factory=dict)
+    backend_options: dict[str, str] = field(default_factory=dict, repr=False)
     pool: str = "local"
     address_range: str = "10.180.0.0/16"
     subnet_prefix: int = 24
@@ -85,16 +121,38 @@ class ServiceConfig:
     hold_renew_every: timedelta = timedelta(seconds=2)
     hold_ttl: timedelta = timedelta(seconds=15)
 
+    def pool_configs(self) -> tuple[PoolConfig, ...]:
+        """The configured pools, or the one the shorthand fields describe."""
+        if self.pools:
+            return self.pools
+        shorthand = PoolConfig(
+            self.pool, self.backend, self.backend_options, self.address_range, self.subnet_prefix
+        )
+        return (shorthand,)
+
+    def nodes_reach_service_at_gateways(self) -> bool:
+        """Whether some pool's nodes reach the service at their bridge's address, so the
+        broker must listen on every address (Capability.GATEWAY_SERVICES)."""
+        return any(
+            Capability.GATEWAY_SERVICES in backend_class(p.backend).capabilities
+            for p in self.pool_configs()
+        )
+
+    @property
+    def default_pool_name(self) -> str:
+        return self.default_pool or self.pool_configs()[0].name
+
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'corral.db'}"
 
-    def advertised_broker_url(self, at_gateway: bool = False) -> str:
-        """The broker URL nodes are given; `{gateway}` stands for their subnet's gateway."""
+    def advertised_broker_url(self, address: str | None = None) -> str:
+        """The broker URL nodes are given: at `address` where their backend says they reach
+        the service there, else at the broker's listen address."""
         if self.broker_url:
             return self.broker_url.rstrip("/")
         host, port = split_listen(self.broker_listen)
-        return f"https://{'{gateway}' if at_gateway else host}:{port}/broker/v1"
+        return f"https://{address or host}:{port}/broker/v1"
 
     @property
     def admin_token_file(self) -> Path:

@@ -6,8 +6,10 @@ warns before and enforces lease expiry, and removes what is terminating. The loo
 level-triggered: everything it needs is in the store, so a service killed at any moment
 picks up where it was on restart, and a lease ends on time with no client running.
 
-Backend calls run on worker threads ("jobs"); a workspace with a job under way is left
-alone by the tick until the job has written its result.
+Every backend call goes through the pool of the node it is for, and each pool's machines
+are listed at that backend's pace (observation.py). Backend calls run on worker threads
+("jobs"); a node with a job under way is left alone by the tick until the job has written
+its result.
 """
 
 from __future__ import annotations
@@ -17,25 +19,29 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.backends.base import Backend, BootSpec, Capability, Machine, MachineState
+from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.document import ClusterDocument
 from corral.errors import BackendError
+from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
+from corral.service.decisions import NodeRecord, apply_policy, react_to_machine
 from corral.service.documents import DocumentCache
-from corral.service.transitions import move_cluster, move_node, record
+from corral.service.observation import Observation, Observer
+from corral.service.pools import Pools, placement_of
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
 from corral.store.models import Cluster, Workspace, utcnow
+from corral.transitions import move_cluster, move_node, record
 from corral.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -45,41 +51,7 @@ MIN_TICK_GAP_SECONDS = 0.02
 # keeps the engine to a fifth of a core however many nodes there are
 TICK_SPACING = 4
 
-_IN_PROGRESS = {
-    NodeState.PENDING,
-    NodeState.BOOTING,
-    NodeState.REGISTERED,
-    NodeState.CONFIGURING,
-}
-_FAILING = {NodeState.FAILED, NodeState.LOST}
-_RUNNING_STATES = {
-    NodeState.BOOTING,
-    NodeState.REGISTERED,
-    NodeState.CONFIGURING,
-    NodeState.READY,
-}
-
-
-@dataclass
-class Node:
-    """A workspace as a tick reads it: plain values, not an ORM object.
-
-    A tick reads every live node but changes few, so only the nodes it moves or boots
-    are loaded as Workspace objects (see `Engine._move`).
-    """
-
-    id: str
-    cluster_id: str
-    name: str
-    group: str
-    state: str
-    state_since: datetime
-    registered_at: datetime | None
-    failure: str | None
-    failure_phase: str | None
-
-
-_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(Node)]
+_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(NodeRecord)]
 
 
 class Engine:
@@ -88,7 +60,7 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        backend: Backend,
+        pools: Pools,
         config: ServiceConfig,
         writes: GroupCommit,
         documents: DocumentCache,
@@ -96,7 +68,9 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
-        self.backend = backend
+        self.pools = pools
+        self.observer = Observer(pools)
+        self.images = ImageStore.of_data_dir(config.data_dir)
         self.config = config
         # its lock is held while deciding, and by API writes, so a tick and a request
         # never race; jobs write their results through it
@@ -104,8 +78,8 @@ class Engine:
         self.clock = clock
         self.documents = documents
         # nodes of a backend that runs agents get a bootstrap document, and are ready
-        # when their agent says so rather than when their machine runs
-        self.bootstrap = bootstrap if Capability.RUNS_AGENT in backend.capabilities else None
+        # when their agent says so rather than when their machine runs (runs_agents)
+        self.bootstrap = bootstrap
         self._jobs = ThreadPoolExecutor(config.backend_workers, thread_name_prefix="corral-job")
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
@@ -158,12 +132,12 @@ class Engine:
         """One pass: observe the backend, then decide and start jobs."""
         with self._busy_lock:
             busy = set(self._busy)  # taken before reading rows; see _submit
-        machines = {m.workspace_id: m for m in self.backend.list_machines()}
+        observed = self.observer.observe()
         now = self.clock()
         live = Cluster.state != ClusterState.TERMINATED.value
         with self.writes.decisions, self.store.session() as session:
             clusters = list(session.scalars(select(Cluster).where(live)))
-            members: dict[str, list[Node]] = {c.id: [] for c in clusters}
+            members: dict[str, list[NodeRecord]] = {c.id: [] for c in clusters}
             rows = session.execute(
                 select(*_NODE_COLUMNS)
                 .join(Cluster)
@@ -171,11 +145,21 @@ class Engine:
                 .order_by(Workspace.group, Workspace.index)
             )
             for row in rows:
-                members[row.cluster_id].append(Node(*row))
+                members[row.cluster_id].append(NodeRecord(*row))
             for cluster in clusters:
-                self._drive(session, cluster, members[cluster.id], machines, busy, now)
+                seen = observed.get(cluster.pool_name, _UNOBSERVED)
+                self._drive(session, cluster, members[cluster.id], seen, busy, now)
         live_ids = {n.id for nodes in members.values() for n in nodes}
-        self._remove_orphans(machines, live_ids, busy)
+        for pool, observation in observed.items():
+            if observation.fresh:
+                self._remove_orphans(pool, observation.machines, live_ids, busy)
+
+    def runs_agents(self, pool: str) -> bool:
+        """Whether the pool's nodes run the context agent and get a bootstrap document."""
+        return (
+            self.bootstrap is not None
+            and Capability.RUNS_AGENT in self.pools.get(pool).capabilities
+        )
 
     # -- one cluster -------------------------------------------------------------------
 
@@ -183,126 +167,51 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
-        members: list[Node],
-        machines: dict[str, Machine],
+        members: list[NodeRecord],
+        observation: Observation,
         busy: set[str],
         now: datetime,
     ) -> None:
         doc = self.documents.of(cluster)
+        agents = self.runs_agents(cluster.pool_name)
         nodes = [n for n in members if n.id not in busy]
         state = ClusterState(cluster.state)
         if state is not ClusterState.TERMINATING:
             self._enforce_lease(session, cluster, now)
             state = ClusterState(cluster.state)
         if state is ClusterState.TERMINATING:
-            self._tear_down(session, cluster, members, nodes, machines, busy)
+            self._tear_down(session, cluster, members, nodes, observation, busy)
             return
         for node in nodes:
-            self._observe(session, node, machines.get(node.id), doc, now)
+            machine = observation.machines.get(node.id)
+            if machine is None and not observation.fresh:
+                continue  # a stale listing cannot say a machine is gone
+            move = react_to_machine(node, machine, doc.policy, now, agents)
+            if move is not None:
+                self._move(session, node, move.target, move.reason)
         self._apply_policy(session, cluster, members, doc)
         for node in nodes:
             if node.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
-                spec = self._boot_spec(cluster, session.get(Workspace, node.id))
-                self._submit(node.id, self._boot_job, spec)
+                boot = self._boot_order(cluster, session.get(Workspace, node.id))
+                self._submit(node.id, self._boot_job, boot)
             elif node.state == NodeState.TERMINATING.value:
-                self._submit(node.id, self._terminate_job, node.id)
-
-    def _observe(
-        self,
-        session: Session,
-        node: Node,
-        machine: Machine | None,
-        doc: ClusterDocument,
-        now: datetime,
-    ) -> None:
-        state = NodeState(node.state)
-        if state not in _RUNNING_STATES:
-            return
-        if machine is None:
-            self._move(session, node, NodeState.LOST, "the backend no longer has this machine")
-        elif machine.state is MachineState.ERROR:
-            self._move(
-                session, node, NodeState.FAILED, machine.detail or "the backend reports an error"
-            )
-        elif machine.state is MachineState.STOPPED:
-            self._move(session, node, NodeState.LOST, machine.detail or "the machine stopped")
-        elif (
-            state is NodeState.BOOTING
-            and machine.state is MachineState.RUNNING
-            and self.bootstrap is None
-        ):
-            running = "running (this backend runs no context agent)"
-            self._move(session, node, NodeState.READY, running)
-        elif state is NodeState.BOOTING and now - node.state_since > doc.policy.boot_timeout:
-            waited = "its agent to register" if self.bootstrap else "the machine to run"
-            self._move(
-                session,
-                node,
-                NodeState.FAILED,
-                f"boot timed out after {format_duration(doc.policy.boot_timeout)} "
-                f"waiting for {waited}",
-            )
-        elif (
-            state in (NodeState.REGISTERED, NodeState.CONFIGURING)
-            and node.registered_at is not None
-            and now - node.registered_at > doc.policy.context_timeout
-        ):
-            self._move(
-                session,
-                node,
-                NodeState.FAILED,
-                f"contextualization timed out after "
-                f"{format_duration(doc.policy.context_timeout)} (still {state})",
-            )
+                self._submit(node.id, self._terminate_job, (cluster.pool_name, node.id))
 
     def _apply_policy(
-        self, session: Session, cluster: Cluster, members: list[Node], doc: ClusterDocument
+        self, session: Session, cluster: Cluster, members: list[NodeRecord], doc: ClusterDocument
     ) -> None:
-        state = ClusterState(cluster.state)
-        if state not in (ClusterState.LAUNCHING, ClusterState.READY):
+        outcome = apply_policy(ClusterState(cluster.state), members, doc)
+        if outcome.failure is not None:
+            self._fail(session, cluster, outcome.failure)
             return
-        by_group: dict[str, list[Node]] = {}
+        dropped = set(outcome.drop)
         for node in members:
-            by_group.setdefault(node.group, []).append(node)
-        failing = [n for n in members if NodeState(n.state) in _FAILING]
-        best_effort = doc.policy.mode == "best-effort"
-        if best_effort:
-            short = []
-            for group in doc.nodes:
-                of_group = by_group.get(group.group, [])
-                ready = sum(1 for n in of_group if n.state == NodeState.READY.value)
-                hopeful = sum(1 for n in of_group if NodeState(n.state) in _IN_PROGRESS)
-                if ready + hopeful < group.min_ready:
-                    short.append((group, ready))
-                elif ready < group.min_ready:
-                    short.append(None)  # still possible, not there yet
-            if any(s is not None for s in short):
-                group, ready = next(s for s in short if s is not None)
-                cause = _describe_failures(
-                    [w for w in by_group.get(group.group, []) if w.failure is not None]
-                )
-                self._fail(
-                    session,
-                    cluster,
-                    f"group {group.group} cannot reach its minimum of {group.min_ready} ready "
-                    f"node(s) ({ready} ready): {cause}",
-                )
-                return
-            for node in failing:  # best effort carries on without its failed nodes
+            if node.id in dropped:
                 self._move(
                     session, node, NodeState.TERMINATING, "dropped under the best-effort policy"
                 )
-            if not short and state is ClusterState.LAUNCHING:
-                move_cluster(
-                    session, cluster, ClusterState.READY, "every group has its minimum ready"
-                )
-            return
-        if failing:
-            self._fail(session, cluster, _describe_failures(failing))
-        elif state is ClusterState.LAUNCHING and all(
-            n.state == NodeState.READY.value for n in members
-        ):
-            move_cluster(session, cluster, ClusterState.READY, "every node is ready")
+        if outcome.ready is not None:
+            move_cluster(session, cluster, ClusterState.READY, outcome.ready)
 
     def _fail(self, session: Session, cluster: Cluster, cause: str) -> None:
         launching = cluster.state == ClusterState.LAUNCHING
@@ -340,25 +249,28 @@ class Engine:
         self,
         session: Session,
         cluster: Cluster,
-        members: list[Node],
-        nodes: list[Node],
-        machines: dict[str, Machine],
+        members: list[NodeRecord],
+        nodes: list[NodeRecord],
+        observation: Observation,
         busy: set[str],
     ) -> None:
+        pool = cluster.pool_name
         for node in nodes:
             state = NodeState(node.state)
             if state is NodeState.TERMINATED:
                 continue
             if state is not NodeState.TERMINATING:
                 self._move(session, node, NodeState.TERMINATING, "cluster is terminating")
-            self._submit(node.id, self._terminate_job, node.id)
+            self._submit(node.id, self._terminate_job, (pool, node.id))
         ids = {n.id for n in members}
         if any(n.state != NodeState.TERMINATED.value for n in members) or busy & ids:
             return
-        leftovers = ids & machines.keys()
+        if not observation.fresh:
+            return  # only a fresh listing can say the backend runs nothing of it
+        leftovers = ids & observation.machines.keys()
         if leftovers:  # the backend still runs something of ours: remove it again
-            for workspace_id in leftovers:
-                self._submit(workspace_id, self._terminate_job, workspace_id)
+            for node_id in leftovers:
+                self._submit(node_id, self._terminate_job, (pool, node_id))
             return
         release_subnet(session, cluster.id)
         move_cluster(
@@ -370,13 +282,13 @@ class Engine:
         self.documents.forget(cluster.id)
 
     def _remove_orphans(
-        self, machines: dict[str, Machine], live_ids: set[str], busy: set[str]
+        self, pool: str, machines: dict[str, Machine], live_ids: set[str], busy: set[str]
     ) -> None:
-        for workspace_id in machines.keys() - live_ids - busy:
-            log.warning("backend runs %s, which no live record owns; removing it", workspace_id)
-            self._submit(workspace_id, self._terminate_job, workspace_id)
+        for node_id in machines.keys() - live_ids - busy:
+            log.warning("pool %s runs %s, which no live record owns; removing it", pool, node_id)
+            self._submit(node_id, self._terminate_job, (pool, node_id))
 
-    def _move(self, session: Session, node: Node, target: NodeState, reason: str) -> None:
+    def _move(self, session: Session, node: NodeRecord, target: NodeState, reason: str) -> None:
         """Move the node's workspace, and keep `node` as it now is for the rest of the tick."""
         ws = session.get(Workspace, node.id)
         move_node(session, ws, target, reason)
@@ -407,44 +319,45 @@ class Engine:
             future = self._jobs.submit(run)
             self._futures.add(future)
 
-    def _boot_job(self, spec: BootSpec) -> None:
-        if self.bootstrap is not None:
+    def _boot_job(self, boot: tuple[NodeSpec, Placement]) -> None:
+        spec, placement = boot
+        if self.runs_agents(placement.pool):
             # committed before the machine starts, so its agent always finds its token
             user_data = self.writes.write_from_thread(
-                partial(self._user_data, spec.workspace_id), [(Workspace, spec.workspace_id)]
+                partial(self._pending_user_data, spec.node_id), [(Workspace, spec.node_id)]
             )
             if user_data is None:
                 return
             spec = replace(spec, user_data=user_data)
         try:
-            self.backend.boot(spec)
+            self.pools.get(placement.pool).backend.boot(spec, placement)
         except BackendError as exc:
-            self._set_node(spec.workspace_id, NodeState.PENDING, NodeState.FAILED, exc.message)
+            self._set_node(spec.node_id, NodeState.PENDING, NodeState.FAILED, exc.message)
             return
+        where = placement.host or f"pool {placement.pool}"
         self._set_node(
-            spec.workspace_id,
-            NodeState.PENDING,
-            NodeState.BOOTING,
-            f"boot requested on {spec.host}",
+            spec.node_id, NodeState.PENDING, NodeState.BOOTING, f"boot requested on {where}"
         )
 
-    def _user_data(self, workspace_id: str, session: Session) -> bytes | None:
+    def _pending_user_data(self, node_id: str, session: Session) -> bytes | None:
         """The node's bootstrap document, with a new token; None if it no longer boots."""
-        ws = session.get(Workspace, workspace_id)
+        ws = session.get(Workspace, node_id)
         if ws is None or ws.state != NodeState.PENDING.value:
             return None
         return self.bootstrap.user_data(session, ws, self.clock())
 
-    def _terminate_job(self, workspace_id: str) -> None:
-        self.backend.terminate(workspace_id)
-        with self.store.session() as session:
-            ws = session.get(Workspace, workspace_id)
-            if ws is None or ws.state == NodeState.TERMINATED.value:
-                return
-            if ws.state != NodeState.TERMINATING.value:
-                return  # an orphan's record moved on; nothing of ours to update
+    def _terminate_job(self, target: tuple[str, str]) -> None:
+        pool, node_id = target
+        self.pools.get(pool).backend.terminate(node_id)
+
+        def record(session: Session) -> None:
+            ws = session.get(Workspace, node_id)
+            if ws is None or ws.state != NodeState.TERMINATING.value:
+                return  # gone, terminated, or an orphan's record moved on: nothing to update
             move_node(session, ws, NodeState.TERMINATED, f"removed from {ws.host_name}")
             release_address(session, ws.id)
+
+        self.writes.write_from_thread(record, [(Workspace, node_id)])
         self.poke()
 
     def _set_node(
@@ -462,24 +375,20 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _boot_spec(self, cluster: Cluster, ws: Workspace) -> BootSpec:
-        return BootSpec(
-            workspace_id=ws.id,
+    def _boot_order(self, cluster: Cluster, ws: Workspace) -> tuple[NodeSpec, Placement]:
+        """What the node is, with its image resolved through the image store, and where
+        it runs."""
+        digest = ws.image_digest
+        rootfs = self.images.path(digest) if digest and self.images.has(digest) else None
+        spec = NodeSpec(
+            node_id=ws.id,
             cluster_id=cluster.id,
-            node=ws.name,
-            host=ws.host_name,
-            image=ws.image,
-            image_digest=ws.image_digest,
+            name=ws.name,
+            image=ImageRef(ws.image, digest, rootfs),
             cores=ws.cores,
             memory_mib=ws.memory_mib,
-            address=ws.address or "",
-            subnet=cluster.subnet or "",
         )
+        return spec, placement_of(ws)
 
 
-def _describe_failures(failing: list[Node]) -> str:
-    if not failing:
-        return "no node failed, but too few are left"
-    parts = [f"node {w.name} failed in phase {w.failure_phase}: {w.failure}" for w in failing[:5]]
-    more = f"; and {len(failing) - 5} more" if len(failing) > 5 else ""
-    return "; ".join(parts) + more
+_UNOBSERVED = Observation({}, fresh=False)

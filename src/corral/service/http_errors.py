@@ -1,7 +1,6 @@
 """Where the web framework's own request errors become corral's.
 
-corral's errors become status codes in corral/http_status.py; `error_from_body` is
-re-exported from there only for the CLI's client, until its next change imports it there.
+corral's errors become status codes in corral/http_status.py.
 """
 
 from __future__ import annotations
@@ -10,9 +9,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from corral import errors
-from corral.http_status import error_from_body
-
-__all__ = ["bad_request", "error_from_body"]
 
 
 def bad_request(problems: Sequence[Mapping[str, Any]]) -> errors.BadRequestError:

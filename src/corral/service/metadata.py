@@ -33,14 +33,15 @@ MAX_BOOTSTRAP_TOKENS = 4
 
 
 def create_metadata_app(
-    bootstrap: BootstrapIssuer | None,
-    backend_name: str,
+    bootstrap: BootstrapIssuer,
+    runs_agents: Callable[[str], bool],
     store: Store,
     writes: GroupCommit,
     clock: Callable[[], datetime],
 ) -> FastAPI:
-    """The metadata app. `bootstrap` is None for a backend that runs no context agents
-    (it then answers 404); documents are issued through `writes`, at `clock()`."""
+    """The metadata app. A node of a pool whose backend runs no context agents
+    (`runs_agents(pool)` is false) gets 404; documents are issued through `writes`, at
+    `clock()`."""
     app = FastAPI(title="corral metadata", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(CorralError)
@@ -50,11 +51,11 @@ def create_metadata_app(
     @app.get("/metadata/v1/user-data")
     def user_data(request: Request) -> Response:
         """The asking node's bootstrap document (JSON), with a new token."""
-        if bootstrap is None:
-            raise NotFoundError(f"backend {backend_name} runs no context agents")
 
         def issue(session: Session) -> bytes:
             ws = _asking_node(session, request)
+            if not runs_agents(ws.cluster.pool_name):
+                raise NotFoundError(f"pool {ws.cluster.pool_name} runs no context agents")
             issued = session.scalar(
                 select(func.count()).where(BootstrapToken.workspace_id == ws.id)
             )

@@ -1,10 +1,11 @@
-"""One `corral serve` process wired together: store, backend, engine, broker and the apps
-that serve them (the API, the broker's and the metadata app; servers.py serves them).
+"""One `corral serve` process wired together: store, pools of backends, engine, broker and
+the apps that serve them (the API, the broker's and the metadata app; servers.py serves
+them).
 
 This is the one module that knows every part; each part gets only the collaborators it
 uses (the broker's endpoints a BrokerParts, the metadata app its issuer and store).
 
-On start the service makes sure its pool exists (with a host for this machine when the
+On start the service makes sure its pools exist (with a host for this machine when a
 pool has none) and that there is an admin, whose token it writes root-only into its data
 directory for the local CLI. Before that it claims its store (store/hold.py): a second
 service on the same store refuses to start, naming the one that holds it, and a service
@@ -24,37 +25,28 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from corral.backends.base import Backend, Capability
-from corral.backends.registry import load_backend
 from corral.broker.api import BrokerApp, BrokerParts
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.broker.known_nodes import KnownNodes
 from corral.broker.notifier import ContextNotifier
 from corral.broker.pki import BrokerIdentity, load_or_create_broker_identity
 from corral.broker.snapshots import Snapshots
-from corral.errors import ConflictError, StoreHeldError
-from corral.lifecycle import ClusterState
+from corral.errors import StoreHeldError
 from corral.service import inventory
-from corral.service.addresses import gateway_of
 from corral.service.api import create_app
 from corral.service.auth import write_token_file
 from corral.service.clusters import Clusters
-from corral.service.config import (
-    ServiceConfig,
-    machine_cores,
-    machine_memory_mib,
-    split_listen,
-)
+from corral.service.config import ServiceConfig, split_listen
 from corral.service.documents import DocumentCache
 from corral.service.engine import Engine
 from corral.service.metadata import create_metadata_app
+from corral.service.pools import Pools
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
 from corral.store.hold import StoreHold
-from corral.store.models import Cluster, Host, User, Workspace, utcnow
+from corral.store.models import User, utcnow
 
 log = logging.getLogger(__name__)
-
-LOCAL_HOST = "local"
 
 
 class Service:
@@ -65,7 +57,10 @@ class Service:
         config: ServiceConfig,
         backend: Backend | None = None,
         clock: Callable[[], datetime] = utcnow,
+        backends: dict[str, Backend] | None = None,
     ) -> None:
+        """`backend` is the default pool's backend and `backends` any pool's, by name, when
+        they are built outside (tests inject fakes); otherwise each pool builds its own."""
         self.config = config
         # tells this process apart from another service that later takes the same port
         self.instance = secrets.token_hex(8)
@@ -84,19 +79,20 @@ class Service:
         self.on_store_lost: Callable[[], None] | None = None
         try:
             self.hold.claim()
-            self._build(backend, clock)
+            given = dict(backends or {})
+            if backend is not None:
+                given[config.default_pool_name] = backend
+            self._build(given, clock)
         except BaseException:
             self.hold.release()
             self.store.close()
             raise
         self.hold.on_lost = self._lost_store
 
-    def _build(self, backend: Backend | None, clock: Callable[[], datetime]) -> None:
-        """Backend, engine, broker and API: what only the store's holder may set going."""
+    def _build(self, given: dict[str, Backend], clock: Callable[[], datetime]) -> None:
+        """Pools, engine, broker and API: what only the store's holder may set going."""
         config = self.config
-        self.backend = backend or load_backend(
-            config.backend, config.backend_options, config.data_dir
-        )
+        self.pools = Pools(config, given)
         self.decisions = threading.Lock()
         self.writes = GroupCommit(self.store, self.decisions)
         self._prepare()
@@ -107,21 +103,22 @@ class Service:
         self.notifier.watch(self.store.sessions)
         broker_host, _ = split_listen(config.broker_listen)
         self.broker_identity = self.renew_broker_identity()
-        at_gateway = Capability.GATEWAY_SERVICES in self.backend.capabilities
-        if at_gateway and broker_host not in ("0.0.0.0", "::"):
-            raise ValueError(
-                f"backend {self.backend.name}: nodes reach the broker at their cluster's "
-                f"gateway, so it must listen on all addresses (--broker-listen "
-                f"0.0.0.0:PORT), not {config.broker_listen}"
-            )
+        for pool in self.pools:
+            at_gateway = Capability.GATEWAY_SERVICES in pool.capabilities
+            if at_gateway and broker_host not in ("0.0.0.0", "::"):
+                raise ValueError(
+                    f"pool {pool.name}: backend {pool.backend.name}'s nodes reach the broker "
+                    f"at their cluster's gateway, so it must listen on all addresses "
+                    f"(--broker-listen 0.0.0.0:PORT), not {config.broker_listen}"
+                )
         issuer = BootstrapIssuer(
-            _broker_url_for(config.advertised_broker_url(at_gateway)),
+            self.pools.broker_url_for,
             lambda: self.broker_identity,
             config.bootstrap_token_lifetime,
         )
-        self.clusters = Clusters(config, self.backend.capabilities, self.backend.networks_in_use)
+        self.clusters = Clusters(config, self.pools)
         self.engine = Engine(
-            self.store, self.backend, config, self.writes, self.documents, issuer, clock
+            self.store, self.pools, config, self.writes, self.documents, issuer, clock
         )
         self.app = create_app(self)
         self.broker_app = BrokerApp(
@@ -130,7 +127,7 @@ class Service:
             )
         )
         self.metadata_app = create_metadata_app(
-            self.engine.bootstrap, self.backend.name, self.store, self.writes, clock
+            issuer, self.engine.runs_agents, self.store, self.writes, clock
         )
 
     def renew_broker_identity(self) -> BrokerIdentity:
@@ -155,13 +152,20 @@ class Service:
         if self.hold.lost is not None:
             raise self.hold.lost
         self.engine.start()
-        log.info("corral service: backend %s, store %s", self.backend.name, self._store_name())
+        for line in self.pools.describe():
+            log.info("corral service: %s", line)
+        log.info("corral service: store %s", self._store_name())
+
+    @property
+    def backend(self) -> Backend:
+        """The default pool's backend."""
+        return self.pools.default.backend
 
     def stop(self) -> None:
         self.engine.stop()
         self.writes.stop()
         self.hold.release()  # once the engine has stopped: the next holder acts alone
-        self.backend.close()
+        self.pools.close()
         self.store.close()
 
     def _lost_store(self, _error: StoreHeldError) -> None:
@@ -174,32 +178,8 @@ class Service:
         return self.store.engine.url.render_as_string(hide_password=True)
 
     def _prepare(self) -> None:
-        cfg = self.config
         with self.store.session() as session:
-            pool = inventory.ensure_pool(
-                session, cfg.pool, self.backend.name, cfg.address_range, cfg.subnet_prefix
-            )
-            if pool.backend != self.backend.name:
-                live = session.scalar(
-                    select(func.count(Cluster.id)).where(
-                        Cluster.pool_name == pool.name,
-                        Cluster.state != ClusterState.TERMINATED.value,
-                    )
-                )
-                if live:
-                    raise ConflictError(
-                        f"pool {pool.name} runs {live} live cluster(s) on backend "
-                        f"{pool.backend}; destroy them before serving it with {self.backend.name}"
-                    )
-                pool.backend = self.backend.name
-            if not session.scalar(select(func.count(Host.name)).where(Host.removed_at.is_(None))):
-                inventory.add_host(
-                    session,
-                    LOCAL_HOST,
-                    pool.name,
-                    machine_cores() * cfg.cpu_overcommit,
-                    machine_memory_mib(),
-                )
+            self.pools.ensure_in_store(session)
             if not session.scalar(select(func.count()).select_from(User)):
                 _, token = inventory.add_user(session, "admin", is_admin=True)
                 self._write_admin_token(token)
@@ -207,15 +187,6 @@ class Service:
     def _write_admin_token(self, token: str) -> None:
         write_token_file(self.config.admin_token_file, token)
         log.info("created user admin; its token is in %s", self.config.admin_token_file)
-
-
-def _broker_url_for(url: str) -> Callable[[Workspace], str]:
-    """The broker's URL as each node reaches it: `url`, where `{gateway}` stands for the
-    first address of the node's cluster subnet (backends whose nodes reach the service
-    there)."""
-    if "{gateway}" not in url:
-        return lambda _ws: url
-    return lambda ws: url.format(gateway=gateway_of(ws.cluster.subnet))
 
 
 def _is_ip(text: str) -> bool:

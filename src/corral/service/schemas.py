@@ -112,10 +112,10 @@ class ClusterSummary(BaseModel):
     lease_left_seconds: float
     created_at: datetime
     failure: str | None = None
+    pool: str = Field(description="the pool the cluster runs in")
 
 
 class ClusterDetail(ClusterSummary):
-    pool: str
     subnet: str | None
     policy: str
     keep_on_failure: bool
@@ -193,12 +193,20 @@ class ImageRemovedView(ImageView):
     )
 
 
+class PoolView(BaseModel):
+    name: str
+    backend: str
+    capabilities: list[str]
+    default: bool = Field(description="clusters that name no pool go here")
+
+
 class HealthView(BaseModel):
     status: str
     version: str
     instance: str
-    backend: str
-    capabilities: list[str]
+    backend: str = Field(description="the default pool's backend")
+    capabilities: list[str] = Field(description="the default pool's backend's capabilities")
+    pools: list[PoolView]
 
 
 class ErrorView(BaseModel):

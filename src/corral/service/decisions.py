@@ -1,0 +1,153 @@
+"""The engine's decisions, as pure functions: state in, decision out.
+
+The engine (engine.py) reads the store and the backends, asks these functions what to
+do, and writes what they answer. Nothing here reads a clock, a store or a backend, so
+each rule is tested as a table (tests/test_decisions.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from corral.backends.base import Machine, MachineState
+from corral.document import ClusterDocument, Policy
+from corral.lifecycle import ClusterState, NodeState
+from corral.units import format_duration
+
+# a node in these states is still on its way to ready
+IN_PROGRESS = frozenset(
+    {NodeState.PENDING, NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING}
+)
+FAILING = frozenset({NodeState.FAILED, NodeState.LOST})
+# a node in these states has a machine its backend should be running
+RUNNING = frozenset(
+    {NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY}
+)
+
+
+@dataclass
+class NodeRecord:
+    """A node as a tick reads it: plain values, not an ORM object.
+
+    A tick reads every live node but changes few, so only the nodes it moves or boots
+    are loaded as ORM objects (see `Engine._move`).
+    """
+
+    id: str
+    cluster_id: str
+    name: str
+    group: str
+    state: str
+    state_since: datetime
+    registered_at: datetime | None
+    failure: str | None
+    failure_phase: str | None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A node to move to `target`, and why."""
+
+    target: NodeState
+    reason: str
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What a cluster's policy asks for now; all empty when nothing is to be done."""
+
+    ready: str | None = None  # the cluster is ready, for this reason
+    failure: str | None = None  # the cluster fails, with this cause
+    drop: tuple[str, ...] = ()  # ids of failed nodes the cluster goes on without
+
+
+def react_to_machine(
+    node: NodeRecord,
+    machine: Machine | None,
+    policy: Policy,
+    now: datetime,
+    runs_agents: bool,
+) -> Move | None:
+    """How a node moves on what its backend reports of its machine (None: it is gone),
+    and on the policy's timeouts; None when it stays as it is."""
+    state = NodeState(node.state)
+    if state not in RUNNING:
+        return None
+    if machine is None:
+        return Move(NodeState.LOST, "the backend no longer has this machine")
+    if machine.state is MachineState.ERROR:
+        return Move(NodeState.FAILED, machine.detail or "the backend reports an error")
+    if machine.state is MachineState.STOPPED:
+        return Move(NodeState.LOST, machine.detail or "the machine stopped")
+    if state is NodeState.BOOTING and machine.state is MachineState.RUNNING and not runs_agents:
+        return Move(NodeState.READY, "running (this backend runs no context agent)")
+    if state is NodeState.BOOTING and now - node.state_since > policy.boot_timeout:
+        waited = "its agent to register" if runs_agents else "the machine to run"
+        return Move(
+            NodeState.FAILED,
+            f"boot timed out after {format_duration(policy.boot_timeout)} waiting for {waited}",
+        )
+    if (
+        state in (NodeState.REGISTERED, NodeState.CONFIGURING)
+        and node.registered_at is not None
+        and now - node.registered_at > policy.context_timeout
+    ):
+        return Move(
+            NodeState.FAILED,
+            f"contextualization timed out after {format_duration(policy.context_timeout)} "
+            f"(still {state})",
+        )
+    return None
+
+
+def apply_policy(
+    state: ClusterState, members: Sequence[NodeRecord], doc: ClusterDocument
+) -> PolicyOutcome:
+    """What the cluster's policy makes of its nodes' states: all-or-nothing fails on the
+    first failed node; best-effort goes on without failed nodes while every group can
+    still reach its minimum."""
+    if state not in (ClusterState.LAUNCHING, ClusterState.READY):
+        return PolicyOutcome()
+    failing = [n for n in members if NodeState(n.state) in FAILING]
+    if doc.policy.mode == "best-effort":
+        return _best_effort(state, members, failing, doc)
+    if failing:
+        return PolicyOutcome(failure=describe_failures(failing))
+    if state is ClusterState.LAUNCHING and all(n.state == NodeState.READY for n in members):
+        return PolicyOutcome(ready="every node is ready")
+    return PolicyOutcome()
+
+
+def _best_effort(
+    state: ClusterState,
+    members: Sequence[NodeRecord],
+    failing: list[NodeRecord],
+    doc: ClusterDocument,
+) -> PolicyOutcome:
+    by_group: dict[str, list[NodeRecord]] = {}
+    for node in members:
+        by_group.setdefault(node.group, []).append(node)
+    waiting = False
+    for group in doc.nodes:
+        of_group = by_group.get(group.group, [])
+        ready = sum(1 for n in of_group if n.state == NodeState.READY)
+        hopeful = sum(1 for n in of_group if NodeState(n.state) in IN_PROGRESS)
+        if ready + hopeful < group.min_ready:
+            cause = describe_failures([n for n in of_group if n.failure is not None])
+            return PolicyOutcome(
+                failure=f"group {group.group} cannot reach its minimum of {group.min_ready} "
+                f"ready node(s) ({ready} ready): {cause}"
+            )
+        waiting = waiting or ready < group.min_ready  # still possible, not there yet
+    ready = "every group has its minimum ready" if state is ClusterState.LAUNCHING else None
+    return PolicyOutcome(ready=None if waiting else ready, drop=tuple(n.id for n in failing))
+
+
+def describe_failures(failing: Sequence[NodeRecord]) -> str:
+    if not failing:
+        return "no node failed, but too few are left"
+    parts = [f"node {n.name} failed in phase {n.failure_phase}: {n.failure}" for n in failing[:5]]
+    more = f"; and {len(failing) - 5} more" if len(failing) > 5 else ""
+    return "; ".join(parts) + more
