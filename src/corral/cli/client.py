@@ -132,16 +132,19 @@ class Client:
         document: str,
         source: str,
         name: str | None = None,
+        pool: str | None = None,
         lease_seconds: float | None = None,
         keep_on_failure: bool = False,
     ) -> Answer[ClusterDetail]:
-        body = {
+        body: dict[str, object] = {
             "document": document,
             "source": source,
             "name": name,
             "lease_seconds": lease_seconds,
             "keep_on_failure": keep_on_failure,
         }
+        if pool is not None:
+            body["pool"] = pool
         return self._ask(_CLUSTER, "POST", "/clusters", json=body)
 
     def clusters(self, everyone: bool = False) -> Answer[list[ClusterSummary]]:

@@ -15,7 +15,7 @@ from corral.cli import exit_codes, render
 from corral.cli.client import Answer, Client
 from corral.cli.connection import connect
 from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
-from corral.cli.params import CLUSTER_NAME, Hours, json_option
+from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
 from corral.document import load_document, parse_document, read_document
 from corral.errors import ConflictError
 from corral.logs import escape_controls
@@ -47,6 +47,13 @@ def validate(file: Path, as_json: bool) -> None:
 @click.option(
     "--name", type=CLUSTER_NAME, default=None, help="Cluster name (the service makes it unique)."
 )
+@click.option(
+    "--pool",
+    type=ACCOUNT_NAME,
+    default=None,
+    metavar="POOL",
+    help="Pool to run in (overrides the file).",
+)
 @click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep a failed launch's nodes.")
 @click.option("--timeout", default=None, metavar="DURATION", help="Stop waiting after this.")
@@ -56,6 +63,7 @@ def run(
     hours: float | None,
     lease: str | None,
     name: str | None,
+    pool: str | None,
     no_wait: bool,
     keep_on_failure: bool,
     timeout: str | None,
@@ -78,6 +86,7 @@ def run(
         text,
         str(cluster_file),
         name=name,
+        pool=pool,
         lease_seconds=lease_span.total_seconds() if lease_span else None,
         keep_on_failure=keep_on_failure,
     )
