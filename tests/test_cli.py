@@ -289,6 +289,7 @@ def test_the_pool_given_to_run_overrides_the_documents(
     assert cluster["state"] == "ready"
     assert cluster["pool"] == "local"
     assert "pool local," in ok_text(corral("status", cluster["id"], env=gina))
+    ok_text(corral("destroy", cluster["id"], "--yes", env=gina))  # the next tests need room
 
 
 def test_a_pool_name_is_checked_before_any_request(tmp_path: Path) -> None:
