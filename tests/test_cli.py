@@ -32,12 +32,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedCorral]:
         yield service
 
 
-def ok(result) -> Any:
-    """The JSON a successful command printed (with its stderr in the failure message)."""
+def ok_text(result) -> str:
+    """What a successful command printed (with its stderr in the failure message)."""
     assert result.returncode == 0, (
         f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     )
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def ok(result) -> Any:
+    """The JSON a successful command printed (with its stderr in the failure message)."""
+    return json.loads(ok_text(result))
 
 
 def launch(env: dict[str, str], *extra: str, document: Path = BASE) -> dict[str, Any]:
@@ -246,6 +251,54 @@ def test_a_cluster_beyond_the_users_quota_is_refused(served: ServedCorral) -> No
     assert ok(corral("list", "--json", env=dave)) == []
     everyone = ok(corral("list", "--all", "--json", env=served.env()))
     assert [c for c in everyone if c["owner"] == "dave"] == []
+
+
+# -- pools -------------------------------------------------------------------------------
+
+
+def test_a_launch_into_a_pool_that_does_not_exist_is_refused_naming_it(
+    served: ServedCorral,
+) -> None:
+    frank = served.env(add_user(served, "frank"))
+
+    result = corral("run", "--cluster", str(BASE), "--hours", "1", "--pool", "nowhere", env=frank)
+
+    assert result.returncode == 4, result.stderr
+    assert "pool" in result.stderr
+    assert "nowhere" in result.stderr
+    assert ok(corral("list", "--json", env=frank)) == []
+
+    as_json = corral("run", "--cluster", str(BASE), "--pool", "nowhere", "--json", env=frank)
+    assert as_json.returncode == 4, as_json.stderr
+    assert json.loads(as_json.stdout)["details"]["pool"] == "nowhere"
+
+
+def test_the_pool_given_to_run_overrides_the_documents(
+    served: ServedCorral, tmp_path: Path
+) -> None:
+    gina = served.env(add_user(served, "gina"))
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(BASE.read_text() + "pool: elsewhere\n")
+
+    refused = corral("run", "--cluster", str(elsewhere), "--hours", "1", env=gina)
+    assert refused.returncode == 4, refused.stderr
+    assert "elsewhere" in refused.stderr
+
+    cluster = launch(gina, "--pool", "local", document=elsewhere)
+
+    assert cluster["state"] == "ready"
+    assert cluster["pool"] == "local"
+    assert "pool local," in ok_text(corral("status", cluster["id"], env=gina))
+    ok_text(corral("destroy", cluster["id"], "--yes", env=gina))  # the next tests need room
+
+
+def test_a_pool_name_is_checked_before_any_request(tmp_path: Path) -> None:
+    # no service is configured or started: the name is refused first
+    result = corral("run", "--cluster", str(BASE), "--pool", "Not A Pool", env=client_env(tmp_path))
+
+    assert result.returncode == 2
+    assert "--pool" in result.stderr
+    assert not (tmp_path / "service.json").exists()
 
 
 # -- users see only their own clusters ---------------------------------------------------

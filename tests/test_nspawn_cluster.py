@@ -26,6 +26,7 @@ from corral.backends.nspawn import NspawnBackend, _alive
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
 from corral.images.store import ImageStore
+from corral.service.schemas import ClusterDetail
 from corral.store.models import Image
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def launch_ready(service, text: str) -> dict:
 def on_node(service, cluster: dict, node: str, *command: str) -> subprocess.CompletedProcess:
     client = Client(f"http://{service.config.listen}", admin_token(service))
     try:
-        argv = ssh_command(client, cluster, node, command)
+        argv = ssh_command(client, ClusterDetail.model_validate(cluster), node, command)
     finally:
         client.close()
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)

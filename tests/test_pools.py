@@ -271,6 +271,9 @@ pools:
         assert pools == ["b", "a"]
         listed = json.loads(corral("list", "--json", env=env).stdout)
         assert sorted(c["pool"] for c in listed) == ["a", "b"]
+        table = corral("list", env=env).stdout.splitlines()
+        assert table[0].split()[:5] == ["ID", "NAME", "OWNER", "STATE", "POOL"]
+        assert sorted(line.split()[4] for line in table[1:]) == ["a", "b"]
         status = json.loads(
             corral("status", json.loads(ran[1].stdout)["id"], "--json", env=env).stdout
         )

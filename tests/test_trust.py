@@ -329,21 +329,21 @@ def test_the_cli_fetches_new_credentials_once_the_lease_is_extended(
     client = Client(f"http://{service.config.listen}", admin_token(service))
     try:
         cluster_id = launch(api(service, admin_token(service)), CLUSTER)
-        cluster = client.cluster(cluster_id)
+        cluster = client.cluster(cluster_id).model
         directory = cached_credentials(client, cluster)
         first = (directory / "id_ed25519-cert.pub").read_text()
         assert seconds((directory / "valid_until").read_text().strip()) == seconds(
-            cluster["lease_end"]
+            cluster.lease_end.isoformat()
         )
         assert cached_credentials(client, cluster) == directory
         assert (directory / "id_ed25519-cert.pub").read_text() == first  # still good
         client.extend(cluster_id, 3600)
-        extended = client.cluster(cluster_id)
+        extended = client.cluster(cluster_id).model
         cached_credentials(client, extended)
         renewed = (directory / "id_ed25519-cert.pub").read_text()
         assert renewed != first
         assert ssh_cert(renewed.encode()).valid_before == int(
-            seconds(extended["lease_end"]).timestamp()
+            seconds(extended.lease_end.isoformat()).timestamp()
         )
     finally:
         client.close()

@@ -149,7 +149,7 @@ def _instance_at(url: str) -> str | None:
     """The instance id of the service answering at `url`, or None if none answers."""
     client = Client(url, None, timeout=2.0)
     try:
-        return client.health().get("instance")
+        return client.health().model.instance
     except ServiceUnavailableError:
         return None
     finally:

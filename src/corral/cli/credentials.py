@@ -9,74 +9,78 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from corral.cli.client import Client
+from corral.cli.render import when
 from corral.errors import NotFoundError
 from corral.service.config import default_data_dir
-
-FILES = {
-    # file name: (field of the API's answer, mode)
-    "ca.crt": ("ca_cert_pem", 0o644),
-    "user.crt": ("user_cert_pem", 0o644),
-    "user.key": ("user_key_pem", 0o600),
-    "known_hosts": ("ssh_known_hosts", 0o644),
-    "id_ed25519": ("ssh_user_key", 0o600),
-    "id_ed25519.pub": ("ssh_user_public", 0o644),
-    "id_ed25519-cert.pub": ("ssh_user_cert", 0o644),
-    "valid_until": ("valid_until", 0o644),  # when the certificates end: the lease's end
-}
+from corral.service.schemas import ClusterDetail, CredentialsView
 
 
-def write_credentials(issued: dict[str, Any], directory: Path) -> list[Path]:
+def _files(issued: CredentialsView) -> dict[str, tuple[str, int]]:
+    """File name: (content, mode)."""
+    return {
+        "ca.crt": (issued.ca_cert_pem, 0o644),
+        "user.crt": (issued.user_cert_pem, 0o644),
+        "user.key": (issued.user_key_pem, 0o600),
+        "known_hosts": (issued.ssh_known_hosts, 0o644),
+        "id_ed25519": (issued.ssh_user_key, 0o600),
+        "id_ed25519.pub": (issued.ssh_user_public, 0o644),
+        "id_ed25519-cert.pub": (issued.ssh_user_cert, 0o644),
+        # when the certificates end: the lease's end
+        "valid_until": (when(issued.valid_until), 0o644),
+    }
+
+
+def write_credentials(issued: CredentialsView, directory: Path) -> list[Path]:
     """Write what the service issued into `directory` (0700), keys 0600."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     written = []
-    for name, (field, mode) in FILES.items():
+    for name, (content, mode) in _files(issued).items():
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as out:
-            out.write(issued[field].rstrip("\n") + "\n")
+            out.write(content.rstrip("\n") + "\n")
         os.chmod(path, mode)  # also when the file was there with another mode
         written.append(path)
     return written
 
 
-def cached_credentials(client: Client, cluster: dict[str, Any]) -> Path:
+def cached_credentials(client: Client, cluster: ClusterDetail) -> Path:
     """The cluster's credentials in the user's data directory, fetched again when they end
     before the cluster's lease does (it was extended) or have ended."""
-    directory = default_data_dir() / "credentials" / cluster["id"]
-    if not _last_the_lease(directory / "valid_until", cluster["lease_end"]):
-        write_credentials(client.credentials(cluster["id"]), directory)
+    directory = default_data_dir() / "credentials" / cluster.id
+    if not _last_the_lease(directory / "valid_until", cluster.lease_end):
+        write_credentials(client.credentials(cluster.id).model, directory)
     return directory
 
 
-def _last_the_lease(valid_until: Path, lease_end: str) -> bool:
+def _last_the_lease(valid_until: Path, lease_end: datetime) -> bool:
     try:
         until = datetime.fromisoformat(valid_until.read_text().strip())
     except (OSError, ValueError):
         return False
     # certificates hold whole seconds
-    lease = datetime.fromisoformat(lease_end).replace(microsecond=0)
+    lease = lease_end.replace(microsecond=0)
     return until.replace(microsecond=0) >= lease and until > datetime.now(UTC)
 
 
 def ssh_command(
-    client: Client, cluster: dict[str, Any], node: str | None, command: tuple[str, ...]
+    client: Client, cluster: ClusterDetail, node: str | None, command: tuple[str, ...]
 ) -> list[str]:
     """The ssh command line reaching `node` (default: the login node) of `cluster`.
 
     Raises NotFoundError naming the nodes there are when `node` is not one of them.
     """
-    nodes = cluster["nodes"]
+    nodes = cluster.nodes
     if node is None:
-        target = next((n for n in nodes if n["login"]), nodes[0])
+        target = next((n for n in nodes if n.login), nodes[0])
     else:
-        target = next((n for n in nodes if n["name"] == node), None)
+        target = next((n for n in nodes if n.name == node), None)
         if target is None:
-            names = ", ".join(n["name"] for n in nodes)
-            raise NotFoundError(f"cluster {cluster['id']} has no node {node} (nodes: {names})")
+            names = ", ".join(n.name for n in nodes)
+            raise NotFoundError(f"cluster {cluster.id} has no node {node} (nodes: {names})")
     directory = cached_credentials(client, cluster)
     return [
         "ssh",
@@ -94,6 +98,6 @@ def ssh_command(
         "StrictHostKeyChecking=yes",
         "-o",
         "BatchMode=yes",
-        f"root@{target['address']}",
+        f"root@{target.address}",
         *command,
     ]

@@ -6,16 +6,30 @@ import json
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import click
+from pydantic import TypeAdapter
 
+from corral.cli.client import JSON
 from corral.logs import escape_controls
+from corral.service.schemas import ClusterDetail, ClusterSummary, EventView, NodeView
 from corral.units import describe_size_mib, format_duration
 
+_MOMENT = TypeAdapter(datetime)
 
-def emit_json(value: Any) -> None:
+
+def emit_json(value: JSON, **added: JSON) -> None:
+    """Print `value` as stable JSON; `added` fields join the object the service sent."""
+    if added:
+        if not isinstance(value, dict):
+            raise TypeError(f"cannot add fields to {type(value).__name__}")
+        value = {**value, **added}
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def when(moment: datetime) -> str:
+    """A time as the API writes it in JSON (ISO 8601, `Z` for UTC), so both outputs agree."""
+    return _MOMENT.dump_python(moment, mode="json")
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -31,64 +45,77 @@ def left(seconds: float) -> str:
     return format_duration(timedelta(seconds=seconds)) if seconds > 0 else "expired"
 
 
-def ago(iso: str) -> str:
-    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+def ago(then: datetime) -> str:
     return format_duration(datetime.now(UTC) - then) + " ago"
 
 
-def cluster_table(clusters: list[dict[str, Any]]) -> str:
+def cluster_table(clusters: list[ClusterSummary]) -> str:
     rows = [
         [
-            c["id"],
-            c["name"],
-            c["owner"],
-            c["state"],
-            f"{c['ready_count']}/{c['node_count']}",
-            left(c["lease_left_seconds"]) if c["state"] != "terminated" else "-",
+            c.id,
+            c.name,
+            c.owner,
+            c.state,
+            c.pool,
+            f"{c.ready_count}/{c.node_count}",
+            left(c.lease_left_seconds) if c.state != "terminated" else "-",
         ]
         for c in clusters
     ]
-    return table(["id", "name", "owner", "state", "ready", "lease left"], rows)
+    return table(["id", "name", "owner", "state", "pool", "ready", "lease left"], rows)
 
 
-def cluster_status(cluster: dict[str, Any]) -> str:
+def cluster_status(cluster: ClusterDetail) -> str:
     head = [
-        f"cluster {cluster['name']} ({cluster['id']}): {cluster['state']}",
-        f"  owner {cluster['owner']}, policy {cluster['policy']}, pool {cluster['pool']}, "
-        f"subnet {cluster['subnet'] or '-'}",
-        f"  lease ends {cluster['lease_end']} ({left(cluster['lease_left_seconds'])} left)",
+        f"cluster {cluster.name} ({cluster.id}): {cluster.state}",
+        f"  owner {cluster.owner}, policy {cluster.policy}, pool {cluster.pool}, "
+        f"subnet {cluster.subnet or '-'}",
+        f"  lease ends {when(cluster.lease_end)} ({left(cluster.lease_left_seconds)} left)",
     ]
-    if cluster.get("failure"):
-        head.append(f"  failure: {escape_controls(cluster['failure'])}")
+    if cluster.failure:
+        head.append(f"  failure: {escape_controls(cluster.failure)}")
     rows = [
         [
-            n["name"],
-            n["state"],
-            n["host"],
-            n["address"],
-            f"{n['cores']}c/{describe_size_mib(n['memory_mib'])}",
-            ago(n["state_since"]),
+            n.name,
+            n.state,
+            n.host,
+            n.address,
+            f"{n.cores}c/{describe_size_mib(n.memory_mib)}",
+            ago(n.state_since),
             _note(n),
         ]
-        for n in cluster["nodes"]
+        for n in cluster.nodes
     ]
     nodes = table(["node", "state", "host", "address", "size", "since", "note"], rows)
     return "\n".join(head) + "\n\n" + nodes
 
 
-def _note(node: dict[str, Any]) -> str:
-    if node.get("failure"):
-        return f"{node['failure_phase']}: {node['failure']}"
-    if node.get("blocked_on"):
-        return "waiting for " + ", ".join(node["blocked_on"])
+def _note(node: NodeView) -> str:
+    if node.failure:
+        return f"{node.failure_phase}: {node.failure}"
+    if node.blocked_on:
+        return "waiting for " + ", ".join(node.blocked_on)
     return ""
 
 
-def failing_nodes(cluster: dict[str, Any]) -> list[str]:
+def event_table(events: list[EventView]) -> str:
+    rows = [
+        [
+            when(e.at),
+            e.subject,
+            f"{e.from_state or '-'} -> {e.to_state}" if e.kind == "state" else e.kind,
+            e.reason,
+        ]
+        for e in events
+    ]
+    return table(["at", "subject", "change", "reason"], rows)
+
+
+def failing_nodes(cluster: ClusterDetail) -> list[str]:
     return [
-        f"{n['name']}: failed in phase {n['failure_phase']}: {escape_controls(n['failure'])}"
-        for n in cluster["nodes"]
-        if n.get("failure")
+        f"{n.name}: failed in phase {n.failure_phase}: {escape_controls(n.failure)}"
+        for n in cluster.nodes
+        if n.failure
     ]
 
 
@@ -101,18 +128,18 @@ class Progress:
         self.tty = self.stream.isatty()
         self._last = ""
 
-    def update(self, cluster: dict[str, Any]) -> None:
-        counts = Counter(n["state"] for n in cluster["nodes"])
-        total = len(cluster["nodes"])
+    def update(self, cluster: ClusterDetail) -> None:
+        counts = Counter(n.state for n in cluster.nodes)
+        total = len(cluster.nodes)
         ready = counts.get(self.goal, 0)
         width = 24
         filled = int(width * ready / total) if total else width
         others = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != self.goal)
         line = (
-            f"{cluster['name']} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{cluster.name} [{'#' * filled}{'.' * (width - filled)}] "
             f"{ready}/{total} {self.goal}"
             + (f" ({others})" if others else "")
-            + f" - {cluster['state']}"
+            + f" - {cluster.state}"
         )
         if line == self._last:
             return

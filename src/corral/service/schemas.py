@@ -206,7 +206,7 @@ class HealthView(BaseModel):
     instance: str
     backend: str = Field(description="the default pool's backend")
     capabilities: list[str] = Field(description="the default pool's backend's capabilities")
-    pools: list[PoolView]
+    pools: list[PoolView] = Field(default_factory=list)
 
 
 class ErrorView(BaseModel):

@@ -1,0 +1,337 @@
+"""The cluster commands: validate, run, list, status, extend, destroy, logs, credentials, ssh."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from corral.cli import exit_codes, render
+from corral.cli.client import Answer, Client
+from corral.cli.connection import connect
+from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
+from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
+from corral.document import load_document, parse_document, read_document
+from corral.errors import ConflictError
+from corral.logs import escape_controls
+from corral.service.schemas import ClusterDetail
+from corral.units import format_duration, parse_duration
+
+WAIT_POLL_SECONDS = 0.5
+ENDED = ("terminated",)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+def validate(file: Path, as_json: bool) -> None:
+    """Check a cluster document (YAML or Nimbus cluster.xml); creates nothing."""
+    doc = load_document(file)
+    if as_json:
+        render.emit_json({"valid": True, "document": doc.to_dict()})
+        return
+    groups = ", ".join(f"{g.group} x{g.count}" for g in doc.nodes)
+    lease = format_duration(doc.lease) if doc.lease else "service default"
+    click.echo(f"{file}: valid: {doc.total_nodes} node(s) ({groups}); lease {lease}")
+
+
+@click.command()
+@click.option("--cluster", "cluster_file", required=True, type=click.Path(path_type=Path))
+@click.option("--hours", type=Hours(), default=None, help="Lease in hours (overrides the file).")
+@click.option("--lease", default=None, metavar="DURATION", help="Lease like 30m or 12h.")
+@click.option(
+    "--name", type=CLUSTER_NAME, default=None, help="Cluster name (the service makes it unique)."
+)
+@click.option(
+    "--pool",
+    type=ACCOUNT_NAME,
+    default=None,
+    metavar="POOL",
+    help="Pool to run in (overrides the file).",
+)
+@click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
+@click.option("--keep-on-failure", is_flag=True, help="Keep a failed launch's nodes.")
+@click.option("--timeout", default=None, metavar="DURATION", help="Stop waiting after this.")
+@json_option
+def run(
+    cluster_file: Path,
+    hours: float | None,
+    lease: str | None,
+    name: str | None,
+    pool: str | None,
+    no_wait: bool,
+    keep_on_failure: bool,
+    timeout: str | None,
+    as_json: bool,
+) -> None:
+    """Launch a cluster and wait until it is ready (or say why not)."""
+    if hours is not None and lease is not None:
+        raise click.UsageError("give --hours or --lease, not both")
+    try:
+        lease_span = parse_duration(lease) if lease else None
+        wait_limit = parse_duration(timeout).total_seconds() if timeout else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if hours is not None:
+        lease_span = timedelta(hours=hours)
+    text = read_document(cluster_file)  # read once, and only up to the size limit
+    parse_document(text, str(cluster_file))  # refuse a bad one here, with its lines
+    client = connect()
+    answer = client.launch(
+        text,
+        str(cluster_file),
+        name=name,
+        pool=pool,
+        lease_seconds=lease_span.total_seconds() if lease_span else None,
+        keep_on_failure=keep_on_failure,
+    )
+    cluster = answer.model
+    if not as_json:
+        click.echo(
+            f"launched {cluster.name} ({cluster.id}): {cluster.node_count} node(s), "
+            f"lease until {render.when(cluster.lease_end)}",
+            err=True,
+        )
+    if no_wait:
+        _print_launched(answer, as_json)
+        return
+    try:
+        answer = _wait(client, cluster.id, ("ready", "failed", "terminating", *ENDED), wait_limit)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped waiting; {cluster.id} goes on launching "
+            f"(`corral status {cluster.id}`, `corral destroy {cluster.id}`)",
+            err=True,
+        )
+        sys.exit(130)
+    cluster = answer.model
+    if cluster.state == "ready":
+        _print_launched(answer, as_json)
+        known_hosts = cached_credentials(client, cluster) / "known_hosts"
+        if not as_json:
+            click.echo(
+                f"log in with `corral ssh {cluster.id}` (host keys are checked against "
+                f"{known_hosts})",
+                err=True,
+            )
+        return
+    if cluster.state == "launching":
+        _print_launched(answer, as_json)
+        click.echo(
+            f"corral: still launching after {timeout}; `corral status {cluster.id}`", err=True
+        )
+        sys.exit(exit_codes.TIMEOUT)
+    if cluster.state == "terminating" and not cluster.failure:
+        pass  # destroyed or expired while we waited
+    elif not keep_on_failure:
+        click.echo("launch failed; removing its nodes", err=True)
+        answer = _wait(client, cluster.id, ENDED, None, goal="terminated")
+        cluster = answer.model
+    _print_launched(answer, as_json)
+    click.echo(
+        f"corral: cluster {cluster.name} ({cluster.id}) failed: "
+        f"{escape_controls(cluster.failure or 'it ended before it was ready')}",
+        err=True,
+    )
+    for line in render.failing_nodes(cluster):
+        click.echo(f"  {line}", err=True)
+    sys.exit(exit_codes.CLUSTER_FAILED)
+
+
+def _wait(
+    client: Client, ref: str, until: tuple[str, ...], limit: float | None, goal: str = "ready"
+) -> Answer[ClusterDetail]:
+    progress = render.Progress(goal)
+    deadline = time.monotonic() + limit if limit else None
+    try:
+        while True:
+            answer = client.cluster(ref)
+            progress.update(answer.model)
+            if answer.model.state in until:
+                return answer
+            if deadline and time.monotonic() > deadline:
+                return answer
+            time.sleep(WAIT_POLL_SECONDS)
+    finally:
+        progress.done()
+
+
+def _print_launched(answer: Answer[ClusterDetail], as_json: bool) -> None:
+    if as_json:
+        render.emit_json(answer.body)
+        return
+    cluster = answer.model
+    login = [n for n in cluster.nodes if n.login] or cluster.nodes[:1]
+    where = f"; log in at {login[0].name} {login[0].address}" if login else ""
+    click.echo(f"{cluster.id} {cluster.state}{where if cluster.state == 'ready' else ''}")
+
+
+@click.command("list")
+@click.option("--all", "everyone", is_flag=True, help="Every user's clusters (admins).")
+@json_option
+def list_clusters(everyone: bool, as_json: bool) -> None:
+    """List your clusters."""
+    clusters = connect().clusters(everyone)
+    if as_json:
+        render.emit_json(clusters.body)
+    elif clusters.model:
+        click.echo(render.cluster_table(clusters.model))
+    else:
+        click.echo("no clusters")
+
+
+@click.command()
+@click.argument("cluster")
+@click.option("--watch", is_flag=True, help="Follow until the cluster ends (Ctrl-C stops).")
+@click.option("--events", is_flag=True, help="Also show the cluster's event log.")
+@json_option
+def status(cluster: str, watch: bool, events: bool, as_json: bool) -> None:
+    """Show a cluster and each of its nodes."""
+    client = connect()
+    if watch:
+        _watch(client, cluster, as_json)
+        return
+    view = client.cluster(cluster)
+    log = client.events(cluster) if events else None
+    if as_json:
+        added = {"events": log.body} if log is not None else {}
+        render.emit_json(view.body, **added)
+        return
+    click.echo(render.cluster_status(view.model))
+    if log is not None:
+        click.echo("\n" + render.event_table(log.model))
+
+
+def _watch(client: Client, ref: str, as_json: bool) -> None:
+    last = None
+    try:
+        while True:
+            answer = client.cluster(ref)
+            view = answer.model
+            snapshot = (view.state, [(n.name, n.state) for n in view.nodes])
+            if snapshot != last:
+                if as_json:
+                    click.echo(json.dumps(answer.body, sort_keys=True))
+                else:
+                    if sys.stdout.isatty():
+                        click.clear()
+                    click.echo(render.cluster_status(view) + "\n")
+                last = snapshot
+            if view.state in ENDED:
+                return
+            time.sleep(WAIT_POLL_SECONDS)
+    except KeyboardInterrupt:
+        return
+
+
+@click.command()
+@click.argument("cluster")
+@click.option("--hours", type=Hours(), required=True, help="How many hours later it should end.")
+@json_option
+def extend(cluster: str, hours: float, as_json: bool) -> None:
+    """Move a cluster's lease deadline later."""
+    answer = connect().extend(cluster, hours * 3600)
+    if as_json:
+        render.emit_json(answer.body)
+        return
+    view = answer.model
+    click.echo(
+        f"{view.id} lease now ends {render.when(view.lease_end)} "
+        f"({render.left(view.lease_left_seconds)} left)"
+    )
+
+
+@click.command()
+@click.argument("cluster")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-wait", is_flag=True, help="Return once removal has started.")
+@json_option
+def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
+    """End a cluster now; destroying an ended cluster succeeds and changes nothing."""
+    client = connect()
+    if not yes and sys.stdin.isatty():
+        view = client.cluster(cluster).model
+        if view.state not in ENDED:
+            click.confirm(
+                f"destroy {view.name} ({view.id}) and its {view.node_count} node(s)?",
+                abort=True,
+            )
+    answer = client.destroy(cluster)
+    if not no_wait:
+        answer = _wait(client, answer.model.id, ENDED, None, goal="terminated")
+    if as_json:
+        render.emit_json(answer.body)
+    else:
+        click.echo(f"{answer.model.id} {answer.model.state}")
+
+
+@click.command()
+@click.argument("cluster")
+@click.argument("node")
+@json_option
+def logs(cluster: str, node: str, as_json: bool) -> None:
+    """Show what a node's role scripts printed (kept after the node is gone)."""
+    reports = connect().logs(cluster, node)
+    if as_json:
+        render.emit_json(reports.body)
+        return
+    if not reports.model:
+        click.echo(f"{node} has reported nothing yet")
+    for report in reports.model:
+        what = f"{report.phase} {report.role}".strip()
+        code = "" if report.exit_code is None else f" (exit {report.exit_code})"
+        click.echo(f"== {render.when(report.at)} {what}: {report.state}{code}")
+        if report.log_tail:
+            click.echo(report.log_tail.rstrip("\n"))
+
+
+@click.command()
+@click.argument("cluster")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory to write into (created 0700).",
+)
+@json_option
+def credentials(cluster: str, output: Path, as_json: bool) -> None:
+    """Write the cluster's CA certificate, your certificate and key, and its known_hosts line."""
+    issued = connect().credentials(cluster).model
+    written = [str(path) for path in write_credentials(issued, output)]
+    if as_json:
+        render.emit_json({"cluster": issued.cluster, "files": written})
+    else:
+        click.echo(f"wrote credentials for {issued.cluster} to {output}:")
+        for path in written:
+            click.echo(f"  {path}")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("cluster")
+@click.argument("node", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(cluster: str, node: str | None, command: tuple[str, ...]) -> None:
+    """Log in to a node (default: the login node) as root: `corral ssh C [NODE] [-- CMD]`.
+
+    Host keys are checked strictly against the cluster's CA, and nothing else is trusted.
+    """
+    if node is not None and _follows_double_dash(node):
+        node, command = None, (node, *command)  # `corral ssh C -- CMD`: no node given
+    client = connect()
+    view = client.cluster(cluster).model
+    if view.state not in ("ready", "failed", "launching"):
+        raise ConflictError(f"cluster {view.id} is {view.state}")
+    argv = ssh_command(client, view, node, command)
+    os.execvp(argv[0], argv)
+
+
+def _follows_double_dash(word: str) -> bool:
+    argv = sys.argv
+    return "--" in argv and argv.index("--") + 1 < len(argv) and argv[argv.index("--") + 1] == word
