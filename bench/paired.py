@@ -333,7 +333,7 @@ def main() -> None:
     parser.add_argument("old", nargs="?", help="a git revision")
     parser.add_argument("new", nargs="?", help=f"a git revision, or {WORKTREE}")
     parser.add_argument("sections", nargs="*", metavar="section", help=", ".join(BENCHMARKS))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--broker-nodes", type=int, default=1000, help="N of the broker section (default 1000)"
     )
