@@ -3,6 +3,7 @@
 With names (scheduler, status, broker, nspawn), only those run; the other sections are
 kept from bench/results/, where every run leaves its raw figures as JSON. `--render`
 runs nothing and rewrites BENCHMARKS.md from those results (after editing FINDINGS).
+Paired runs of two commits (`python3 -m bench.paired`) appear as a section of their own.
 """
 
 from __future__ import annotations
@@ -295,6 +296,10 @@ def render(results: dict[str, dict]) -> str:
         lines += [f"- {note}" for note in result["notes"]]
         if result["notes"]:
             lines.append("")
+    # imported here: bench.paired imports this module for machine() and the section table
+    from bench.paired import render as render_paired
+
+    lines += render_paired(RESULTS)
     return "\n".join(lines) + "\n" + FINDINGS
 
 
