@@ -51,9 +51,9 @@ from corral.store.models import (
     BootstrapToken,
     Cluster,
     ClusterSecret,
+    Node,
     NodeSecret,
     Report,
-    Workspace,
     utcnow,
 )
 from corral.transitions import move_node, record_node_event
@@ -182,7 +182,7 @@ class _Registered:
 def _register(body: RegisterBody, session: Session) -> _Registered:
     now = utcnow()
     spent = spend_bootstrap_token(session, body.token, body.cluster, body.node, body.identity, now)
-    ws = spent.workspace
+    ws = spent.node
     if spent.again:  # the node keeps its state and what was issued to it
         replaced = ws.credential_hash
         credential = issue_credential(ws)
@@ -191,7 +191,7 @@ def _register(body: RegisterBody, session: Session) -> _Registered:
         )
         known = KnownNode(ws.cluster_id, peer_of(ws), session.get(NodeSecret, ws.id))
         return _Registered(credential, known, replaced)
-    state = NodeState(ws.state)
+    state = ws.state
     if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
         move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
     elif state is not NodeState.BOOTING:
@@ -233,7 +233,7 @@ async def context(request: Call, broker: BrokerParts) -> Reply:
 async def report(request: Call, broker: BrokerParts) -> Reply:
     body = await _body(request, ReportBody)
     known = await _known_node(request, broker)
-    reads = [(Workspace, known.me.id), (Cluster, known.cluster_id)]
+    reads = [(Node, known.me.id), (Cluster, known.cluster_id)]
     state = await broker.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
         broker.node_settled()
@@ -247,13 +247,13 @@ _ALREADY_RECORDED = json_reply({"status": "already recorded"})
 def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
     """Store the report and move its node; the node's state after it, or None if the same
     report was stored before (the unique key on reports says which)."""
-    ws = session.get(Workspace, me.id)
+    ws = session.get(Node, me.id)
     refuse_ended(ws.name, ws.state)
     insert = _INSERT_REPORT[session.get_bind().dialect.name]
     row = {
         "at": utcnow(),
         "cluster_id": ws.cluster_id,
-        "workspace_id": ws.id,
+        "node_id": ws.id,
         "node": ws.name,
         "phase": body.phase,
         "role": body.role,
@@ -265,7 +265,7 @@ def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
     if session.connection().execute(insert, row).first() is None:
         return None
     _apply(session, ws, body)
-    return NodeState(ws.state)
+    return ws.state
 
 
 # built once: a statement built per report costs more than running it; the unique key of
@@ -276,9 +276,9 @@ _INSERT_REPORT = {
 }
 
 
-def _apply(session, ws: Workspace, body: ReportBody) -> None:
+def _apply(session, ws: Node, body: ReportBody) -> None:
     """Move the node as its report says (see the protocol's `report`)."""
-    state = NodeState(ws.state)
+    state = ws.state
     if state not in (NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY):
         return
     if body.state == "failed":

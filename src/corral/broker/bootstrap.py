@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.pki import BrokerIdentity
-from corral.store.models import Workspace
+from corral.store.models import Node
 
 BOOTSTRAP_FORMAT = 1
 
@@ -26,11 +26,11 @@ class BootstrapIssuer:
     is the broker's TLS identity now (its certificate may have been renewed), whose two
     pins the document carries."""
 
-    broker_url_for: Callable[[Workspace], str]
+    broker_url_for: Callable[[Node], str]
     identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
-    def user_data(self, session: Session, ws: Workspace, now: datetime) -> bytes:
+    def user_data(self, session: Session, ws: Node, now: datetime) -> bytes:
         """A bootstrap document for `ws`, with a new token recorded in `session`."""
         token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
         pins = self.identity()

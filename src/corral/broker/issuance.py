@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from corral.broker import pki, ssh
-from corral.store.models import Cluster, ClusterSecret, NodeSecret, Workspace
+from corral.store.models import Cluster, ClusterSecret, Node, NodeSecret
 
 MUNGE_KEY_BYTES = 1024
 
@@ -77,13 +77,13 @@ def root_principal(node: str) -> str:
     return f"root@{node}"
 
 
-def issue_node_secret(secret: ClusterSecret, ws: Workspace, lease_end: datetime) -> NodeSecret:
+def issue_node_secret(secret: ClusterSecret, ws: Node, lease_end: datetime) -> NodeSecret:
     """What a registering node is given: a TLS certificate for its name and address, its
     recorded SSH host key certified, and, on a login node, a root key certified for it.
 
     Raises ValueError when the node's recorded SSH host key cannot be signed.
     """
-    node_secret = NodeSecret(workspace_id=ws.id)
+    node_secret = NodeSecret(node_id=ws.id)
     authority = authority_of(secret)
     serial = pki.certificate_serial(authority, ws.id, secret.generation)
     node_secret.tls_cert_pem, node_secret.tls_key_pem = pki.issue_host_certificate(
@@ -107,7 +107,7 @@ def renew_credentials(session: Session, cluster: Cluster, lease_end: datetime) -
     secret.generation = (secret.generation or 0) + 1
     authority = authority_of(secret)
     renewed = 0
-    for ws in cluster.workspaces:
+    for ws in cluster.nodes:
         node_secret = session.get(NodeSecret, ws.id)
         if node_secret is None:
             continue
@@ -122,7 +122,7 @@ def renew_credentials(session: Session, cluster: Cluster, lease_end: datetime) -
     return renewed
 
 
-def _host_certificate(authority: pki.ClusterAuthority, ws: Workspace, lease_end: datetime) -> str:
+def _host_certificate(authority: pki.ClusterAuthority, ws: Node, lease_end: datetime) -> str:
     """The node's recorded host key (Ed25519 first) certified for its name and address."""
     keys = sorted(json.loads(ws.ssh_host_keys or "[]"), key=lambda k: not k.startswith("ssh-ed"))
     if not keys:
@@ -132,7 +132,7 @@ def _host_certificate(authority: pki.ClusterAuthority, ws: Workspace, lease_end:
     return ssh.sign_ssh_host_key(authority, keys[0], principals, key_id, lease_end)
 
 
-def _root_certificate(authority: pki.ClusterAuthority, ws: Workspace, lease_end: datetime) -> str:
+def _root_certificate(authority: pki.ClusterAuthority, ws: Node, lease_end: datetime) -> str:
     return ssh.sign_ssh_user_key(
         authority,
         ws.ssh_root_key,
@@ -186,4 +186,4 @@ def issue_user_credentials(
 
 def user_patterns(cluster: Cluster) -> list[str]:
     """known_hosts patterns naming just this cluster's nodes: its addresses."""
-    return sorted(w.address for w in cluster.workspaces if w.address)
+    return sorted(w.address for w in cluster.nodes if w.address)

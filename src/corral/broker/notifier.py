@@ -68,7 +68,7 @@ class ContextNotifier:
             loop.call_soon_threadsafe(self._fire_all)
 
     def notify(self, cluster_id: str, nodes: set[str] | None = None) -> None:
-        """Thread-safe: the cluster changed (just `nodes` of it, by workspace id, unless None);
+        """Thread-safe: the cluster changed (just `nodes` of it, by node id, unless None);
         its waiters learn of it after the settling delay."""
         loop = self._loop
         if loop is None or loop.is_closed():

@@ -25,9 +25,9 @@ from corral.http_status import status_for
 from corral.lifecycle import ClusterState, NodeState
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
-from corral.store.models import BootstrapToken, Cluster, Workspace
+from corral.store.models import BootstrapToken, Cluster, Node
 
-BOOTSTRAPPABLE = (NodeState.PENDING.value, NodeState.BOOTING.value)
+BOOTSTRAPPABLE = (NodeState.PENDING, NodeState.BOOTING)
 # the boot job's token, and a few more for a node whose first fetch went astray
 MAX_BOOTSTRAP_TOKENS = 4
 
@@ -56,9 +56,7 @@ def create_metadata_app(
             ws = _asking_node(session, request)
             if not runs_agents(ws.cluster.pool_name):
                 raise NotFoundError(f"pool {ws.cluster.pool_name} runs no context agents")
-            issued = session.scalar(
-                select(func.count()).where(BootstrapToken.workspace_id == ws.id)
-            )
+            issued = session.scalar(select(func.count()).where(BootstrapToken.node_id == ws.id))
             if issued >= MAX_BOOTSTRAP_TOKENS:
                 raise TooManyRequestsError(
                     f"node {ws.name} was given {issued} bootstrap documents already; "
@@ -79,16 +77,16 @@ def create_metadata_app(
     return app
 
 
-def _asking_node(session: Session, request: Request) -> Workspace:
+def _asking_node(session: Session, request: Request) -> Node:
     """The booting node whose address the request comes from; raises NotFoundError."""
     address = request.client.host if request.client else ""
     ws = session.scalars(
-        select(Workspace)
+        select(Node)
         .join(Cluster)
         .where(
-            Workspace.address == address,
-            Workspace.state.in_(BOOTSTRAPPABLE),
-            Cluster.state == ClusterState.LAUNCHING.value,
+            Node.address == address,
+            Node.state.in_(BOOTSTRAPPABLE),
+            Cluster.state == ClusterState.LAUNCHING,
         )
     ).first()
     if ws is None:
