@@ -74,7 +74,7 @@ class FakeBackend(Backend):
     """
 
     name = "fake"
-    capabilities = frozenset({Capability.ANY_IMAGE, Capability.OUTLIVES_SERVICE})
+    capabilities = frozenset({Capability.ANY_IMAGE})
 
     def __init__(
         self,

@@ -55,9 +55,7 @@ class NspawnBackend(Backend):
     name = "nspawn"
     capabilities = frozenset(
         {
-            Capability.REAL_MACHINES,
             Capability.RUNS_AGENT,
-            Capability.OUTLIVES_SERVICE,
             Capability.GATEWAY_SERVICES,
         }
     )

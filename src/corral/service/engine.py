@@ -32,6 +32,7 @@ from corral.document import ClusterDocument
 from corral.errors import BackendError
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
+from corral.pacing import Spacing
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
 from corral.service.decisions import NodeRecord, apply_policy, react_to_machine
@@ -47,9 +48,6 @@ from corral.units import format_duration
 log = logging.getLogger(__name__)
 
 MIN_TICK_GAP_SECONDS = 0.02
-# a tick reads every live node; spacing ticks by this many times the last one's length
-# keeps the engine to a fifth of a core however many nodes there are
-TICK_SPACING = 4
 
 _NODE_COLUMNS = [getattr(Node, f.name) for f in fields(NodeRecord)]
 
@@ -115,7 +113,7 @@ class Engine:
     def _loop(self) -> None:
         # pokes come with every registration and report; during a launch of N nodes they
         # would make N ticks of N nodes each, so ticks keep a gap that grows with their cost
-        least_gap = min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds)
+        spacing = Spacing(least=min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds))
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -124,8 +122,8 @@ class Engine:
                 log.exception("engine tick failed; retrying next tick")
             took = time.monotonic() - started
             self._wake.wait(self.config.tick_seconds)
-            gap = max(least_gap, TICK_SPACING * took)
-            self._stop.wait(max(0.0, started + took + gap - time.monotonic()))
+            next_start = spacing.next_start(started + took, took)
+            self._stop.wait(max(0.0, next_start - time.monotonic()))
             self._wake.clear()
 
     def tick(self) -> None:
