@@ -35,20 +35,20 @@ PHASE_OF: dict[NodeState, str] = {
 }
 
 
-def move_node(session: Session, ws: Node, target: NodeState, reason: str) -> None:
+def move_node(session: Session, node: Node, target: NodeState, reason: str) -> None:
     """Move a node to `target`; raises IllegalTransitionError if the table forbids it."""
-    current = NodeState(ws.state)  # a record made outside may hold the value's text
-    check_node_transition(current, target, ws.name)
+    current = NodeState(node.state)  # a record made outside may hold the value's text
+    check_node_transition(current, target, node.name)
     now = utcnow()
-    ws.state = target
-    ws.state_since = now
+    node.state = target
+    node.state_since = now
     failing = (NodeState.FAILED, NodeState.LOST)
     if target in failing and current not in failing:  # keep the first cause
-        ws.failure = reason
-        ws.failure_phase = PHASE_OF[current]
-    record_node(session, ws, current, target, reason)
-    bump_context(session, ws.cluster, ws.id)
-    log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
+        node.failure = reason
+        node.failure_phase = PHASE_OF[current]
+    record_node(session, node, current, target, reason)
+    bump_context(session, node.cluster, node.id)
+    log.debug("node %s/%s: %s -> %s (%s)", node.cluster_id, node.name, current, target, reason)
 
 
 def bump_context(session: Session, cluster: Cluster, node: str | None = None) -> None:
@@ -74,7 +74,7 @@ def add_changed_nodes(
 
 def record_node(
     session: Session,
-    ws: Node,
+    node: Node,
     from_state: NodeState | None,
     to_state: NodeState,
     reason: str,
@@ -82,10 +82,10 @@ def record_node(
     """Append a node's state-change event (from_state is None for its first state)."""
     session.add(
         Event(
-            at=ws.state_since,
-            cluster_id=ws.cluster_id,
-            node_id=ws.id,
-            subject=ws.name,
+            at=node.state_since,
+            cluster_id=node.cluster_id,
+            node_id=node.id,
+            subject=node.name,
             kind="state",
             from_state=from_state.value if from_state else None,
             to_state=to_state.value,
@@ -94,14 +94,14 @@ def record_node(
     )
 
 
-def record_node_event(session: Session, ws: Node, kind: str, reason: str) -> None:
+def record_node_event(session: Session, node: Node, kind: str, reason: str) -> None:
     """Append an event of a node that does not change its state."""
     session.add(
         Event(
             at=utcnow(),
-            cluster_id=ws.cluster_id,
-            node_id=ws.id,
-            subject=ws.name,
+            cluster_id=node.cluster_id,
+            node_id=node.id,
+            subject=node.name,
             kind=kind,
             reason=reason,
         )

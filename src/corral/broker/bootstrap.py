@@ -30,17 +30,17 @@ class BootstrapIssuer:
     identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
-    def user_data(self, session: Session, ws: Node, now: datetime) -> bytes:
-        """A bootstrap document for `ws`, with a new token recorded in `session`."""
-        token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
+    def user_data(self, session: Session, node: Node, now: datetime) -> bytes:
+        """A bootstrap document for `node`, with a new token recorded in `session`."""
+        token = issue_bootstrap_token(session, node.id, now, self.token_lifetime)
         pins = self.identity()
         document = {
             "corral": BOOTSTRAP_FORMAT,
-            "broker": self.broker_url_for(ws),
+            "broker": self.broker_url_for(node),
             "fingerprint": pins.fingerprint,
             "key_fingerprint": pins.key_fingerprint,
-            "cluster": ws.cluster_id,
-            "node": ws.name,
+            "cluster": node.cluster_id,
+            "node": node.name,
             "token": token,
         }
         return json.dumps(document, sort_keys=True).encode()

@@ -98,10 +98,10 @@ def spend_bootstrap_token(
     return Spent(ws, again=True)
 
 
-def _same_identity(ws: Node, identity: Identity) -> bool:
-    """True when `identity` is the one `ws` registered with (key comments aside)."""
-    registered = json.loads(ws.ssh_host_keys or "[]")
-    return ws.hostname == identity.hostname and _keys(registered) == _keys(identity.ssh_host_keys)
+def _same_identity(node: Node, identity: Identity) -> bool:
+    """True when `identity` is the one `node` registered with (key comments aside)."""
+    registered = json.loads(node.ssh_host_keys or "[]")
+    return node.hostname == identity.hostname and _keys(registered) == _keys(identity.ssh_host_keys)
 
 
 def _keys(lines: list[str]) -> set[tuple[str, ...]]:
@@ -109,10 +109,10 @@ def _keys(lines: list[str]) -> set[tuple[str, ...]]:
     return {tuple(line.split()[:2]) for line in lines}
 
 
-def issue_credential(ws: Node) -> str:
-    """A new credential for `ws`; it replaces any the node had, which no longer works."""
+def issue_credential(node: Node) -> str:
+    """A new credential for `node`; it replaces any the node had, which no longer works."""
     credential = "nc_" + secrets.token_urlsafe(32)
-    ws.credential_hash = secret_digest(credential)
+    node.credential_hash = secret_digest(credential)
     return credential
 
 
@@ -121,11 +121,11 @@ def node_for_credential(session: Session, credential: str | None) -> Node:
     if not credential:
         raise AuthError("no node credential given")
     digest = secret_digest(credential)
-    ws = session.scalars(select(Node).where(Node.credential_hash == digest)).first()
-    if ws is None or not hmac.compare_digest(ws.credential_hash or "", digest):
+    node = session.scalars(select(Node).where(Node.credential_hash == digest)).first()
+    if node is None or not hmac.compare_digest(node.credential_hash or "", digest):
         raise AuthError("unknown node credential")
-    refuse_ended(ws.name, ws.state)
-    return ws
+    refuse_ended(node.name, node.state)
+    return node
 
 
 _ENDED = (NodeState.LOST, NodeState.TERMINATING, NodeState.TERMINATED)

@@ -63,9 +63,9 @@ def _peer(values: Sequence) -> Peer:
     return Peer(*fields, tuple(json.loads(keys or "[]")))
 
 
-def peer_of(ws: Node) -> Peer:
+def peer_of(node: Node) -> Peer:
     """The peer a node record is."""
-    return _peer(tuple(getattr(ws, column.key) for column in _PEER_COLUMNS))
+    return _peer(tuple(getattr(node, column.key) for column in _PEER_COLUMNS))
 
 
 def read_peers(session: Session, cluster_id: str, only: set[str] | None = None) -> list[Peer]:

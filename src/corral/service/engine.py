@@ -336,21 +336,21 @@ class Engine:
 
     def _pending_user_data(self, node_id: str, session: Session) -> bytes | None:
         """The node's bootstrap document, with a new token; None if it no longer boots."""
-        ws = session.get(Node, node_id)
-        if ws is None or ws.state != NodeState.PENDING:
+        node = session.get(Node, node_id)
+        if node is None or node.state != NodeState.PENDING:
             return None
-        return self.bootstrap.user_data(session, ws, self.clock())
+        return self.bootstrap.user_data(session, node, self.clock())
 
     def _terminate_job(self, target: tuple[str, str]) -> None:
         pool, node_id = target
         self.pools.get(pool).backend.terminate(node_id)
 
         def record(session: Session) -> None:
-            ws = session.get(Node, node_id)
-            if ws is None or ws.state != NodeState.TERMINATING:
+            node = session.get(Node, node_id)
+            if node is None or node.state != NodeState.TERMINATING:
                 return  # gone, terminated, or an orphan's record moved on: nothing to update
-            move_node(session, ws, NodeState.TERMINATED, f"removed from {ws.host_name}")
-            release_address(session, ws.id)
+            move_node(session, node, NodeState.TERMINATED, f"removed from {node.host_name}")
+            release_address(session, node.id)
 
         self.writes.write_from_thread(record, [(Node, node_id)])
         self.poke()
@@ -359,29 +359,29 @@ class Engine:
         # under the decision lock: a node's agent may register (booting -> registered)
         # between this read and this write, which would then undo its registration
         def move(session: Session) -> None:
-            ws = session.get(Node, node_id)
-            if ws is not None and ws.state == expect.value:
-                move_node(session, ws, target, reason)
+            node = session.get(Node, node_id)
+            if node is not None and node.state == expect.value:
+                move_node(session, node, target, reason)
 
         self.writes.write_from_thread(move, [(Node, node_id)])
         self.poke()
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _boot_order(self, cluster: Cluster, ws: Node) -> tuple[NodeSpec, Placement]:
+    def _boot_order(self, cluster: Cluster, node: Node) -> tuple[NodeSpec, Placement]:
         """What the node is, with its image resolved through the image store, and where
         it runs."""
-        digest = ws.image_digest
+        digest = node.image_digest
         rootfs = self.images.path(digest) if digest and self.images.has(digest) else None
         spec = NodeSpec(
-            node_id=ws.id,
+            node_id=node.id,
             cluster_id=cluster.id,
-            name=ws.name,
-            image=ImageRef(ws.image, digest, rootfs),
-            cores=ws.cores,
-            memory_mib=ws.memory_mib,
+            name=node.name,
+            image=ImageRef(node.image, digest, rootfs),
+            cores=node.cores,
+            memory_mib=node.memory_mib,
         )
-        return spec, placement_of(ws)
+        return spec, placement_of(node)
 
 
 _UNOBSERVED = Observation({}, fresh=False)
