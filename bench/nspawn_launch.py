@@ -215,15 +215,15 @@ def check_subnet_free(subnet: str) -> None:
 
 
 def bare_spec(
-    backend: NspawnBackend, digest: str, workspace_id: str, tag: str, index: int = 0
+    backend: NspawnBackend, digest: str, node_id: str, tag: str, index: int = 0
 ) -> tuple[NodeSpec, Placement]:
     """A node and its placement, its agent masked, at the `index`th bare address."""
     # the backend mounts its overlay over an existing upper directory, so a unit masked
     # here is masked in the container from its first instant
-    mask_unit(backend.root / workspace_id / "upper", "corral-agent.service")
+    mask_unit(backend.root / node_id / "upper", "corral-agent.service")
     prefix, first = BARE_ADDRESS.rsplit(".", 1)
     spec = NodeSpec(
-        node_id=workspace_id,
+        node_id=node_id,
         cluster_id=f"{tag}-bare",
         name=f"bare-{index}",
         image=ImageRef(IMAGE, digest, ImageStore(IMAGE_CACHE).path(digest)),
@@ -233,29 +233,27 @@ def bare_spec(
     return spec, Placement("local", "local", f"{prefix}.{int(first) + index}", BARE_SUBNET)
 
 
-def boot_bare(backend: NspawnBackend, digest: str, workspace_id: str, tag: str) -> BareBoot:
-    spec = bare_spec(backend, digest, workspace_id, tag)
+def boot_bare(backend: NspawnBackend, digest: str, node_id: str, tag: str) -> BareBoot:
+    spec = bare_spec(backend, digest, node_id, tag)
     started = time.monotonic()
     try:
         backend.boot(*spec)
         spawned = time.monotonic() - started
         wait_for_tcp(BARE_ADDRESS, 22, BOOT_TIMEOUT)
         sshd = time.monotonic() - started
-        state = wait_system_running(workspace_id)
+        state = wait_system_running(node_id)
         running = time.monotonic() - started
     finally:
         stopping = time.monotonic()
-        backend.terminate(workspace_id)
+        backend.terminate(node_id)
     boot = BareBoot(spawned, sshd, running, state, time.monotonic() - stopping)
-    log.info("bare boot %s: sshd after %.2f s, %s after %.2f s", workspace_id, sshd, state, running)
+    log.info("bare boot %s: sshd after %.2f s, %s after %.2f s", node_id, sshd, state, running)
     return boot
 
 
-def boot_bare_together(
-    backend: NspawnBackend, digest: str, workspace_ids: list[str], tag: str
-) -> float:
-    """Seconds from booting all of `workspace_ids` at once until the last accepts ssh."""
-    specs = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(workspace_ids)]
+def boot_bare_together(backend: NspawnBackend, digest: str, node_ids: list[str], tag: str) -> float:
+    """Seconds from booting all of `node_ids` at once until the last accepts ssh."""
+    specs = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(node_ids)]
 
     def boot(order: tuple[NodeSpec, Placement]) -> None:
         backend.boot(*order)
@@ -292,9 +290,9 @@ def wait_for_tcp(address: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def wait_system_running(workspace_id: str) -> str:
+def wait_system_running(node_id: str) -> str:
     """systemd's own verdict on the boot, asked inside the container once it is done."""
-    init = container_init_pid(workspace_id)
+    init = container_init_pid(node_id)
     result = subprocess.run(
         ["nsenter", f"--target={init}", "--all", "systemctl", "is-system-running", "--wait"],
         capture_output=True,
@@ -304,9 +302,9 @@ def wait_system_running(workspace_id: str) -> str:
     return result.stdout.strip() or result.stderr.strip()
 
 
-def container_init_pid(workspace_id: str) -> int:
-    """The container's systemd: the child of the systemd-nspawn running this workspace."""
-    machine = f"--machine={network.netns_name(workspace_id)}"
+def container_init_pid(node_id: str) -> int:
+    """The container's systemd: the child of the systemd-nspawn running this node."""
+    machine = f"--machine={network.netns_name(node_id)}"
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -317,7 +315,7 @@ def container_init_pid(workspace_id: str) -> int:
             continue
         if argv[0].endswith("systemd-nspawn") and machine in argv and children:
             return int(children[0])
-    raise RuntimeError(f"no systemd-nspawn with a container for {workspace_id}")
+    raise RuntimeError(f"no systemd-nspawn with a container for {node_id}")
 
 
 # -- clusters --------------------------------------------------------------------------
@@ -502,8 +500,8 @@ def sweep(workdir: Path, tag: str, created: list[tuple[str, list[str]]]) -> None
         for node_id in node_ids:
             network.detach_node(node_id)
         network.remove_bridge(cluster_id)
-    for workspace_id in [f"{tag}-warmup", *(f"{tag}-bare-{i}" for i in range(BARE_BOOTS))]:
-        network.detach_node(workspace_id)
+    for node_id in [f"{tag}-warmup", *(f"{tag}-bare-{i}" for i in range(BARE_BOOTS))]:
+        network.detach_node(node_id)
     network.remove_bridge(f"{tag}-bare")
     shutil.rmtree(workdir, ignore_errors=True)
 

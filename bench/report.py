@@ -137,9 +137,9 @@ FINDINGS = """## What the numbers show, and what was done about them
   node has booted, as on a real cloud, where a boot takes longer than the service's
   launch work; the CPU until then is reported as *launch and boots*, the CPU from then
   until all are ready as the broker's, and their sum as before.
-- **A registration no longer queries its workspace alone, and signs SSH keys in a
-  third of the time.** The token's workspace was read with a query of its own per
-  registration (the burst preloads tokens by hash, not their workspaces); it now comes
+- **A registration no longer queries its node alone, and signs SSH keys in a
+  third of the time.** The token's node was read with a query of its own per
+  registration (the burst preloads tokens by hash, not their nodes); it now comes
   joined with the token. The two SSH certificates of every registration (host key,
   root's key) were built with cryptography's builder, which parses the key into an
   object and re-encodes it in Python: 0.16-0.18 ms each. `broker/ssh.py` (`_sign`) now lays

@@ -1,4 +1,4 @@
-"""The scheduler alone: 10,000 workspaces placed on 1,000 hosts.
+"""The scheduler alone: 10,000 nodes placed on 1,000 hosts.
 
 `place()` is what a launch calls inside its decision lock, so its speed bounds how fast
 the service can say yes or no. Mixed shapes, hosts of two sizes; timed with
@@ -52,7 +52,7 @@ def run() -> Section:
         place(cluster, available)
     per_cluster = time.perf_counter() - started
     section = Section(
-        title="Scheduler: 10,000 workspaces on 1,000 hosts",
+        title="Scheduler: 10,000 nodes on 1,000 hosts",
         method=(
             "`bench/scheduler.py`. `corral.service.scheduler.place()` with 10,000 node "
             "requests in four shapes (1 core/1 GiB to 8 cores/16 GiB) on 1,000 hosts "

@@ -45,19 +45,17 @@ class BackendContract:
             return backend.boot(*spec)
 
         yield _boot
-        for workspace_id in booted:
-            backend.terminate(workspace_id)
+        for node_id in booted:
+            backend.terminate(node_id)
 
-    def wait_for(self, backend: Backend, workspace_id: str, state: MachineState) -> Machine:
+    def wait_for(self, backend: Backend, node_id: str, state: MachineState) -> Machine:
         deadline = time.monotonic() + self.boot_timeout
         while True:
-            machine = backend.describe(workspace_id)
+            machine = backend.describe(node_id)
             if machine is not None and machine.state is state:
                 return machine
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{workspace_id} not {state} after {self.boot_timeout}s (last: {machine})"
-                )
+                pytest.fail(f"{node_id} not {state} after {self.boot_timeout}s (last: {machine})")
             time.sleep(self.poll_interval)
 
     @staticmethod

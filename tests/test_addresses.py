@@ -22,10 +22,10 @@ from corral.store.models import (
     AddressAllocation,
     Cluster,
     Host,
+    Node,
     Pool,
     SubnetAllocation,
     User,
-    Workspace,
     utcnow,
 )
 
@@ -50,8 +50,8 @@ def make_pool(store, address_range="10.9.0.0/16", subnet_prefix=24, name="lab"):
     return name
 
 
-def make_cluster(store, cluster_id, workspaces=0, pool="lab"):
-    """A cluster row with `workspaces` workspace rows; returns the workspace ids."""
+def make_cluster(store, cluster_id, nodes=0, pool="lab"):
+    """A cluster row with `nodes` node rows; returns the node ids."""
     now = utcnow()
     with store.session() as s:
         s.add(
@@ -61,16 +61,15 @@ def make_cluster(store, cluster_id, workspaces=0, pool="lab"):
                 owner_id=1,
                 state="launching",
                 document="",
-                policy="all-or-nothing",
                 pool_name=pool,
                 lease_start=now,
                 lease_end=now + timedelta(hours=1),
             )
         )
-        ids = [f"{cluster_id}-w{i}" for i in range(workspaces)]
+        ids = [f"{cluster_id}-w{i}" for i in range(nodes)]
         for i, ws_id in enumerate(ids):
             s.add(
-                Workspace(
+                Node(
                     id=ws_id,
                     cluster_id=cluster_id,
                     name=f"worker-{i}",
@@ -91,9 +90,9 @@ def subnet_for(store, pool_name, cluster_id, in_use=()):
         return allocate_subnet(s, s.get(Pool, pool_name), cluster_id, in_use)
 
 
-def addresses_for(store, pool_name, subnet, workspace_ids):
+def addresses_for(store, pool_name, subnet, node_ids):
     with store.session() as s:
-        return allocate_addresses(s, s.get(Pool, pool_name), subnet, workspace_ids)
+        return allocate_addresses(s, s.get(Pool, pool_name), subnet, node_ids)
 
 
 # --- subnets ---------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def test_pools_hand_out_subnets_independently(store):
 
 def test_addresses_are_distinct_inside_the_subnet_and_never_the_gateway(store):
     pool = make_pool(store, "10.9.0.0/16", 24)
-    ids = make_cluster(store, "c1", workspaces=20)
+    ids = make_cluster(store, "c1", nodes=20)
     subnet = subnet_for(store, pool, "c1")
     addresses = addresses_for(store, pool, subnet, ids)
     assert sorted(addresses) == sorted(ids)
@@ -173,7 +172,7 @@ def test_addresses_are_distinct_inside_the_subnet_and_never_the_gateway(store):
 
 def test_later_allocations_do_not_reuse_addresses(store):
     pool = make_pool(store, "10.9.0.0/16", 24)
-    ids = make_cluster(store, "c1", workspaces=6)
+    ids = make_cluster(store, "c1", nodes=6)
     subnet = subnet_for(store, pool, "c1")
     first = addresses_for(store, pool, subnet, ids[:3])
     second = addresses_for(store, pool, subnet, ids[3:])
@@ -184,7 +183,7 @@ def test_later_allocations_do_not_reuse_addresses(store):
 def test_a_full_subnet_raises_a_capacity_error_and_keeps_nothing(store):
     # a /29 has six host addresses; the gateway takes one, leaving five
     pool = make_pool(store, "10.9.0.0/16", 29)
-    ids = make_cluster(store, "c1", workspaces=6)
+    ids = make_cluster(store, "c1", nodes=6)
     subnet = subnet_for(store, pool, "c1")
     with pytest.raises(CapacityError) as caught:
         addresses_for(store, pool, subnet, ids)
@@ -199,7 +198,7 @@ def test_a_full_subnet_raises_a_capacity_error_and_keeps_nothing(store):
 
 def test_a_released_address_is_handed_out_again(store):
     pool = make_pool(store, "10.9.0.0/16", 29)
-    ids = make_cluster(store, "c1", workspaces=6)
+    ids = make_cluster(store, "c1", nodes=6)
     subnet = subnet_for(store, pool, "c1")
     five = addresses_for(store, pool, subnet, ids[:5])
     with store.session() as s:
@@ -213,23 +212,23 @@ def test_a_released_address_is_handed_out_again(store):
 
 def test_the_store_refuses_one_address_for_two_workspaces(store):
     pool = make_pool(store)
-    ids = make_cluster(store, "c1", workspaces=2)
+    ids = make_cluster(store, "c1", nodes=2)
     with store.session() as s:
-        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", workspace_id=ids[0]))
+        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", node_id=ids[0]))
     with pytest.raises(IntegrityError), store.session() as s:
-        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", workspace_id=ids[1]))
+        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", node_id=ids[1]))
     with store.session() as s:
         rows = s.scalars(select(AddressAllocation)).all()
-    assert [(r.address, r.workspace_id) for r in rows] == [("10.9.0.2", ids[0])]
+    assert [(r.address, r.node_id) for r in rows] == [("10.9.0.2", ids[0])]
 
 
 def test_the_store_refuses_two_addresses_for_one_workspace(store):
     pool = make_pool(store)
-    ids = make_cluster(store, "c1", workspaces=1)
+    ids = make_cluster(store, "c1", nodes=1)
     with store.session() as s:
-        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", workspace_id=ids[0]))
+        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", node_id=ids[0]))
     with pytest.raises(IntegrityError), store.session() as s:
-        s.add(AddressAllocation(pool_name=pool, address="10.9.0.3", workspace_id=ids[0]))
+        s.add(AddressAllocation(pool_name=pool, address="10.9.0.3", node_id=ids[0]))
 
 
 def test_the_store_refuses_one_subnet_for_two_clusters(store):
@@ -245,4 +244,4 @@ def test_the_store_refuses_one_subnet_for_two_clusters(store):
 def test_the_store_refuses_an_address_for_an_unknown_workspace(store):
     pool = make_pool(store)
     with pytest.raises(IntegrityError), store.session() as s:
-        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", workspace_id="nobody"))
+        s.add(AddressAllocation(pool_name=pool, address="10.9.0.2", node_id="nobody"))

@@ -15,7 +15,7 @@ import pytest
 from inprocess import admin_token, api, document, post_streamed
 from sqlalchemy import func, select
 
-from corral.store.models import Cluster, Event, Host, User, Workspace
+from corral.store.models import Cluster, Event, Host, Node, User
 
 MIB = 1024 * 1024
 
@@ -25,7 +25,7 @@ def rows(service) -> dict[str, int]:
     with service.store.session() as s:
         return {
             model.__tablename__: s.scalar(select(func.count()).select_from(model))
-            for model in (Cluster, Workspace, Event, User, Host)
+            for model in (Cluster, Node, Event, User, Host)
         }
 
 

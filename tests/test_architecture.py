@@ -22,7 +22,9 @@ PACKAGE = "corral"
 FORBIDDEN = [
     ("corral.broker", ("corral.service", "corral.cli")),
     ("corral.service", ("corral.cli",)),
-    ("corral.store", ("corral.service", "corral.broker", "corral.cli")),
+    ("corral.store", ("corral.service", "corral.broker", "corral.cli", "corral.backends")),
+    ("corral.backends", ("corral.service", "corral.broker", "corral.cli", "corral.store")),
+    ("corral.document", ("corral.service", "corral.broker", "corral.cli", "corral.store")),
 ]
 
 

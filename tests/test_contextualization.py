@@ -32,7 +32,7 @@ from corral.broker.schemas import ReportBody
 from corral.broker.snapshots import Snapshots
 from corral.broker.views import build_view, view_json
 from corral.lifecycle import NodeState
-from corral.store.models import NodeSecret, Report, Workspace, utcnow
+from corral.store.models import Node, NodeSecret, Report, utcnow
 from corral.transitions import move_node
 
 AGENT = Path(__file__).resolve().parent.parent / "src" / "corral" / "agent.py"
@@ -85,7 +85,7 @@ def make_image(directory: Path, fail_node: str = "", configure_seconds: float = 
 
 def node_roots(service) -> dict[str, Path]:
     with service.store.session() as session:
-        names = {w.id: w.name for w in session.query(Workspace)}
+        names = {w.id: w.name for w in session.query(Node)}
     roots = service.config.data_dir / "fake-roots"
     return {names[p.name]: p for p in roots.iterdir() if p.name in names}
 
@@ -190,7 +190,7 @@ def test_a_bootstrap_token_works_once_and_not_after_it_expires(agent_service):
         assert again.status_code == 401 and "already used" in again.json()["message"]
 
         with service.store.session() as session:
-            ws = session.query(Workspace).filter_by(cluster_id=cluster_id, name="worker-1").one()
+            ws = session.query(Node).filter_by(cluster_id=cluster_id, name="worker-1").one()
             old = issue_bootstrap_token(
                 session, ws.id, utcnow() - timedelta(minutes=11), timedelta(minutes=10)
             )
@@ -198,7 +198,7 @@ def test_a_bootstrap_token_works_once_and_not_after_it_expires(agent_service):
         assert expired.status_code == 401 and "expired" in expired.json()["message"]
 
         with service.store.session() as session:
-            ws = session.query(Workspace).filter_by(cluster_id=cluster_id, name="worker-2").one()
+            ws = session.query(Node).filter_by(cluster_id=cluster_id, name="worker-2").one()
             fresh = issue_bootstrap_token(session, ws.id, utcnow(), timedelta(minutes=10))
         stolen = broker.post("/register", json=body | {"node": "worker-1", "token": fresh})
         assert stolen.status_code == 401 and "another node" in stolen.json()["message"]
@@ -212,7 +212,7 @@ def test_a_node_credential_reads_only_its_own_view_and_reports_only_for_itself(a
     wait_for(lambda: {state(client, first), state(client, second)} == {"ready"}, timeout=90)
     by_cluster: dict[str, dict[str, Path]] = {}
     with service.store.session() as session:
-        for ws in session.query(Workspace):
+        for ws in session.query(Node):
             root = service.config.data_dir / "fake-roots" / ws.id
             by_cluster.setdefault(ws.cluster_id, {})[ws.name] = root
     credential = (by_cluster[first]["worker-0"] / "var/lib/corral/credential").read_text().strip()
@@ -267,7 +267,7 @@ def test_a_report_sent_again_is_stored_once(agent_service):
     assert newer.json() == {"status": "recorded"}
     # twice in one transaction, as a burst of the group commit may hold them
     with service.store.session() as session:
-        me = peer_of(session.query(Workspace).filter_by(name="worker-1").one())
+        me = peer_of(session.query(Node).filter_by(name="worker-1").one())
         twice = ReportBody.model_validate(report | {"version": 101})
         assert _record(twice, me, session) is NodeState.READY
         assert _record(twice, me, session) is None
@@ -282,7 +282,7 @@ def test_a_view_serialized_with_its_shared_hosts_is_the_view_itself(agent_servic
     wait_for(lambda: state(api(service, admin_token(service)), cluster_id) == "ready", 90)
     snapshot = service.snapshots.get(cluster_id)
     with service.store.session() as session:
-        nodes = list(session.query(Workspace).filter_by(cluster_id=cluster_id))
+        nodes = list(session.query(Node).filter_by(cluster_id=cluster_id))
         secrets = {ws.id: session.get(NodeSecret, ws.id) for ws in nodes}
     assert len(snapshot.hosts) == 4
     for ws in nodes:
@@ -307,7 +307,7 @@ def test_a_refresh_told_which_nodes_changed_reads_just_them(agent_service):
     snapshots = Snapshots(service.store, service.documents, lambda _: None)  # the service's own
     before = snapshots.get(cluster_id)  # would be refreshed by its notifier meanwhile
     with service.store.session() as session:
-        nodes = {ws.name: ws for ws in session.query(Workspace).filter_by(cluster_id=cluster_id)}
+        nodes = {ws.name: ws for ws in session.query(Node).filter_by(cluster_id=cluster_id)}
         for name in ("worker-0", "worker-1"):
             nodes[name].hostname = f"{name}.renamed"
         # a state change names its node for the broker to re-read

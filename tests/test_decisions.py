@@ -37,7 +37,7 @@ def node(
         cluster_id="c-1",
         name=name,
         group=group,
-        state=state.value,
+        state=state,
         state_since=NOW - since,
         registered_at=NOW - registered if registered is not None else None,
         failure=failure,

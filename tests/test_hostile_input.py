@@ -1,7 +1,7 @@
 """A hostile-input corpus (issue 18): documents and API bodies that froze the service,
 exhausted its memory or made it answer 500, and their kin. Each is refused in bounded time
 and memory, with exit 3 from the CLI (`validate` and `run`) or a 4xx naming the field from
-the API, and nothing is created: no cluster, workspace, user or host row, no event.
+the API, and nothing is created: no cluster, node, user or host row, no event.
 
 The bounds are generous, for a loaded two-core CI machine: what they catch is the
 exponential blow-up (43 s and then all memory for a 522-byte document), not a slow parse.
@@ -25,7 +25,7 @@ from corral.document import parse_document
 from corral.errors import DocumentError
 from corral.service.config import ServiceConfig
 from corral.service.process import Service
-from corral.store.models import Cluster, Event, Host, User, Workspace
+from corral.store.models import Cluster, Event, Host, Node, User
 
 SECONDS = 10.0  # per input, in-process
 CLI_SECONDS = 30.0  # per command, interpreter start included
@@ -113,7 +113,7 @@ DOCUMENTS: dict[str, tuple[str, str]] = {
         "DOCTYPE",
     ),
     "xml-10000-deep": (
-        "<cluster>" + "<workspace>" * 10_000 + "</workspace>" * 10_000 + "</cluster>",
+        "<cluster>" + "<node>" * 10_000 + "</node>" * 10_000 + "</cluster>",
         "32 levels",
     ),
 }
@@ -123,7 +123,7 @@ def rows(service: Service) -> dict[str, int]:
     with service.store.session() as s:
         return {
             model.__tablename__: s.scalar(select(func.count()).select_from(model))
-            for model in (Cluster, Workspace, Event, User, Host)
+            for model in (Cluster, Node, Event, User, Host)
         }
 
 

@@ -100,13 +100,13 @@ class Launches:
         return self.wait(cluster_id, {"terminated"}, GONE_TIMEOUT)
 
 
-def allocations(data_dir: Path, cluster_id: str, workspace_ids: list[str]) -> list[tuple]:
+def allocations(data_dir: Path, cluster_id: str, node_ids: list[str]) -> list[tuple]:
     """Rows of the service's database that still hold an address or a subnet for a cluster."""
-    marks = ",".join("?" * len(workspace_ids))
+    marks = ",".join("?" * len(node_ids))
     with closing(sqlite3.connect(data_dir / "corral.db")) as db:
         addresses = db.execute(
-            f"SELECT address FROM address_allocations WHERE workspace_id IN ({marks})",
-            workspace_ids,
+            f"SELECT address FROM address_allocations WHERE node_id IN ({marks})",
+            node_ids,
         ).fetchall()
         subnets = db.execute(
             "SELECT subnet FROM subnet_allocations WHERE cluster_id = ?", (cluster_id,)

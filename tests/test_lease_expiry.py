@@ -40,14 +40,13 @@ def sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
 
 
-def allocations(data_dir: Path, cluster_id: str, workspace_ids: list[str]) -> tuple[list, list]:
+def allocations(data_dir: Path, cluster_id: str, node_ids: list[str]) -> tuple[list, list]:
     """Rows of the service's database that still hold addresses or a subnet for a cluster."""
-    marks = ",".join("?" * len(workspace_ids))
+    marks = ",".join("?" * len(node_ids))
     with closing(sqlite3.connect(data_dir / "corral.db")) as db:
         addresses = db.execute(
-            "SELECT address, workspace_id FROM address_allocations "
-            f"WHERE workspace_id IN ({marks})",
-            workspace_ids,
+            f"SELECT address, node_id FROM address_allocations WHERE node_id IN ({marks})",
+            node_ids,
         ).fetchall()
         subnets = db.execute(
             "SELECT subnet FROM subnet_allocations WHERE cluster_id = ?", (cluster_id,)
@@ -70,10 +69,10 @@ def assert_lease_ended_everything(served: ServedCorral, launched: dict[str, Any]
     assert len(ending) == 1, view["events"]
     assert "lease expired" in ending[0]["reason"]
 
-    workspace_ids = [n["id"] for n in view["nodes"]]
+    node_ids = [n["id"] for n in view["nodes"]]
     left = {m["node_id"] for m in fake_machines(served.data_dir)}
-    assert left.isdisjoint(workspace_ids)
-    assert allocations(served.data_dir, launched["id"], workspace_ids) == ([], [])
+    assert left.isdisjoint(node_ids)
+    assert allocations(served.data_dir, launched["id"], node_ids) == ([], [])
 
 
 def assert_subnet_is_reused(served: ServedCorral, old_subnet: str) -> None:

@@ -194,8 +194,8 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
     assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json"}
 
 
-def nspawn_pid(service, workspace_id: str) -> int:
-    machine = f"--machine={network.netns_name(workspace_id)}"
+def nspawn_pid(service, node_id: str) -> int:
+    machine = f"--machine={network.netns_name(node_id)}"
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -204,7 +204,7 @@ def nspawn_pid(service, workspace_id: str) -> int:
                 continue
             if argv[0].endswith("systemd-nspawn") and machine in argv:
                 return int(proc.name)
-    raise AssertionError(f"no systemd-nspawn process for {workspace_id}")
+    raise AssertionError(f"no systemd-nspawn process for {node_id}")
 
 
 def slurm_nodes(service, cluster: dict) -> list[str]:

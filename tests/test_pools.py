@@ -18,7 +18,7 @@ from corral.service.config import PoolConfig, ServiceConfig
 from corral.service.config_file import read_config_file
 from corral.service.observation import Observer
 from corral.service.pools import Pools
-from corral.store.models import Cluster, Workspace
+from corral.store.models import Cluster, Node
 
 SMALL = "image: debian-12\nnodes: [{group: head}, {group: worker, count: 2}]\n"
 
@@ -100,7 +100,7 @@ def test_a_pool_refuses_clusters_past_its_node_limit(make_service):
     assert refused.status_code == 409, refused.text
     assert "pool spare runs 3 of its 4 nodes" in refused.json()["message"]
     with service.store.session() as session:
-        assert session.query(Workspace).count() == 3
+        assert session.query(Node).count() == 3
     launched(client, pool="local")  # the other pool has no such limit
 
 

@@ -23,7 +23,7 @@ from corral.errors import StoreHeldError
 from corral.lifecycle import NodeState
 from corral.service.inventory import add_user
 from corral.store.database import Store
-from corral.store.models import Report, User, Workspace
+from corral.store.models import Node, Report, User
 from corral.store.schema import alembic_config, head, migration_engine
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -95,7 +95,7 @@ def test_the_service_runs_on_postgresql_and_survives_a_restart(
     report = ReportBody(phase="configure", role="worker", state="ok", exit_code=0, version=1)
     # a report sent again is stored once, by the unique key of reports
     with first.store.session() as session:
-        me = peer_of(session.query(Workspace).filter_by(cluster_id=cluster_id).first())
+        me = peer_of(session.query(Node).filter_by(cluster_id=cluster_id).first())
         in_one_transaction = [_record(report, me, session), _record(report, me, session)]
     with first.store.session() as session:
         in_another = _record(report, me, session)

@@ -21,7 +21,7 @@ from corral.backends.fake import FakeBackend
 from corral.broker.credentials import issue_bootstrap_token, secret_digest
 from corral.broker.known_nodes import KnownNode, KnownNodes
 from corral.broker.peers import peer_of
-from corral.store.models import BootstrapToken, Event, NodeSecret, Workspace, utcnow
+from corral.store.models import BootstrapToken, Event, Node, NodeSecret, utcnow
 
 
 @pytest.fixture
@@ -48,11 +48,11 @@ class Launch:
         """A new bootstrap token for `node`, as its boot job would issue."""
         with self.service.store.session() as session:
             return issue_bootstrap_token(
-                session, self.workspace(session, node).id, utcnow(), timedelta(minutes=10)
+                session, self.node(session, node).id, utcnow(), timedelta(minutes=10)
             )
 
-    def workspace(self, session, node: str) -> Workspace:
-        return session.query(Workspace).filter_by(cluster_id=self.cluster_id, name=node).one()
+    def node(self, session, node: str) -> Node:
+        return session.query(Node).filter_by(cluster_id=self.cluster_id, name=node).one()
 
     def register(self, node: str, token: str, identity: dict) -> httpx.Response:
         body = {"cluster": self.cluster_id, "node": node, "token": token, "identity": identity}
@@ -98,7 +98,7 @@ def test_a_registration_retried_after_a_lost_reply_gets_back_in(booting):
     lost = first.json()["credential"]
     assert booting.context(lost).status_code == 200  # known to the broker, in memory too
     with booting.service.store.session() as session:
-        ws = booting.workspace(session, "worker-0")
+        ws = booting.node(session, "worker-0")
         issued, registered_at = session.get(NodeSecret, ws.id).tls_cert_pem, ws.registered_at
 
     # the comment of a key line is not part of the key
@@ -116,10 +116,10 @@ def test_a_registration_retried_after_a_lost_reply_gets_back_in(booting):
     # the node keeps its state, its registration time and what was issued to it
     assert booting.state("worker-0") == "registered"
     with booting.service.store.session() as session:
-        ws = booting.workspace(session, "worker-0")
+        ws = booting.node(session, "worker-0")
         assert session.get(NodeSecret, ws.id).tls_cert_pem == issued
         assert ws.registered_at == registered_at
-        kinds = [e.kind for e in session.query(Event).filter_by(workspace_id=ws.id)]
+        kinds = [e.kind for e in session.query(Event).filter_by(node_id=ws.id)]
     assert kinds[-1] == "registered-again"
     # and it gets back in as often as its replies are lost, the last credential alone working
     third = booting.register("worker-0", token, me)
@@ -188,7 +188,7 @@ def test_a_spent_token_is_refused_to_anything_but_a_retried_registration(booting
 def test_a_replaced_credential_is_never_remembered_again(booting):
     # a request that read the store before the replacement committed must not bring it back
     with booting.service.store.session() as session:
-        ws = booting.workspace(session, "worker-0")
+        ws = booting.node(session, "worker-0")
         known = KnownNode(booting.cluster_id, peer_of(ws), None)
     nodes = KnownNodes(booting.service.store)
     nodes.remember("nc_lost", known)

@@ -12,9 +12,9 @@ from corral.store.models import (
     AddressAllocation,
     Cluster,
     Event,
+    Node,
     SubnetAllocation,
     User,
-    Workspace,
 )
 
 
@@ -31,7 +31,7 @@ def counts(service):
     with service.store.session() as s:
         return {
             model.__tablename__: s.scalar(select(func.count()).select_from(model))
-            for model in (Cluster, Workspace, Event, AddressAllocation, SubnetAllocation)
+            for model in (Cluster, Node, Event, AddressAllocation, SubnetAllocation)
         }
 
 
@@ -187,7 +187,7 @@ def test_hosts_add_capacity_and_busy_hosts_cannot_be_removed(make_service):
     view = admin.get(f"/v1/clusters/{cluster_id}").json()
     assert {n["host"] for n in view["nodes"]} == {"big"}
     busy = admin.delete("/v1/hosts/big")
-    assert busy.status_code == 409 and "2 workspace" in busy.json()["message"]
+    assert busy.status_code == 409 and "2 node" in busy.json()["message"]
     assert (
         admin.post(
             "/v1/hosts", json={"name": "x", "pool": "nope", "cores": 1, "memory_mib": 1}

@@ -12,11 +12,13 @@ import json
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from inprocess import api, wait_for
 from test_store_schema import schema_differences
@@ -34,6 +36,29 @@ RELEASES = sorted(path.name for path in FIXTURES.glob("store-*") if path.is_dir(
 RENAMED: dict[tuple[str, str], str] = {
     ("cluster_secrets", "ssh_ca_private"): "ssh_host_ca_private",  # 0003
     ("cluster_secrets", "ssh_ca_public"): "ssh_host_ca_public",
+    **{  # 0006
+        (table, "workspace_id"): "node_id"
+        for table in (
+            "address_allocations",
+            "events",
+            "node_secrets",
+            "bootstrap_tokens",
+            "reports",
+        )
+    },
+}
+# tables a later revision renamed
+RENAMED_TABLES = {"workspaces": "nodes"}  # 0006
+# columns whose values a later revision wrote in another form: old value -> the new form
+CONVERTED: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("clusters", "document"): lambda text: json.dumps(  # 0006: YAML became canonical JSON
+        yaml.safe_load(text), ensure_ascii=False, separators=(",", ":")
+    ),
+}
+# columns a later revision dropped, each with a check that the row still says the same
+DROPPED: dict[tuple[str, str], Callable[[Any, dict[str, Any]], bool]] = {
+    # 0006: the policy mode is the document's
+    ("clusters", "policy"): lambda mode, row: json.loads(row["document"])["policy"]["mode"] == mode,
 }
 # the states in which a node's machine runs
 RUNNING = ("booting", "registered", "configuring", "ready")
@@ -87,11 +112,33 @@ def test_every_row_of_an_old_store_is_there_after_the_upgrade(old_store: Path) -
 
     after = rows(path)
     for table, old in before.items():
-        columns = {c: RENAMED.get((table, c), c) for c in (old[0] if old else [])}
+        new_table = RENAMED_TABLES.get(table, table)
+        by_key = {row.get("id", repr(row)): row for row in after[new_table]}
+        for old_row in old:
+            new_row = by_key.get(old_row.get("id", repr(old_row)))
+            for column, value in old_row.items():
+                if (table, column) in DROPPED:
+                    assert new_row is not None, (table, old_row)
+                    assert DROPPED[table, column](value, new_row), (table, column, old_row)
+        columns = {
+            c: RENAMED.get((table, c), c)
+            for c in (old[0] if old else [])
+            if (table, c) not in DROPPED
+        }
         kept = sorted(
-            ({c: row[new] for c, new in columns.items()} for row in after[table]), key=repr
+            ({c: row[new] for c, new in columns.items()} for row in after[new_table]), key=repr
         )
-        assert kept == old, table
+        expected = sorted(
+            ({c: CONVERTED.get((table, c), lambda v: v)(row[c]) for c in columns} for row in old),
+            key=repr,
+        )
+        assert kept == expected, table
+
+
+def node_table(db: sqlite3.Connection) -> str:
+    """The table of nodes, by the name the store's release gave it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    return "nodes" if "nodes" in tables else "workspaces"  # renamed by 0006
 
 
 def machines_of(path: Path) -> FakeBackend:
@@ -99,9 +146,10 @@ def machines_of(path: Path) -> FakeBackend:
     backend = FakeBackend(boot_delay=0.05)
     db = sqlite3.connect(path)
     try:
+        table = node_table(db)
         running = db.execute(
             "SELECT w.id, w.cluster_id, w.name, w.host_name, w.image, w.cores, w.memory_mib,"
-            " w.address, c.subnet FROM workspaces w JOIN clusters c ON c.id = w.cluster_id"
+            f" w.address, c.subnet FROM {table} w JOIN clusters c ON c.id = w.cluster_id"
             f" WHERE w.state IN {RUNNING}"
         ).fetchall()
     finally:
@@ -177,6 +225,6 @@ def test_the_service_carries_on_with_an_old_store(old_store: Path, make_service)
         )
     assert {m.node_id for m in backend.list_machines()} == {
         w["id"]
-        for w in before["workspaces"]
+        for w in before.get("nodes", before.get("workspaces", []))
         if w["cluster_id"] == by_name["failed"]["id"] and w["state"] in RUNNING
     }

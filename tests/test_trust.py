@@ -226,12 +226,12 @@ def test_a_node_that_leaves_is_trusted_no_more(cluster):
     gone_credential, gone_view, gone_key = nodes["worker-1"]
     gone_cert = x509.load_pem_x509_certificate(files_of(gone_view)["/etc/corral/tls/host.crt"])
     credential, view, _ = nodes["worker-0"]
-    workspace = next(
+    node = next(
         n["id"]
         for n in client.get(f"/v1/clusters/{cluster_id}").json()["nodes"]
         if n["name"] == "worker-1"
     )
-    service.backend.terminate(workspace)  # its machine vanishes behind corral's back
+    service.backend.terminate(node)  # its machine vanishes behind corral's back
 
     def trusted_no_more() -> dict | None:
         latest = poll(service, credential)

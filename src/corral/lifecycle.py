@@ -1,4 +1,4 @@
-"""The two lifecycles corral tracks: a workspace (one node) and a cluster.
+"""The two lifecycles corral tracks: a node (one node) and a cluster.
 
 Each is an enum whose members say what the state means, a table of allowed
 transitions, and one function that checks a transition against the table.

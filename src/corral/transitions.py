@@ -1,4 +1,4 @@
-"""Moving a cluster or workspace to a new state: checked against the table, and logged.
+"""Moving a cluster or node to a new state: checked against the table, and logged.
 
 Every change appends an Event, so the history of a node survives the node. The service
 (launches, the engine) and the broker (registrations, reports) both move nodes, so this
@@ -17,7 +17,7 @@ from corral.lifecycle import (
     check_cluster_transition,
     check_node_transition,
 )
-from corral.store.models import Cluster, Event, Workspace, utcnow
+from corral.store.models import Cluster, Event, Node, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +35,26 @@ PHASE_OF: dict[NodeState, str] = {
 }
 
 
-def move_node(session: Session, ws: Workspace, target: NodeState, reason: str) -> None:
-    """Move a workspace to `target`; raises IllegalTransitionError if the table forbids it."""
-    current = NodeState(ws.state)
-    check_node_transition(current, target, ws.name)
+def move_node(session: Session, node: Node, target: NodeState, reason: str) -> None:
+    """Move a node to `target`; raises IllegalTransitionError if the table forbids it."""
+    current = NodeState(node.state)  # a record made outside may hold the value's text
+    check_node_transition(current, target, node.name)
     now = utcnow()
-    ws.state = target.value
-    ws.state_since = now
+    node.state = target
+    node.state_since = now
     failing = (NodeState.FAILED, NodeState.LOST)
     if target in failing and current not in failing:  # keep the first cause
-        ws.failure = reason
-        ws.failure_phase = PHASE_OF[current]
-    record_node(session, ws, current, target, reason)
-    bump_context(session, ws.cluster, ws.id)
-    log.debug("node %s/%s: %s -> %s (%s)", ws.cluster_id, ws.name, current, target, reason)
+        node.failure = reason
+        node.failure_phase = PHASE_OF[current]
+    record_node(session, node, current, target, reason)
+    bump_context(session, node.cluster, node.id)
+    log.debug("node %s/%s: %s -> %s (%s)", node.cluster_id, node.name, current, target, reason)
 
 
 def bump_context(session: Session, cluster: Cluster, node: str | None = None) -> None:
     """Note that the cluster's context views may have changed; long-polls wake on commit.
 
-    `node` is the workspace id of the one node that changed; without it, anything in the
+    `node` is the node id of the one node that changed; without it, anything in the
     cluster may have. The broker re-reads just the nodes named, unless one call named none.
     """
     cluster.context_version = (cluster.context_version or 0) + 1
@@ -74,7 +74,7 @@ def add_changed_nodes(
 
 def record_node(
     session: Session,
-    ws: Workspace,
+    node: Node,
     from_state: NodeState | None,
     to_state: NodeState,
     reason: str,
@@ -82,10 +82,10 @@ def record_node(
     """Append a node's state-change event (from_state is None for its first state)."""
     session.add(
         Event(
-            at=ws.state_since,
-            cluster_id=ws.cluster_id,
-            workspace_id=ws.id,
-            subject=ws.name,
+            at=node.state_since,
+            cluster_id=node.cluster_id,
+            node_id=node.id,
+            subject=node.name,
             kind="state",
             from_state=from_state.value if from_state else None,
             to_state=to_state.value,
@@ -94,14 +94,14 @@ def record_node(
     )
 
 
-def record_node_event(session: Session, ws: Workspace, kind: str, reason: str) -> None:
+def record_node_event(session: Session, node: Node, kind: str, reason: str) -> None:
     """Append an event of a node that does not change its state."""
     session.add(
         Event(
             at=utcnow(),
-            cluster_id=ws.cluster_id,
-            workspace_id=ws.id,
-            subject=ws.name,
+            cluster_id=node.cluster_id,
+            node_id=node.id,
+            subject=node.name,
             kind=kind,
             reason=reason,
         )
@@ -112,7 +112,7 @@ def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reaso
     """Move a cluster to `target`; raises IllegalTransitionError if the table forbids it."""
     current = ClusterState(cluster.state)
     check_cluster_transition(current, target, cluster.id)
-    cluster.state = target.value
+    cluster.state = target
     if target is ClusterState.FAILED:
         cluster.failure = reason
     record(session, cluster, "state", reason, current.value, target.value)

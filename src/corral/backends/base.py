@@ -33,8 +33,6 @@ class MachineState(StrEnum):
 
 class Capability(StrEnum):
     ANY_IMAGE = "any-image"  # boots any image name without an image in the store
-    OUTLIVES_SERVICE = "outlives-service"  # machines keep running while the service is down
-    REAL_MACHINES = "real-machines"  # machines are real containers or VMs
     GATEWAY_SERVICES = "gateway-services"  # nodes reach the service at their subnet's gateway
     RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
     PLACES_ITSELF = "places-itself"  # chooses hosts and addresses itself and reports them

@@ -10,7 +10,7 @@ Given an image directory (`agent_image`), each machine also gets a root director
 from it, an SSH host key and its bootstrap document, and runs the real context agent
 on that root as a process of its own, so the whole contextualization path runs without
 root privileges. Given `bootstrap_dir` instead, it only writes each machine's bootstrap
-document there, as `<workspace id>.json`, for simulated agents (bench/) to pick up.
+document there, as `<node id>.json`, for simulated agents (bench/) to pick up.
 
 The service can be killed in the middle of a boot or a termination, so both are
 idempotent across a crash, and nothing runs that no record names: a machine is recorded
@@ -74,7 +74,7 @@ class FakeBackend(Backend):
     """
 
     name = "fake"
-    capabilities = frozenset({Capability.ANY_IMAGE, Capability.OUTLIVES_SERVICE})
+    capabilities = frozenset({Capability.ANY_IMAGE})
 
     def __init__(
         self,

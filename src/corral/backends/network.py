@@ -43,13 +43,13 @@ def bridge_name(cluster_id: str) -> str:
     return f"{PREFIX}b-{_short(cluster_id)}"
 
 
-def netns_name(workspace_id: str) -> str:
-    return f"{PREFIX}n-{_short(workspace_id)}"
+def netns_name(node_id: str) -> str:
+    return f"{PREFIX}n-{_short(node_id)}"
 
 
-def veth_name(workspace_id: str) -> str:
+def veth_name(node_id: str) -> str:
     """The host side of a node's veth pair (the node side is eth0 in its namespace)."""
-    return f"{PREFIX}h-{_short(workspace_id)}"
+    return f"{PREFIX}h-{_short(node_id)}"
 
 
 def processes_in(netns: str) -> list[int]:
@@ -171,10 +171,10 @@ def bridge_ports(cluster_id: str) -> list[str]:
     return [line.split(":")[1].strip().split("@")[0] for line in result.stdout.splitlines()]
 
 
-def attach_node(workspace_id: str, cluster_id: str, address: str, subnet: str) -> str:
+def attach_node(node_id: str, cluster_id: str, address: str, subnet: str) -> str:
     """Make the node's namespace, joined to its cluster's bridge; returns the namespace."""
-    namespace = netns_name(workspace_id)
-    host_side = veth_name(workspace_id)
+    namespace = netns_name(node_id)
+    host_side = veth_name(node_id)
     prefix = ipaddress.ip_network(subnet).prefixlen
     bridge = ensure_bridge(cluster_id, subnet)
     if not netns_exists(namespace):
@@ -191,15 +191,15 @@ def attach_node(workspace_id: str, cluster_id: str, address: str, subnet: str) -
             [f"addr add {address}/{prefix} dev eth0", "link set eth0 up", "link set lo up"],
             namespace,
         )
-    log.info("network: %s at %s in %s on %s", workspace_id, address, namespace, bridge)
+    log.info("network: %s at %s in %s on %s", node_id, address, namespace, bridge)
     return namespace
 
 
-def detach_node(workspace_id: str) -> None:
+def detach_node(node_id: str) -> None:
     """Remove the node's namespace and veth pair; what is already gone is fine."""
-    host_side = veth_name(workspace_id)
+    host_side = veth_name(node_id)
     if link_exists(host_side):
         ip("link", "del", host_side)
-    namespace = netns_name(workspace_id)
+    namespace = netns_name(node_id)
     if netns_exists(namespace):
         ip("netns", "del", namespace)

@@ -1,6 +1,6 @@
 """Real system containers: systemd-nspawn booting systemd from an appliance image.
 
-Each workspace gets a copy-on-write root (overlayfs over the image's read-only rootfs),
+Each node gets a copy-on-write root (overlayfs over the image's read-only rootfs),
 its hostname, its bootstrap document written root-only into that root, and a network
 namespace on its cluster's bridge (backends/network.py). `systemd-nspawn --boot` runs as
 a process of its own session, so containers outlive the service; the machine records
@@ -55,9 +55,7 @@ class NspawnBackend(Backend):
     name = "nspawn"
     capabilities = frozenset(
         {
-            Capability.REAL_MACHINES,
             Capability.RUNS_AGENT,
-            Capability.OUTLIVES_SERVICE,
             Capability.GATEWAY_SERVICES,
         }
     )

@@ -51,9 +51,9 @@ from corral.store.models import (
     BootstrapToken,
     Cluster,
     ClusterSecret,
+    Node,
     NodeSecret,
     Report,
-    Workspace,
     utcnow,
 )
 from corral.transitions import move_node, record_node_event
@@ -182,32 +182,32 @@ class _Registered:
 def _register(body: RegisterBody, session: Session) -> _Registered:
     now = utcnow()
     spent = spend_bootstrap_token(session, body.token, body.cluster, body.node, body.identity, now)
-    ws = spent.workspace
+    node = spent.node
     if spent.again:  # the node keeps its state and what was issued to it
-        replaced = ws.credential_hash
-        credential = issue_credential(ws)
+        replaced = node.credential_hash
+        credential = issue_credential(node)
         record_node_event(
-            session, ws, "registered-again", "its agent registered again: the reply was lost"
+            session, node, "registered-again", "its agent registered again: the reply was lost"
         )
-        known = KnownNode(ws.cluster_id, peer_of(ws), session.get(NodeSecret, ws.id))
+        known = KnownNode(node.cluster_id, peer_of(node), session.get(NodeSecret, node.id))
         return _Registered(credential, known, replaced)
-    state = NodeState(ws.state)
+    state = node.state
     if state is NodeState.PENDING:  # the agent can be quicker than the boot job's record
-        move_node(session, ws, NodeState.BOOTING, "its agent called before the boot was recorded")
+        move_node(session, node, NodeState.BOOTING, "its agent called before the boot was recorded")
     elif state is not NodeState.BOOTING:
-        raise ConflictError(f"node {ws.name} is {ws.state}; it cannot register now")
-    ws.hostname = body.identity.hostname
-    ws.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
-    ws.registered_at = now
-    secret = session.get(ClusterSecret, ws.cluster_id)
+        raise ConflictError(f"node {node.name} is {node.state}; it cannot register now")
+    node.hostname = body.identity.hostname
+    node.ssh_host_keys = json.dumps(body.identity.ssh_host_keys)
+    node.registered_at = now
+    secret = session.get(ClusterSecret, node.cluster_id)
     try:
-        node_secret = issue_node_secret(secret, ws, ws.cluster.lease_end)
+        node_secret = issue_node_secret(secret, node, node.cluster.lease_end)
     except ValueError as exc:
-        raise ConflictError(f"node {ws.name}: {exc}") from exc
+        raise ConflictError(f"node {node.name}: {exc}") from exc
     session.add(node_secret)  # new: a token registers its node once
-    credential = issue_credential(ws)
-    move_node(session, ws, NodeState.REGISTERED, f"agent registered (hostname {ws.hostname!r})")
-    return _Registered(credential, KnownNode(ws.cluster_id, peer_of(ws), node_secret), None)
+    credential = issue_credential(node)
+    move_node(session, node, NodeState.REGISTERED, f"agent registered (hostname {node.hostname!r})")
+    return _Registered(credential, KnownNode(node.cluster_id, peer_of(node), node_secret), None)
 
 
 async def context(request: Call, broker: BrokerParts) -> Reply:
@@ -233,7 +233,7 @@ async def context(request: Call, broker: BrokerParts) -> Reply:
 async def report(request: Call, broker: BrokerParts) -> Reply:
     body = await _body(request, ReportBody)
     known = await _known_node(request, broker)
-    reads = [(Workspace, known.me.id), (Cluster, known.cluster_id)]
+    reads = [(Node, known.me.id), (Cluster, known.cluster_id)]
     state = await broker.writes.write(partial(_record, body, known.me), reads)
     if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
         broker.node_settled()
@@ -247,14 +247,14 @@ _ALREADY_RECORDED = json_reply({"status": "already recorded"})
 def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
     """Store the report and move its node; the node's state after it, or None if the same
     report was stored before (the unique key on reports says which)."""
-    ws = session.get(Workspace, me.id)
-    refuse_ended(ws.name, ws.state)
+    node = session.get(Node, me.id)
+    refuse_ended(node.name, node.state)
     insert = _INSERT_REPORT[session.get_bind().dialect.name]
     row = {
         "at": utcnow(),
-        "cluster_id": ws.cluster_id,
-        "workspace_id": ws.id,
-        "node": ws.name,
+        "cluster_id": node.cluster_id,
+        "node_id": node.id,
+        "node": node.name,
         "phase": body.phase,
         "role": body.role,
         "state": body.state,
@@ -264,8 +264,8 @@ def _record(body: ReportBody, me: Peer, session: Session) -> NodeState | None:
     }
     if session.connection().execute(insert, row).first() is None:
         return None
-    _apply(session, ws, body)
-    return NodeState(ws.state)
+    _apply(session, node, body)
+    return node.state
 
 
 # built once: a statement built per report costs more than running it; the unique key of
@@ -276,9 +276,9 @@ _INSERT_REPORT = {
 }
 
 
-def _apply(session, ws: Workspace, body: ReportBody) -> None:
+def _apply(session, node: Node, body: ReportBody) -> None:
     """Move the node as its report says (see the protocol's `report`)."""
-    state = NodeState(ws.state)
+    state = node.state
     if state not in (NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY):
         return
     if body.state == "failed":
@@ -286,11 +286,11 @@ def _apply(session, ws: Workspace, body: ReportBody) -> None:
         last = body.log_tail.strip().splitlines()[-1:] or [""]
         move_node(
             session,
-            ws,
+            node,
             NodeState.FAILED,
             f"{what} exited {body.exit_code}" + (f": {last[0][:300]}" if last[0] else ""),
         )
     elif body.phase == "node" and body.state == "ready" and state is not NodeState.READY:
-        move_node(session, ws, NodeState.READY, "agent reports every role configured")
+        move_node(session, node, NodeState.READY, "agent reports every role configured")
     elif body.state == "running" and state is NodeState.REGISTERED:
-        move_node(session, ws, NodeState.CONFIGURING, f"{body.phase} of role {body.role} started")
+        move_node(session, node, NodeState.CONFIGURING, f"{body.phase} of role {body.role} started")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from corral.broker.credentials import issue_bootstrap_token
 from corral.broker.pki import BrokerIdentity
-from corral.store.models import Workspace
+from corral.store.models import Node
 
 BOOTSTRAP_FORMAT = 1
 
@@ -26,21 +26,21 @@ class BootstrapIssuer:
     is the broker's TLS identity now (its certificate may have been renewed), whose two
     pins the document carries."""
 
-    broker_url_for: Callable[[Workspace], str]
+    broker_url_for: Callable[[Node], str]
     identity: Callable[[], BrokerIdentity]
     token_lifetime: timedelta
 
-    def user_data(self, session: Session, ws: Workspace, now: datetime) -> bytes:
-        """A bootstrap document for `ws`, with a new token recorded in `session`."""
-        token = issue_bootstrap_token(session, ws.id, now, self.token_lifetime)
+    def user_data(self, session: Session, node: Node, now: datetime) -> bytes:
+        """A bootstrap document for `node`, with a new token recorded in `session`."""
+        token = issue_bootstrap_token(session, node.id, now, self.token_lifetime)
         pins = self.identity()
         document = {
             "corral": BOOTSTRAP_FORMAT,
-            "broker": self.broker_url_for(ws),
+            "broker": self.broker_url_for(node),
             "fingerprint": pins.fingerprint,
             "key_fingerprint": pins.key_fingerprint,
-            "cluster": ws.cluster_id,
-            "node": ws.name,
+            "cluster": node.cluster_id,
+            "node": node.name,
             "token": token,
         }
         return json.dumps(document, sort_keys=True).encode()

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from corral.broker.schemas import Identity
 from corral.errors import AuthError
 from corral.lifecycle import NodeState
-from corral.store.models import BootstrapToken, Workspace
+from corral.store.models import BootstrapToken, Node
 
 MAX_TOKEN_LIFETIME = timedelta(minutes=10)
 
@@ -38,14 +38,14 @@ def secret_digest(secret: str) -> str:
 
 
 def issue_bootstrap_token(
-    session: Session, workspace_id: str, now: datetime, lifetime: timedelta
+    session: Session, node_id: str, now: datetime, lifetime: timedelta
 ) -> str:
-    """A new single-use token for one workspace; its lifetime is capped at ten minutes."""
+    """A new single-use token for one node; its lifetime is capped at ten minutes."""
     token = "bt_" + secrets.token_urlsafe(32)
     session.add(
         BootstrapToken(
             token_hash=secret_digest(token),
-            workspace_id=workspace_id,
+            node_id=node_id,
             expires_at=now + min(lifetime, MAX_TOKEN_LIFETIME),
         )
     )
@@ -56,7 +56,7 @@ def issue_bootstrap_token(
 class Spent:
     """A token spent by a registration: its node, and whether it had been spent before."""
 
-    workspace: Workspace
+    node: Node
     again: bool  # a registration retried after its reply was lost
 
 
@@ -72,7 +72,7 @@ def spend_bootstrap_token(
     record = session.get(BootstrapToken, secret_digest(token)) if token else None
     if record is None:
         raise AuthError("unknown bootstrap token")
-    ws = record.workspace
+    ws = record.node
     if ws is None or ws.cluster_id != cluster_id or ws.name != node:
         raise AuthError("this bootstrap token belongs to another node")
     if now >= record.expires_at:
@@ -80,12 +80,12 @@ def spend_bootstrap_token(
         raise AuthError(
             f"the bootstrap token of {node}{used} expired at {record.expires_at:%H:%M:%S}"
         )
-    if not NodeState(ws.state).is_live or ws.state == NodeState.TERMINATING.value:
+    if not ws.state.is_live or ws.state == NodeState.TERMINATING:
         raise AuthError(f"node {node} is {ws.state}")
     if record.used_at is None:
         record.used_at = now
         return Spent(ws, again=False)
-    if ws.state != NodeState.REGISTERED.value:
+    if ws.state != NodeState.REGISTERED:
         raise AuthError(
             f"the bootstrap token of {node} was already used, and {node} is {ws.state}: "
             "its registration was answered"
@@ -98,10 +98,10 @@ def spend_bootstrap_token(
     return Spent(ws, again=True)
 
 
-def _same_identity(ws: Workspace, identity: Identity) -> bool:
-    """True when `identity` is the one `ws` registered with (key comments aside)."""
-    registered = json.loads(ws.ssh_host_keys or "[]")
-    return ws.hostname == identity.hostname and _keys(registered) == _keys(identity.ssh_host_keys)
+def _same_identity(node: Node, identity: Identity) -> bool:
+    """True when `identity` is the one `node` registered with (key comments aside)."""
+    registered = json.loads(node.ssh_host_keys or "[]")
+    return node.hostname == identity.hostname and _keys(registered) == _keys(identity.ssh_host_keys)
 
 
 def _keys(lines: list[str]) -> set[tuple[str, ...]]:
@@ -109,26 +109,26 @@ def _keys(lines: list[str]) -> set[tuple[str, ...]]:
     return {tuple(line.split()[:2]) for line in lines}
 
 
-def issue_credential(ws: Workspace) -> str:
-    """A new credential for `ws`; it replaces any the node had, which no longer works."""
+def issue_credential(node: Node) -> str:
+    """A new credential for `node`; it replaces any the node had, which no longer works."""
     credential = "nc_" + secrets.token_urlsafe(32)
-    ws.credential_hash = secret_digest(credential)
+    node.credential_hash = secret_digest(credential)
     return credential
 
 
-def node_for_credential(session: Session, credential: str | None) -> Workspace:
-    """The workspace a credential acts for; raises AuthError if none or if it has ended."""
+def node_for_credential(session: Session, credential: str | None) -> Node:
+    """The node a credential acts for; raises AuthError if none or if it has ended."""
     if not credential:
         raise AuthError("no node credential given")
     digest = secret_digest(credential)
-    ws = session.scalars(select(Workspace).where(Workspace.credential_hash == digest)).first()
-    if ws is None or not hmac.compare_digest(ws.credential_hash or "", digest):
+    node = session.scalars(select(Node).where(Node.credential_hash == digest)).first()
+    if node is None or not hmac.compare_digest(node.credential_hash or "", digest):
         raise AuthError("unknown node credential")
-    refuse_ended(ws.name, ws.state)
-    return ws
+    refuse_ended(node.name, node.state)
+    return node
 
 
-_ENDED = (NodeState.LOST.value, NodeState.TERMINATING.value, NodeState.TERMINATED.value)
+_ENDED = (NodeState.LOST, NodeState.TERMINATING, NodeState.TERMINATED)
 
 
 def refuse_ended(node: str, state: str | None) -> None:

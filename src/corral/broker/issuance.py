@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from corral.broker import pki, ssh
-from corral.store.models import Cluster, ClusterSecret, NodeSecret, Workspace
+from corral.store.models import Cluster, ClusterSecret, Node, NodeSecret
 
 MUNGE_KEY_BYTES = 1024
 
@@ -77,23 +77,23 @@ def root_principal(node: str) -> str:
     return f"root@{node}"
 
 
-def issue_node_secret(secret: ClusterSecret, ws: Workspace, lease_end: datetime) -> NodeSecret:
+def issue_node_secret(secret: ClusterSecret, node: Node, lease_end: datetime) -> NodeSecret:
     """What a registering node is given: a TLS certificate for its name and address, its
     recorded SSH host key certified, and, on a login node, a root key certified for it.
 
     Raises ValueError when the node's recorded SSH host key cannot be signed.
     """
-    node_secret = NodeSecret(workspace_id=ws.id)
+    node_secret = NodeSecret(node_id=node.id)
     authority = authority_of(secret)
-    serial = pki.certificate_serial(authority, ws.id, secret.generation)
+    serial = pki.certificate_serial(authority, node.id, secret.generation)
     node_secret.tls_cert_pem, node_secret.tls_key_pem = pki.issue_host_certificate(
-        authority, ws.name, ws.address, lease_end, serial
+        authority, node.name, node.address, lease_end, serial
     )
-    node_secret.ssh_host_cert = _host_certificate(authority, ws, lease_end)
+    node_secret.ssh_host_cert = _host_certificate(authority, node, lease_end)
     node_secret.ssh_root_key = node_secret.ssh_root_cert = ""
-    if ws.login:
-        node_secret.ssh_root_key, ws.ssh_root_key = ssh.generate_ssh_key()
-        node_secret.ssh_root_cert = _root_certificate(authority, ws, lease_end)
+    if node.login:
+        node_secret.ssh_root_key, node.ssh_root_key = ssh.generate_ssh_key()
+        node_secret.ssh_root_cert = _root_certificate(authority, node, lease_end)
     return node_secret
 
 
@@ -107,37 +107,37 @@ def renew_credentials(session: Session, cluster: Cluster, lease_end: datetime) -
     secret.generation = (secret.generation or 0) + 1
     authority = authority_of(secret)
     renewed = 0
-    for ws in cluster.workspaces:
-        node_secret = session.get(NodeSecret, ws.id)
+    for node in cluster.nodes:
+        node_secret = session.get(NodeSecret, node.id)
         if node_secret is None:
             continue
-        serial = pki.certificate_serial(authority, ws.id, secret.generation)
+        serial = pki.certificate_serial(authority, node.id, secret.generation)
         node_secret.tls_cert_pem, _ = pki.issue_host_certificate(
-            authority, ws.name, ws.address, lease_end, serial, key_pem=node_secret.tls_key_pem
+            authority, node.name, node.address, lease_end, serial, key_pem=node_secret.tls_key_pem
         )
-        node_secret.ssh_host_cert = _host_certificate(authority, ws, lease_end)
-        if ws.ssh_root_key:
-            node_secret.ssh_root_cert = _root_certificate(authority, ws, lease_end)
+        node_secret.ssh_host_cert = _host_certificate(authority, node, lease_end)
+        if node.ssh_root_key:
+            node_secret.ssh_root_cert = _root_certificate(authority, node, lease_end)
         renewed += 1
     return renewed
 
 
-def _host_certificate(authority: pki.ClusterAuthority, ws: Workspace, lease_end: datetime) -> str:
+def _host_certificate(authority: pki.ClusterAuthority, node: Node, lease_end: datetime) -> str:
     """The node's recorded host key (Ed25519 first) certified for its name and address."""
-    keys = sorted(json.loads(ws.ssh_host_keys or "[]"), key=lambda k: not k.startswith("ssh-ed"))
+    keys = sorted(json.loads(node.ssh_host_keys or "[]"), key=lambda k: not k.startswith("ssh-ed"))
     if not keys:
         return ""
-    principals = [ws.name, ws.address or ""]
-    key_id = f"{ws.cluster_id}/{ws.name}"
+    principals = [node.name, node.address or ""]
+    key_id = f"{node.cluster_id}/{node.name}"
     return ssh.sign_ssh_host_key(authority, keys[0], principals, key_id, lease_end)
 
 
-def _root_certificate(authority: pki.ClusterAuthority, ws: Workspace, lease_end: datetime) -> str:
+def _root_certificate(authority: pki.ClusterAuthority, node: Node, lease_end: datetime) -> str:
     return ssh.sign_ssh_user_key(
         authority,
-        ws.ssh_root_key,
-        root_principal(ws.name),
-        f"{ws.cluster_id}/{ws.name}/root",
+        node.ssh_root_key,
+        root_principal(node.name),
+        f"{node.cluster_id}/{node.name}/root",
         lease_end,
         forwarding=False,
     )
@@ -186,4 +186,4 @@ def issue_user_credentials(
 
 def user_patterns(cluster: Cluster) -> list[str]:
     """known_hosts patterns naming just this cluster's nodes: its addresses."""
-    return sorted(w.address for w in cluster.workspaces if w.address)
+    return sorted(w.address for w in cluster.nodes if w.address)

@@ -6,7 +6,7 @@ short settling delay, so a burst of registrations and reports costs one re-read,
 per change. Re-reads of a cluster are also spaced by four times the last one's length,
 counted from its end, so re-reading a large cluster never takes more than a fifth of a
 core however fast its nodes change, while a change after a quiet spell waits only the
-settling delay. The refresh says which groups' views changed, and only their waiters
+settling delay (pacing.py). The refresh says which groups' views changed, and only their waiters
 wake. A waiter re-reads its snapshot, so a missed wake-up costs at most its poll, never
 a wrong answer.
 """
@@ -22,12 +22,14 @@ from collections.abc import Callable
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from corral.pacing import Spacing
 from corral.transitions import add_changed_nodes
 
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.01
-REFRESH_SPACING = 4  # re-reads are this many times their length apart, end to start
+# a cluster's re-reads are four times their length apart, end to start
+SPACING = Spacing()
 
 
 class ContextNotifier:
@@ -68,7 +70,7 @@ class ContextNotifier:
             loop.call_soon_threadsafe(self._fire_all)
 
     def notify(self, cluster_id: str, nodes: set[str] | None = None) -> None:
-        """Thread-safe: the cluster changed (just `nodes` of it, by workspace id, unless None);
+        """Thread-safe: the cluster changed (just `nodes` of it, by node id, unless None);
         its waiters learn of it after the settling delay."""
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -103,7 +105,7 @@ class ContextNotifier:
 
     async def _refresh(self, cluster_id: str) -> None:
         ended, took = self._last_refresh.get(cluster_id, (0.0, 0.0))
-        spaced = ended + REFRESH_SPACING * took - time.monotonic()
+        spaced = SPACING.next_start(ended, took) - time.monotonic()
         await asyncio.sleep(max(self.settle, spaced))
         # a change from now on schedules another refresh
         nodes = self._scheduled.pop(cluster_id)

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.broker.schemas import Member
-from corral.store.models import Workspace
+from corral.lifecycle import NodeState
+from corral.store.models import Node
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Peer:
     id: str
     name: str
     group: str
-    state: str
+    state: NodeState
     address: str | None
     hostname: str | None
     login: bool
@@ -44,15 +45,15 @@ class Peer:
 
 
 _PEER_COLUMNS = (
-    Workspace.id,
-    Workspace.name,
-    Workspace.group,
-    Workspace.state,
-    Workspace.address,
-    Workspace.hostname,
-    Workspace.login,
-    Workspace.ssh_root_key,
-    Workspace.ssh_host_keys,
+    Node.id,
+    Node.name,
+    Node.group,
+    Node.state,
+    Node.address,
+    Node.hostname,
+    Node.login,
+    Node.ssh_root_key,
+    Node.ssh_host_keys,
 )
 
 
@@ -62,14 +63,14 @@ def _peer(values: Sequence) -> Peer:
     return Peer(*fields, tuple(json.loads(keys or "[]")))
 
 
-def peer_of(ws: Workspace) -> Peer:
-    """The peer a workspace record is."""
-    return _peer(tuple(getattr(ws, column.key) for column in _PEER_COLUMNS))
+def peer_of(node: Node) -> Peer:
+    """The peer a node record is."""
+    return _peer(tuple(getattr(node, column.key) for column in _PEER_COLUMNS))
 
 
 def read_peers(session: Session, cluster_id: str, only: set[str] | None = None) -> list[Peer]:
     """The cluster's nodes (or those of them in `only`) as plain rows, not ORM objects."""
-    query = select(*_PEER_COLUMNS).where(Workspace.cluster_id == cluster_id)
+    query = select(*_PEER_COLUMNS).where(Node.cluster_id == cluster_id)
     if only is not None:
-        query = query.where(Workspace.id.in_(only))
+        query = query.where(Node.id.in_(only))
     return [_peer(row) for row in session.execute(query)]

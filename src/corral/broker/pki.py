@@ -309,7 +309,7 @@ def issue_user_certificate(
 
 
 def certificate_serial(authority: ClusterAuthority, subject_id: str, generation: int) -> int:
-    """The serial of the certificate issued to `subject_id` (a workspace id) at `generation`
+    """The serial of the certificate issued to `subject_id` (a node id) at `generation`
     (how many times the cluster's credentials were renewed).
 
     Derived, not drawn, so that a revocation list can name every certificate a departed

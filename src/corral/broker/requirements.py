@@ -2,7 +2,7 @@
 
 A requirement is met when every live provider of the role has registered (or, with
 `wait: ready`, is ready). The broker judges it on a snapshot's peers, the API on the
-store's workspace records, so it is judged on anything with a group and a state.
+store's node records, so it is judged on anything with a group and a state.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
 
 
-class Node(Protocol):
-    """A workspace record or a snapshot's peer: what requirements are judged on."""
+class Provider(Protocol):
+    """A node record or a snapshot's peer: what requirements are judged on."""
 
     group: str
-    state: str
+    state: NodeState
 
 
-N = TypeVar("N", bound=Node)
+N = TypeVar("N", bound=Provider)
 
 
 def provider_groups(doc: ClusterDocument) -> dict[str, list[str]]:

@@ -52,7 +52,7 @@ class Snapshot:
     peers: dict[str, list[Peer]]  # group -> the registered nodes it deals with
     hosts: tuple[tuple[str, str], ...]  # (name, address) of every registered node with one
     host_entries: tuple[str, ...]  # the same, each a HostEntry as JSON, made once for all views
-    nodes: dict[str, Peer]  # every node, by workspace id
+    nodes: dict[str, Peer]  # every node, by node id
     trust: Trust  # what every node trusts and refuses, and until when
     group_versions: dict[str, int] = field(default_factory=dict)
     seen: dict[str, tuple] = field(default_factory=dict)  # group -> what it acts on
@@ -71,9 +71,9 @@ class Snapshot:
         """The hosts as a JSON list of HostEntry, joined once for every view."""
         return "[" + ",".join(self.host_entries) + "]"
 
-    def state_of(self, workspace_id: str) -> str | None:
+    def state_of(self, node_id: str) -> str | None:
         """A node's state, or None when it was not in the cluster when this was read."""
-        node = self.nodes.get(workspace_id)
+        node = self.nodes.get(node_id)
         return node.state if node is not None else None
 
 
@@ -106,7 +106,7 @@ def read_snapshot(
     secret: ClusterSecret,
     lease_end: datetime,
 ) -> Snapshot:
-    """`nodes` are every node of the cluster, by workspace id."""
+    """`nodes` are every node of the cluster, by node id."""
     blocked = blocked_by_group(doc, live_providers(nodes.values(), doc))
     by_group: dict[str, list[Peer]] = {}
     hosts = []
@@ -158,7 +158,7 @@ class Snapshots:
     def refresh(self, cluster_id: str, changed: set[str] | None = None) -> set[str]:
         """Re-read the cluster; returns the groups whose views changed since the last read.
 
-        `changed` names the only nodes that may have changed since then (by workspace
+        `changed` names the only nodes that may have changed since then (by node
         id); None means anything may have.
         """
         return self._read(cluster_id, changed)[1]
@@ -202,7 +202,7 @@ class Snapshots:
                 else:
                     snapshot.group_versions[group] = snapshot.version
                     groups.add(group)
-            if state == ClusterState.TERMINATED.value:
+            if state == ClusterState.TERMINATED:
                 self._latest.pop(cluster_id, None)
                 self.on_terminated(cluster_id)
             elif previous is None or previous.version <= snapshot.version:

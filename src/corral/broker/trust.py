@@ -41,7 +41,7 @@ class Trust:
     lease_end: datetime
     generation: int  # renewals of the cluster's certificates so far
     login_principals: tuple[str, ...]  # root@<login node> of each registered login node
-    departed_ids: tuple[str, ...]  # workspace ids of the registered nodes that left
+    departed_ids: tuple[str, ...]  # node ids of the registered nodes that left
     departed_host_keys: tuple[str, ...]
     departed_root_keys: tuple[str, ...]
 

@@ -152,6 +152,6 @@ def host_list(as_json: bool) -> None:
 @host.command("remove")
 @click.argument("name", type=ACCOUNT_NAME)
 def host_remove(name: str) -> None:
-    """Remove a host that runs no live workspace (`host add` brings it back)."""
+    """Remove a host that runs no live node (`host add` brings it back)."""
     connect().remove_host(name)
     click.echo(f"removed host {name}")

@@ -10,11 +10,11 @@ checks and raises pydantic's ValidationError instead.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -251,9 +251,16 @@ class ClusterDocument(BaseModel):
         data["nodes"] = [g.to_data() for g in self.nodes]
         return data
 
-    def to_yaml(self) -> str:
-        """The canonical document as YAML; `parse_yaml` of it gives an equal document."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+    def to_json(self) -> str:
+        """The canonical document as JSON text, as the store keeps it; `from_json` of it
+        gives an equal document."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str, source: str = "<document>") -> ClusterDocument:
+        """A document from its canonical JSON (`to_json`), validated again; raises
+        DocumentError as `validate_document` does."""
+        return validate_document(json.loads(text), source)
 
 
 def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from corral.errors import ConflictError, NotFoundError
 from corral.images.store import ImageStore
 from corral.lifecycle import NodeState
-from corral.store.models import Image, Workspace, utcnow
+from corral.store.models import Image, Node, utcnow
 
 
 def register(
@@ -63,9 +63,9 @@ def remove(session: Session, name: str) -> tuple[Image, list[str]]:
     if image is None:
         raise NotFoundError(f"no image {name}", image=name)
     users = session.execute(
-        select(Workspace.cluster_id, Workspace.name).where(
-            Workspace.state != NodeState.TERMINATED.value,
-            or_(Workspace.image == name, Workspace.image_digest == image.digest),
+        select(Node.cluster_id, Node.name).where(
+            Node.state != NodeState.TERMINATED,
+            or_(Node.image == name, Node.image_digest == image.digest),
         )
     ).all()
     if users:

@@ -1,4 +1,4 @@
-"""Handing out subnets (one per cluster) and addresses (one per workspace) from a pool.
+"""Handing out subnets (one per cluster) and addresses (one per node) from a pool.
 
 The allocation tables' keys make handing one out twice impossible; releasing deletes the
 row, so the address is free for the next cluster.
@@ -44,9 +44,9 @@ def allocate_subnet(
 
 
 def allocate_addresses(
-    session: Session, pool: Pool, subnet: str, workspace_ids: list[str]
+    session: Session, pool: Pool, subnet: str, node_ids: list[str]
 ) -> dict[str, str]:
-    """Give each workspace a free address of the cluster's subnet (never the gateway)."""
+    """Give each node a free address of the cluster's subnet (never the gateway)."""
     taken = set(
         session.scalars(
             select(AddressAllocation.address).where(AddressAllocation.pool_name == pool.name)
@@ -55,23 +55,21 @@ def allocate_addresses(
     taken.add(gateway_of(subnet))
     free = (str(a) for a in ipaddress.ip_network(subnet).hosts() if str(a) not in taken)
     result: dict[str, str] = {}
-    for workspace_id in workspace_ids:
+    for node_id in node_ids:
         address = next(free, None)
         if address is None:
             raise CapacityError(
                 f"subnet {subnet} of pool {pool.name} has no address left for "
-                f"{len(workspace_ids)} node(s)",
+                f"{len(node_ids)} node(s)",
                 pool=pool.name,
             )
-        session.add(
-            AddressAllocation(pool_name=pool.name, address=address, workspace_id=workspace_id)
-        )
-        result[workspace_id] = address
+        session.add(AddressAllocation(pool_name=pool.name, address=address, node_id=node_id))
+        result[node_id] = address
     return result
 
 
-def release_address(session: Session, workspace_id: str) -> None:
-    session.execute(delete(AddressAllocation).where(AddressAllocation.workspace_id == workspace_id))
+def release_address(session: Session, node_id: str) -> None:
+    session.execute(delete(AddressAllocation).where(AddressAllocation.node_id == node_id))
 
 
 def release_subnet(session: Session, cluster_id: str) -> None:

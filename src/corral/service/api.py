@@ -71,9 +71,9 @@ from corral.store.models import (
     Cluster,
     ClusterSecret,
     Event,
+    Node,
     Report,
     User,
-    Workspace,
     utcnow,
 )
 
@@ -239,7 +239,7 @@ def node_logs(
     """Every report the node's agent made, kept after the node is gone."""
     cluster = service.clusters.find(db, user, ref)
     if not db.scalars(
-        select(Workspace.id).where(Workspace.cluster_id == cluster.id, Workspace.name == node)
+        select(Node.id).where(Node.cluster_id == cluster.id, Node.name == node)
     ).first():
         raise NotFoundError(f"cluster {cluster.id} has no node {node}", node=node)
     reports = db.scalars(
@@ -254,9 +254,9 @@ def node_logs(
 def credentials(ref: ClusterRef, service: Svc, db: DB, user: Caller) -> CredentialsView:
     """Issue the caller a certificate and SSH key for the cluster, with its trust anchors."""
     cluster = service.clusters.find(db, user, ref, load_nodes=True)
-    if not ClusterState(cluster.state).is_live or cluster.state == ClusterState.TERMINATING:
+    if not cluster.state.is_live or cluster.state == ClusterState.TERMINATING:
         raise ConflictError(f"cluster {cluster.id} is {cluster.state}")
-    peers = [peer_of(w) for w in cluster.workspaces]
+    peers = [peer_of(w) for w in cluster.nodes]
     secret = db.get(ClusterSecret, cluster.id)
     departed = trust_of(peers, cluster.lease_end, secret.generation).departed_host_keys
     issued = issue_user_credentials(secret, cluster, user.name, list(departed))
@@ -360,13 +360,11 @@ def remove_image(service: Svc, name: ImageName, db: DB, _admin: Admin) -> ImageR
 def _node_counts(db: Session, cluster_ids: list[str]) -> dict[str, tuple[int, int]]:
     """(live or all nodes, ready nodes) per cluster, in one query."""
     counts: dict[str, list[int]] = {}
-    rows = db.execute(
-        select(Workspace.cluster_id, Workspace.state).where(Workspace.cluster_id.in_(cluster_ids))
-    )
+    rows = db.execute(select(Node.cluster_id, Node.state).where(Node.cluster_id.in_(cluster_ids)))
     for cluster_id, state in rows:
         entry = counts.setdefault(cluster_id, [0, 0])
         entry[0] += 1
-        entry[1] += state == NodeState.READY.value
+        entry[1] += state == NodeState.READY
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
@@ -389,7 +387,7 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
 
 def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     doc = service.documents.of(cluster)
-    blocked = blocked_by_group(doc, live_providers(cluster.workspaces, doc))
+    blocked = blocked_by_group(doc, live_providers(cluster.nodes, doc))
     nodes = [
         NodeView(
             id=w.id,
@@ -403,18 +401,18 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
             cores=w.cores,
             memory_mib=w.memory_mib,
             login=w.login,
-            blocked_on=blocked[w.group] if w.state == NodeState.REGISTERED.value else [],
+            blocked_on=blocked[w.group] if w.state == NodeState.REGISTERED else [],
             failure=w.failure,
             failure_phase=w.failure_phase,
         )
-        for w in cluster.workspaces
+        for w in cluster.nodes
     ]
-    ready = sum(1 for n in nodes if n.state == NodeState.READY.value)
+    ready = sum(1 for n in nodes if n.state == NodeState.READY)
     summary = _summary(cluster, len(nodes), ready)
     return ClusterDetail(
         **summary.model_dump(),
         subnet=cluster.subnet,
-        policy=cluster.policy,
+        policy=doc.policy.mode,
         keep_on_failure=cluster.keep_on_failure,
         nodes=nodes,
     )

@@ -2,7 +2,7 @@
 
 A launch is checked whole before anything is written: the document, the lease, the image,
 the quota, and a placement of every node with an address. Only then are the cluster, its
-workspaces, allocations and first events written, in one transaction. The engine does the
+nodes, allocations and first events written, in one transaction. The engine does the
 rest (booting, readiness, leases, teardown).
 """
 
@@ -28,7 +28,7 @@ from corral.service.config import ServiceConfig
 from corral.service.inventory import host_capacities
 from corral.service.pools import Pool, Pools
 from corral.service.scheduler import NodeRequest, place
-from corral.store.models import Cluster, Image, User, Workspace, utcnow
+from corral.store.models import Cluster, Image, Node, User, utcnow
 from corral.store.models import Pool as PoolRow
 from corral.transitions import bump_context, move_cluster, record, record_node
 from corral.units import format_duration
@@ -66,7 +66,7 @@ class Clusters:
         self._placement_lock = threading.Lock()
 
     def launch(self, session: Session, user: User, request: LaunchRequest) -> Cluster:
-        """Create a cluster and its workspaces, or raise and create nothing.
+        """Create a cluster and its nodes, or raise and create nothing.
 
         Raises LeaseError, NotFoundError (pool or image), QuotaExceededError or
         CapacityError (the pool's hosts, addresses or limit).
@@ -112,9 +112,8 @@ class Clusters:
             id=new_id("c"),
             name=self._unique_name(session, user, request.name or doc.name or "cluster"),
             owner_id=user.id,
-            state=ClusterState.LAUNCHING.value,
-            document=doc.to_yaml(),
-            policy=doc.policy.mode,
+            state=ClusterState.LAUNCHING,
+            document=doc.to_json(),
             pool_name=pool.name,
             lease_start=now,
             lease_end=now + lease,
@@ -125,10 +124,10 @@ class Clusters:
         session.flush()
         cluster.subnet = allocate_subnet(session, pool_row, cluster.id, pool.networks_in_use())
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
-        workspaces = []
+        nodes = []
         for group in doc.nodes:
             for index, node in enumerate(group.node_names()):
-                ws = Workspace(
+                ws = Node(
                     id=new_id("w", 5),
                     cluster_id=cluster.id,
                     name=node,
@@ -140,17 +139,15 @@ class Clusters:
                     cores=group.cores,
                     memory_mib=group.memory_mib,
                     login=group.login,
-                    state=NodeState.PENDING.value,
+                    state=NodeState.PENDING,
                     state_since=now,
                     created_at=now,
                 )
-                workspaces.append(ws)
-        session.add_all(workspaces)
+                nodes.append(ws)
+        session.add_all(nodes)
         session.flush()
-        addresses = allocate_addresses(
-            session, pool_row, cluster.subnet, [w.id for w in workspaces]
-        )
-        for ws in workspaces:
+        addresses = allocate_addresses(session, pool_row, cluster.subnet, [w.id for w in nodes])
+        for ws in nodes:
             ws.address = addresses[ws.id]
             record_node(
                 session, ws, None, NodeState.PENDING, f"placed on {ws.host_name} at {ws.address}"
@@ -159,9 +156,9 @@ class Clusters:
             session,
             cluster,
             "state",
-            f"launched by {user.name}: {len(workspaces)} node(s), lease {format_duration(lease)}",
+            f"launched by {user.name}: {len(nodes)} node(s), lease {format_duration(lease)}",
             None,
-            ClusterState.LAUNCHING.value,
+            ClusterState.LAUNCHING,
         )
         return cluster
 
@@ -200,7 +197,7 @@ class Clusters:
         taken = set(
             session.scalars(
                 select(Cluster.name).where(
-                    Cluster.owner_id == user.id, Cluster.state != ClusterState.TERMINATED.value
+                    Cluster.owner_id == user.id, Cluster.state != ClusterState.TERMINATED
                 )
             )
         )
@@ -216,7 +213,7 @@ class Clusters:
 
         Raises NotFoundError, also for another user's cluster (admins see every cluster).
         """
-        options = [selectinload(Cluster.workspaces)] if load_nodes else []
+        options = [selectinload(Cluster.nodes)] if load_nodes else []
         cluster = session.get(Cluster, ref, options=options)
         if cluster is None:
             query = select(Cluster).where(Cluster.name == ref).order_by(Cluster.created_at.desc())
@@ -239,7 +236,7 @@ class Clusters:
         Raises LeaseError for an ended cluster or a deadline beyond the maximum lease.
         """
         cluster = self.find(session, user, ref, load_nodes=True)
-        if ClusterState(cluster.state) in (ClusterState.TERMINATING, ClusterState.TERMINATED):
+        if cluster.state in (ClusterState.TERMINATING, ClusterState.TERMINATED):
             raise LeaseError(f"cluster {cluster.id} has ended; its lease cannot be extended")
         now = utcnow()
         new_end = cluster.lease_end + by
@@ -250,7 +247,7 @@ class Clusters:
                 f"{format_duration(self.config.max_lease)}",
                 maximum_seconds=self.config.max_lease.total_seconds(),
             )
-        live = sum(1 for w in cluster.workspaces if NodeState(w.state).is_live)
+        live = sum(1 for w in cluster.nodes if w.state.is_live)
         quotas.check_quota(session, user, self.config, now, 0, quotas.node_hours(live, by))
         old_end = cluster.lease_end
         cluster.lease_end = new_end
@@ -269,7 +266,7 @@ class Clusters:
     def destroy(self, session: Session, user: User, ref: str) -> Cluster:
         """Ask for a cluster's removal; destroying an ending or ended cluster is a no-op."""
         cluster = self.find(session, user, ref)
-        if ClusterState(cluster.state) in (ClusterState.TERMINATING, ClusterState.TERMINATED):
+        if cluster.state in (ClusterState.TERMINATING, ClusterState.TERMINATED):
             return cluster
         move_cluster(session, cluster, ClusterState.TERMINATING, f"destroyed by {user.name}")
         return cluster
@@ -281,9 +278,9 @@ def _check_pool_limit(session: Session, pool: Pool, adding: int) -> None:
     if limit is None:
         return
     live = session.scalar(
-        select(func.count(Workspace.id))
+        select(func.count(Node.id))
         .join(Cluster)
-        .where(Cluster.pool_name == pool.name, Workspace.state != NodeState.TERMINATED.value)
+        .where(Cluster.pool_name == pool.name, Node.state != NodeState.TERMINATED)
     )
     if live + adding > limit:
         raise CapacityError(

@@ -39,7 +39,7 @@ class NodeRecord:
     cluster_id: str
     name: str
     group: str
-    state: str
+    state: NodeState
     state_since: datetime
     registered_at: datetime | None
     failure: str | None
@@ -72,7 +72,7 @@ def react_to_machine(
 ) -> Move | None:
     """How a node moves on what its backend reports of its machine (None: it is gone),
     and on the policy's timeouts; None when it stays as it is."""
-    state = NodeState(node.state)
+    state = node.state
     if state not in RUNNING:
         return None
     if machine is None:
@@ -110,7 +110,7 @@ def apply_policy(
     still reach its minimum."""
     if state not in (ClusterState.LAUNCHING, ClusterState.READY):
         return PolicyOutcome()
-    failing = [n for n in members if NodeState(n.state) in FAILING]
+    failing = [n for n in members if n.state in FAILING]
     if doc.policy.mode == "best-effort":
         return _best_effort(state, members, failing, doc)
     if failing:
@@ -133,7 +133,7 @@ def _best_effort(
     for group in doc.nodes:
         of_group = by_group.get(group.group, [])
         ready = sum(1 for n in of_group if n.state == NodeState.READY)
-        hopeful = sum(1 for n in of_group if NodeState(n.state) in IN_PROGRESS)
+        hopeful = sum(1 for n in of_group if n.state in IN_PROGRESS)
         if ready + hopeful < group.min_ready:
             cause = describe_failures([n for n in of_group if n.failure is not None])
             return PolicyOutcome(

@@ -1,10 +1,10 @@
-"""Parsed cluster documents, cached by cluster: the store keeps their canonical YAML."""
+"""Parsed cluster documents, cached by cluster: the store keeps their canonical JSON."""
 
 from __future__ import annotations
 
 import threading
 
-from corral.document import ClusterDocument, parse_document
+from corral.document import ClusterDocument
 from corral.store.models import Cluster
 
 
@@ -17,7 +17,7 @@ class DocumentCache:
         with self._lock:
             doc = self._docs.get(cluster.id)
         if doc is None:
-            doc = parse_document(cluster.document, cluster.id)
+            doc = ClusterDocument.from_json(cluster.document, cluster.id)
             with self._lock:
                 self._docs[cluster.id] = doc
         return doc

@@ -32,6 +32,7 @@ from corral.document import ClusterDocument
 from corral.errors import BackendError
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
+from corral.pacing import Spacing
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
 from corral.service.decisions import NodeRecord, apply_policy, react_to_machine
@@ -40,18 +41,15 @@ from corral.service.observation import Observation, Observer
 from corral.service.pools import Pools, placement_of
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
-from corral.store.models import Cluster, Workspace, utcnow
+from corral.store.models import Cluster, Node, utcnow
 from corral.transitions import move_cluster, move_node, record
 from corral.units import format_duration
 
 log = logging.getLogger(__name__)
 
 MIN_TICK_GAP_SECONDS = 0.02
-# a tick reads every live node; spacing ticks by this many times the last one's length
-# keeps the engine to a fifth of a core however many nodes there are
-TICK_SPACING = 4
 
-_NODE_COLUMNS = [getattr(Workspace, f.name) for f in fields(NodeRecord)]
+_NODE_COLUMNS = [getattr(Node, f.name) for f in fields(NodeRecord)]
 
 
 class Engine:
@@ -115,7 +113,7 @@ class Engine:
     def _loop(self) -> None:
         # pokes come with every registration and report; during a launch of N nodes they
         # would make N ticks of N nodes each, so ticks keep a gap that grows with their cost
-        least_gap = min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds)
+        spacing = Spacing(least=min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds))
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -124,8 +122,8 @@ class Engine:
                 log.exception("engine tick failed; retrying next tick")
             took = time.monotonic() - started
             self._wake.wait(self.config.tick_seconds)
-            gap = max(least_gap, TICK_SPACING * took)
-            self._stop.wait(max(0.0, started + took + gap - time.monotonic()))
+            next_start = spacing.next_start(started + took, took)
+            self._stop.wait(max(0.0, next_start - time.monotonic()))
             self._wake.clear()
 
     def tick(self) -> None:
@@ -134,15 +132,12 @@ class Engine:
             busy = set(self._busy)  # taken before reading rows; see _submit
         observed = self.observer.observe()
         now = self.clock()
-        live = Cluster.state != ClusterState.TERMINATED.value
+        live = Cluster.state != ClusterState.TERMINATED
         with self.writes.decisions, self.store.session() as session:
             clusters = list(session.scalars(select(Cluster).where(live)))
             members: dict[str, list[NodeRecord]] = {c.id: [] for c in clusters}
             rows = session.execute(
-                select(*_NODE_COLUMNS)
-                .join(Cluster)
-                .where(live)
-                .order_by(Workspace.group, Workspace.index)
+                select(*_NODE_COLUMNS).join(Cluster).where(live).order_by(Node.group, Node.index)
             )
             for row in rows:
                 members[row.cluster_id].append(NodeRecord(*row))
@@ -175,10 +170,10 @@ class Engine:
         doc = self.documents.of(cluster)
         agents = self.runs_agents(cluster.pool_name)
         nodes = [n for n in members if n.id not in busy]
-        state = ClusterState(cluster.state)
+        state = cluster.state
         if state is not ClusterState.TERMINATING:
             self._enforce_lease(session, cluster, now)
-            state = ClusterState(cluster.state)
+            state = cluster.state
         if state is ClusterState.TERMINATING:
             self._tear_down(session, cluster, members, nodes, observation, busy)
             return
@@ -191,16 +186,16 @@ class Engine:
                 self._move(session, node, move.target, move.reason)
         self._apply_policy(session, cluster, members, doc)
         for node in nodes:
-            if node.state == NodeState.PENDING.value and cluster.state == ClusterState.LAUNCHING:
-                boot = self._boot_order(cluster, session.get(Workspace, node.id))
+            if node.state == NodeState.PENDING and cluster.state == ClusterState.LAUNCHING:
+                boot = self._boot_order(cluster, session.get(Node, node.id))
                 self._submit(node.id, self._boot_job, boot)
-            elif node.state == NodeState.TERMINATING.value:
+            elif node.state == NodeState.TERMINATING:
                 self._submit(node.id, self._terminate_job, (cluster.pool_name, node.id))
 
     def _apply_policy(
         self, session: Session, cluster: Cluster, members: list[NodeRecord], doc: ClusterDocument
     ) -> None:
-        outcome = apply_policy(ClusterState(cluster.state), members, doc)
+        outcome = apply_policy(cluster.state, members, doc)
         if outcome.failure is not None:
             self._fail(session, cluster, outcome.failure)
             return
@@ -256,14 +251,14 @@ class Engine:
     ) -> None:
         pool = cluster.pool_name
         for node in nodes:
-            state = NodeState(node.state)
+            state = node.state
             if state is NodeState.TERMINATED:
                 continue
             if state is not NodeState.TERMINATING:
                 self._move(session, node, NodeState.TERMINATING, "cluster is terminating")
             self._submit(node.id, self._terminate_job, (pool, node.id))
         ids = {n.id for n in members}
-        if any(n.state != NodeState.TERMINATED.value for n in members) or busy & ids:
+        if any(n.state != NodeState.TERMINATED for n in members) or busy & ids:
             return
         if not observation.fresh:
             return  # only a fresh listing can say the backend runs nothing of it
@@ -289,30 +284,30 @@ class Engine:
             self._submit(node_id, self._terminate_job, (pool, node_id))
 
     def _move(self, session: Session, node: NodeRecord, target: NodeState, reason: str) -> None:
-        """Move the node's workspace, and keep `node` as it now is for the rest of the tick."""
-        ws = session.get(Workspace, node.id)
+        """Move the node's node, and keep `node` as it now is for the rest of the tick."""
+        ws = session.get(Node, node.id)
         move_node(session, ws, target, reason)
         node.state, node.state_since = ws.state, ws.state_since
         node.failure, node.failure_phase = ws.failure, ws.failure_phase
 
     # -- jobs --------------------------------------------------------------------------
 
-    def _submit(self, workspace_id: str, job: Callable, arg: object) -> None:
+    def _submit(self, node_id: str, job: Callable, arg: object) -> None:
         with self._busy_lock:
-            if workspace_id in self._busy:
+            if node_id in self._busy:
                 return
-            self._busy.add(workspace_id)
+            self._busy.add(node_id)
 
         def run() -> None:
             try:
                 job(arg)
             except Exception:
-                log.exception("job for %s failed; the next tick retries", workspace_id)
+                log.exception("job for %s failed; the next tick retries", node_id)
             finally:
                 # the job's writes are committed before it leaves the busy set, so a tick
                 # that did not see it busy also sees its result
                 with self._busy_lock:
-                    self._busy.discard(workspace_id)
+                    self._busy.discard(node_id)
                     self._futures.discard(future)
 
         with self._busy_lock:
@@ -324,7 +319,7 @@ class Engine:
         if self.runs_agents(placement.pool):
             # committed before the machine starts, so its agent always finds its token
             user_data = self.writes.write_from_thread(
-                partial(self._pending_user_data, spec.node_id), [(Workspace, spec.node_id)]
+                partial(self._pending_user_data, spec.node_id), [(Node, spec.node_id)]
             )
             if user_data is None:
                 return
@@ -341,54 +336,52 @@ class Engine:
 
     def _pending_user_data(self, node_id: str, session: Session) -> bytes | None:
         """The node's bootstrap document, with a new token; None if it no longer boots."""
-        ws = session.get(Workspace, node_id)
-        if ws is None or ws.state != NodeState.PENDING.value:
+        node = session.get(Node, node_id)
+        if node is None or node.state != NodeState.PENDING:
             return None
-        return self.bootstrap.user_data(session, ws, self.clock())
+        return self.bootstrap.user_data(session, node, self.clock())
 
     def _terminate_job(self, target: tuple[str, str]) -> None:
         pool, node_id = target
         self.pools.get(pool).backend.terminate(node_id)
 
         def record(session: Session) -> None:
-            ws = session.get(Workspace, node_id)
-            if ws is None or ws.state != NodeState.TERMINATING.value:
+            node = session.get(Node, node_id)
+            if node is None or node.state != NodeState.TERMINATING:
                 return  # gone, terminated, or an orphan's record moved on: nothing to update
-            move_node(session, ws, NodeState.TERMINATED, f"removed from {ws.host_name}")
-            release_address(session, ws.id)
+            move_node(session, node, NodeState.TERMINATED, f"removed from {node.host_name}")
+            release_address(session, node.id)
 
-        self.writes.write_from_thread(record, [(Workspace, node_id)])
+        self.writes.write_from_thread(record, [(Node, node_id)])
         self.poke()
 
-    def _set_node(
-        self, workspace_id: str, expect: NodeState, target: NodeState, reason: str
-    ) -> None:
+    def _set_node(self, node_id: str, expect: NodeState, target: NodeState, reason: str) -> None:
         # under the decision lock: a node's agent may register (booting -> registered)
         # between this read and this write, which would then undo its registration
         def move(session: Session) -> None:
-            ws = session.get(Workspace, workspace_id)
-            if ws is not None and ws.state == expect.value:
-                move_node(session, ws, target, reason)
+            node = session.get(Node, node_id)
+            if node is not None and node.state == expect.value:
+                move_node(session, node, target, reason)
 
-        self.writes.write_from_thread(move, [(Workspace, workspace_id)])
+        self.writes.write_from_thread(move, [(Node, node_id)])
         self.poke()
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _boot_order(self, cluster: Cluster, ws: Workspace) -> tuple[NodeSpec, Placement]:
+    def _boot_order(self, cluster: Cluster, node: Node) -> tuple[NodeSpec, Placement]:
         """What the node is, with its image resolved through the image store, and where
         it runs."""
-        digest = ws.image_digest
+        digest = node.image_digest
         rootfs = self.images.path(digest) if digest and self.images.has(digest) else None
         spec = NodeSpec(
-            node_id=ws.id,
+            node_id=node.id,
             cluster_id=cluster.id,
-            name=ws.name,
-            image=ImageRef(ws.image, digest, rootfs),
-            cores=ws.cores,
-            memory_mib=ws.memory_mib,
+            name=node.name,
+            image=ImageRef(node.image, digest, rootfs),
+            cores=node.cores,
+            memory_mib=node.memory_mib,
         )
-        return spec, placement_of(ws)
+        return spec, placement_of(node)
 
 
 _UNOBSERVED = Observation({}, fresh=False)

@@ -15,7 +15,7 @@ from corral.errors import ConflictError, NotFoundError
 from corral.lifecycle import NodeState
 from corral.service.auth import hash_token, new_token
 from corral.service.scheduler import HostCapacity
-from corral.store.models import Cluster, Host, Pool, User, Workspace, utcnow
+from corral.store.models import Cluster, Host, Node, Pool, User, utcnow
 
 
 def add_user(
@@ -141,7 +141,7 @@ def add_host(session: Session, name: str, pool: str, cores: int, memory_mib: int
 
 
 def remove_host(session: Session, name: str) -> None:
-    """Remove a host that runs no live workspace: it takes no more nodes and is no longer
+    """Remove a host that runs no live node: it takes no more nodes and is no longer
     listed, and the row stays for the clusters that ran there.
 
     Raises NotFoundError for an unknown (or removed) host, ConflictError for a busy one.
@@ -150,24 +150,24 @@ def remove_host(session: Session, name: str) -> None:
     if host is None or host.removed_at is not None:
         raise NotFoundError(f"no host {name}", host=name)
     busy = session.scalar(
-        select(func.count(Workspace.id)).where(
-            Workspace.host_name == name, Workspace.state != NodeState.TERMINATED.value
+        select(func.count(Node.id)).where(
+            Node.host_name == name, Node.state != NodeState.TERMINATED
         )
     )
     if busy:
-        raise ConflictError(f"host {name} still runs {busy} workspace(s)", host=name)
+        raise ConflictError(f"host {name} still runs {busy} node(s)", host=name)
     host.removed_at = utcnow()
 
 
 def host_capacities(session: Session, pool: str | None = None) -> list[HostCapacity]:
-    """Every host (of one pool, or all) with what its live workspaces leave free; removed
+    """Every host (of one pool, or all) with what its live nodes leave free; removed
     hosts are not among them."""
     used = dict(
         (name, (cores or 0, mem or 0))
         for name, cores, mem in session.execute(
-            select(Workspace.host_name, func.sum(Workspace.cores), func.sum(Workspace.memory_mib))
-            .where(Workspace.state != NodeState.TERMINATED.value)
-            .group_by(Workspace.host_name)
+            select(Node.host_name, func.sum(Node.cores), func.sum(Node.memory_mib))
+            .where(Node.state != NodeState.TERMINATED)
+            .group_by(Node.host_name)
         ).all()
     )
     query = select(Host).where(Host.removed_at.is_(None)).order_by(Host.name)

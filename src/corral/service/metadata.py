@@ -25,9 +25,9 @@ from corral.http_status import status_for
 from corral.lifecycle import ClusterState, NodeState
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
-from corral.store.models import BootstrapToken, Cluster, Workspace
+from corral.store.models import BootstrapToken, Cluster, Node
 
-BOOTSTRAPPABLE = (NodeState.PENDING.value, NodeState.BOOTING.value)
+BOOTSTRAPPABLE = (NodeState.PENDING, NodeState.BOOTING)
 # the boot job's token, and a few more for a node whose first fetch went astray
 MAX_BOOTSTRAP_TOKENS = 4
 
@@ -53,19 +53,17 @@ def create_metadata_app(
         """The asking node's bootstrap document (JSON), with a new token."""
 
         def issue(session: Session) -> bytes:
-            ws = _asking_node(session, request)
-            if not runs_agents(ws.cluster.pool_name):
-                raise NotFoundError(f"pool {ws.cluster.pool_name} runs no context agents")
-            issued = session.scalar(
-                select(func.count()).where(BootstrapToken.workspace_id == ws.id)
-            )
+            node = _asking_node(session, request)
+            if not runs_agents(node.cluster.pool_name):
+                raise NotFoundError(f"pool {node.cluster.pool_name} runs no context agents")
+            issued = session.scalar(select(func.count()).where(BootstrapToken.node_id == node.id))
             if issued >= MAX_BOOTSTRAP_TOKENS:
                 raise TooManyRequestsError(
-                    f"node {ws.name} was given {issued} bootstrap documents already; "
+                    f"node {node.name} was given {issued} bootstrap documents already; "
                     "it gets no more",
-                    node=ws.name,
+                    node=node.name,
                 )
-            return bootstrap.user_data(session, ws, clock())
+            return bootstrap.user_data(session, node, clock())
 
         return Response(writes.write_from_thread(issue), media_type="application/json")
 
@@ -73,24 +71,24 @@ def create_metadata_app(
     def meta_data(request: Request) -> PlainTextResponse:
         """NoCloud meta-data: the node's instance id and host name."""
         with store.session() as session:
-            ws = _asking_node(session, request)
-            return PlainTextResponse(f"instance-id: {ws.id}\nlocal-hostname: {ws.name}\n")
+            node = _asking_node(session, request)
+            return PlainTextResponse(f"instance-id: {node.id}\nlocal-hostname: {node.name}\n")
 
     return app
 
 
-def _asking_node(session: Session, request: Request) -> Workspace:
+def _asking_node(session: Session, request: Request) -> Node:
     """The booting node whose address the request comes from; raises NotFoundError."""
     address = request.client.host if request.client else ""
-    ws = session.scalars(
-        select(Workspace)
+    node = session.scalars(
+        select(Node)
         .join(Cluster)
         .where(
-            Workspace.address == address,
-            Workspace.state.in_(BOOTSTRAPPABLE),
-            Cluster.state == ClusterState.LAUNCHING.value,
+            Node.address == address,
+            Node.state.in_(BOOTSTRAPPABLE),
+            Cluster.state == ClusterState.LAUNCHING,
         )
     ).first()
-    if ws is None:
+    if node is None:
         raise NotFoundError(f"no booting node has the address {address!r}", address=address)
-    return ws
+    return node

@@ -30,7 +30,7 @@ class Observer:
     def __init__(self, pools: Pools, clock: Callable[[], float] = time.monotonic) -> None:
         self.pools = pools
         self.clock = clock
-        self._last: dict[str, tuple[float, dict[str, Machine]]] = {}
+        self._last: dict[str, tuple[float, dict[str, Machine]]] = {}  # start of the listing
 
     def observe(self) -> dict[str, Observation]:
         """Every pool's observation, listing those whose pace allows it now."""

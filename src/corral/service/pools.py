@@ -28,7 +28,7 @@ from corral.service.config import (
     machine_cores,
     machine_memory_mib,
 )
-from corral.store.models import Cluster, Host, Workspace
+from corral.store.models import Cluster, Host, Node
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Pools:
     def default(self) -> Pool:
         return self._pools[self.config.default_pool_name]
 
-    def broker_url_for(self, node: Workspace) -> str:
+    def broker_url_for(self, node: Node) -> str:
         """The broker URL a node is given: its pool's, else the service's, at the address
         its backend says the node reaches the service (nspawn: its cluster's bridge)."""
         pool = self.get(node.cluster.pool_name)
@@ -132,7 +132,7 @@ class Pools:
                 live = session.scalar(
                     select(func.count(Cluster.id)).where(
                         Cluster.pool_name == cfg.name,
-                        Cluster.state != ClusterState.TERMINATED.value,
+                        Cluster.state != ClusterState.TERMINATED,
                     )
                 )
                 if live:
@@ -166,7 +166,7 @@ class Pools:
             pool.backend.close()
 
 
-def placement_of(node: Workspace) -> Placement:
+def placement_of(node: Node) -> Placement:
     """Where the service placed a node, as its backend is told."""
     cluster = node.cluster
     return Placement(cluster.pool_name, node.host_name, node.address or "", cluster.subnet or "")

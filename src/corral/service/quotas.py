@@ -15,15 +15,15 @@ from sqlalchemy.orm import Session
 from corral.errors import QuotaExceededError
 from corral.lifecycle import NodeState
 from corral.service.config import ServiceConfig
-from corral.store.models import Cluster, User, Workspace
+from corral.store.models import Cluster, Node, User
 
 
 def usage(session: Session, user: User, now: datetime) -> tuple[int, float]:
     """(live nodes, node-hours left in their leases) of a user's clusters."""
     rows = session.execute(
-        select(Cluster.lease_end, func.count(Workspace.id))
-        .join(Workspace, Workspace.cluster_id == Cluster.id)
-        .where(Cluster.owner_id == user.id, Workspace.state != NodeState.TERMINATED.value)
+        select(Cluster.lease_end, func.count(Node.id))
+        .join(Node, Node.cluster_id == Cluster.id)
+        .where(Cluster.owner_id == user.id, Node.state != NodeState.TERMINATED)
         .group_by(Cluster.id)
     ).all()
     nodes = sum(count for _, count in rows)

@@ -1,4 +1,4 @@
-"""Placing a cluster's workspaces on hosts: all of them or none.
+"""Placing a cluster's nodes on hosts: all of them or none.
 
 Each placement rule is a small predicate that says why it rejects a host. Nodes of one
 group share a shape, so hosts are filtered once per group and nodes then go, one by one,
@@ -33,7 +33,7 @@ class HostCapacity:
 
 @dataclass(frozen=True)
 class NodeRequest:
-    """One workspace to place."""
+    """One node to place."""
 
     node: str
     group: str

@@ -1,17 +1,19 @@
-"""Tables: users, pools and hosts, images, clusters, workspaces, allocations, events.
+"""Tables: users, pools and hosts, images, clusters, nodes, allocations, events.
 
-Every state change of a cluster or workspace appends an Event row; nothing updates or
+Every state change of a cluster or node appends an Event row; nothing updates or
 deletes events.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -21,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from corral.lifecycle import ClusterState, NodeState
 
 
 def utcnow() -> datetime:
@@ -46,6 +50,20 @@ class UTCDateTime(TypeDecorator):
 
 class Base(DeclarativeBase):
     pass
+
+
+def _states(states: type[StrEnum], name: str) -> Enum:
+    """A lifecycle's states as stored: their values as text, which a CHECK keeps to the
+    enum's; read back as the enum's members."""
+    return Enum(
+        states,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda enum: [member.value for member in enum],
+        validate_strings=True,
+    )
 
 
 class User(Base):
@@ -80,7 +98,7 @@ class Host(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # set by `host remove`: the row stays while terminated workspaces name the host
+    # set by `host remove`: the row stays while terminated nodes name the host
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     pool: Mapped[Pool] = relationship(back_populates="hosts")
@@ -101,9 +119,9 @@ class Cluster(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    state: Mapped[str] = mapped_column(String(16))
-    document: Mapped[str] = mapped_column(Text)  # canonical YAML of the parsed document
-    policy: Mapped[str] = mapped_column(String(16))  # all-or-nothing or best-effort
+    state: Mapped[ClusterState] = mapped_column(_states(ClusterState, "cluster_state"))
+    # the parsed document as canonical JSON (ClusterDocument.to_dict), read back without YAML
+    document: Mapped[str] = mapped_column(Text)
     pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"))
     subnet: Mapped[str | None] = mapped_column(String(64))
     lease_start: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -117,15 +135,15 @@ class Cluster(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     owner: Mapped[User] = relationship()
-    workspaces: Mapped[list[Workspace]] = relationship(
-        back_populates="cluster", order_by="Workspace.group, Workspace.index"
+    nodes: Mapped[list[Node]] = relationship(
+        back_populates="cluster", order_by="Node.group, Node.index"
     )
 
     __table_args__ = (Index("ix_clusters_owner_state", "owner_id", "state"),)
 
 
-class Workspace(Base):
-    __tablename__ = "workspaces"
+class Node(Base):
+    __tablename__ = "nodes"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
@@ -139,7 +157,7 @@ class Workspace(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     login: Mapped[bool] = mapped_column(Boolean, default=False)  # users log in here
     address: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[NodeState] = mapped_column(_states(NodeState, "node_state"))
     state_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     failure: Mapped[str | None] = mapped_column(Text)  # cause of the last failure, if any
     failure_phase: Mapped[str | None] = mapped_column(String(16))  # boot, register, configure, run
@@ -153,12 +171,12 @@ class Workspace(Base):
     # the node leaves
     ssh_root_key: Mapped[str | None] = mapped_column(Text)
 
-    cluster: Mapped[Cluster] = relationship(back_populates="workspaces")
+    cluster: Mapped[Cluster] = relationship(back_populates="nodes")
 
     __table_args__ = (
         UniqueConstraint("cluster_id", "name"),
-        Index("ix_workspaces_state", "state"),
-        Index("ix_workspaces_host", "host_name", "state"),
+        Index("ix_nodes_state", "state"),
+        Index("ix_nodes_host", "host_name", "state"),
     )
 
 
@@ -173,24 +191,24 @@ class SubnetAllocation(Base):
 
 
 class AddressAllocation(Base):
-    """A workspace's address; the primary key forbids handing one address out twice."""
+    """A node's address; the primary key forbids handing one address out twice."""
 
     __tablename__ = "address_allocations"
 
     pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"), primary_key=True)
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
-    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), unique=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), unique=True)
 
 
 class Event(Base):
-    """One state change: of a cluster (workspace_id empty) or of one of its workspaces."""
+    """One state change: of a cluster (node_id empty) or of one of its nodes."""
 
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
-    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id"))
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
     subject: Mapped[str] = mapped_column(String(64))  # node name, or "cluster"
     kind: Mapped[str] = mapped_column(String(32))  # "state", "lease-warning", "lease-extended"
     from_state: Mapped[str | None] = mapped_column(String(16))
@@ -224,7 +242,7 @@ class NodeSecret(Base):
 
     __tablename__ = "node_secrets"
 
-    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
     tls_cert_pem: Mapped[str] = mapped_column(Text)
     tls_key_pem: Mapped[str] = mapped_column(Text)
     ssh_host_cert: Mapped[str] = mapped_column(Text)
@@ -239,11 +257,11 @@ class BootstrapToken(Base):
     __tablename__ = "bootstrap_tokens"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # read with the token: registering always needs both, and a burst's tokens come in one query
-    workspace: Mapped[Workspace] = relationship(lazy="joined")
+    node: Mapped[Node] = relationship(lazy="joined")
 
 
 class Report(Base):
@@ -254,7 +272,7 @@ class Report(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
-    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     node: Mapped[str] = mapped_column(String(64))
     phase: Mapped[str] = mapped_column(String(16))  # configure, join, leave, node
     role: Mapped[str] = mapped_column(String(64), default="")
@@ -264,7 +282,7 @@ class Report(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
-        UniqueConstraint("workspace_id", "phase", "role", "version", "state"),
+        UniqueConstraint("node_id", "phase", "role", "version", "state"),
         Index("ix_reports_node", "cluster_id", "node", "id"),
     )
 

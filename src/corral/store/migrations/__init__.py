@@ -1,6 +1,6 @@
 """The store's schema changes: Alembic revisions, run by store/schema.py when a store opens.
 
-Conventions for a new revision (the next is 0003):
+Conventions for a new revision (the next is 0007):
 
 - Every change to store/models.py comes with a revision in versions/, in the same commit;
   tests/test_store_schema.py fails while the models and the migrated schema differ.
