@@ -42,6 +42,7 @@ def node(
         registered_at=NOW - registered if registered is not None else None,
         failure=failure,
         failure_phase="boot" if failure else None,
+        address="10.0.0.2",
     )
 
 

@@ -18,7 +18,7 @@ from corral.service.config import PoolConfig, ServiceConfig
 from corral.service.config_file import read_config_file
 from corral.service.observation import Observer
 from corral.service.pools import Pools
-from corral.store.models import Cluster, Node
+from corral.store.models import AddressAllocation, Cluster, Node, SubnetAllocation
 
 SMALL = "image: debian-12\nnodes: [{group: head}, {group: worker, count: 2}]\n"
 
@@ -289,3 +289,41 @@ def test_corral_serve_refuses_a_configuration_file_with_backend_flags(tmp_path):
     result = corral(*serving, "--backend", "fake", env=client_env(tmp_path))
     assert result.returncode != 0
     assert "with --config, the file describes every pool" in result.stderr
+
+
+def test_a_pool_whose_backend_places_machines_itself_gets_no_subnet_and_keeps_its_addresses(
+    make_service,
+):
+    cloud = PoolConfig("cloud", "fake", {"boot_delay": "0.05", "places_itself": "true"})
+    service = make_service(pools=(two_pools()[0], cloud))
+    client = api(service, admin_token(service))
+    cluster = launched(client, pool="cloud")
+
+    assert cluster["subnet"] is None
+    addresses = {n["name"]: n["address"] for n in cluster["nodes"]}
+    machines = {m.node_id: m.address for m in service.pools.get("cloud").backend.list_machines()}
+    assert sorted(addresses.values()) == sorted(machines.values())
+    assert all(a.startswith("198.18.") for a in addresses.values())
+    with service.store.session() as session:
+        assert session.query(SubnetAllocation).count() == 0
+        assert session.query(AddressAllocation).count() == 0
+    events = client.get(f"/v1/clusters/{cluster['id']}/events").json()
+    assert any("pool cloud gives its address" in e["reason"] for e in events)
+
+
+def test_an_address_a_backend_reports_later_is_recorded_once_it_is_seen(make_service):
+    # the machine's address is known only once it runs (as on a cloud): the boot returns
+    # none, and the engine takes it from the listing
+    class LateAddresses(FakeBackend):
+        def boot(self, spec, placement):
+            machine = super().boot(spec, placement)
+            return Machine(machine.node_id, machine.state, machine.host)
+
+    late = LateAddresses(boot_delay=0.05, places_itself=True)
+    cloud = PoolConfig("cloud", "fake", {"places_itself": "true"})
+    service = make_service(pools=(two_pools()[0], cloud), backends={"cloud": late})
+    client = api(service, admin_token(service))
+    cluster = launched(client, pool="cloud")
+    addresses = sorted(n["address"] for n in cluster["nodes"])
+    assert addresses == sorted(m.address for m in late.list_machines())
+    assert all(a.startswith("198.18.") for a in addresses)

@@ -4,11 +4,11 @@ Where the cut is. The service decides *what* a node is (its image, resolved thro
 image store; its cores, memory and name; its bootstrap document) and, for a backend that
 takes what it is given, *where* it runs (pool, host, address and subnet, as a Placement).
 A backend that places machines itself (a cloud) says so with Capability.PLACES_ITSELF,
-gets a Placement with no host or address, and reports the address it got in its
-Machine. The backend decides how its machines are made and removed, how its nodes reach
-the service (`service_address`), and how often it can afford to be observed
-(`observe_every`). Backend states are mapped onto MachineState so the service never sees
-a vendor's vocabulary.
+gets a Placement with no address or subnet, and reports the address it got in its
+Machine, which the service then records for the node. The backend decides how its
+machines are made and removed, how its nodes reach the service (`service_address`), and
+how often it can afford to be observed (`observe_every`). Backend states are mapped onto
+MachineState so the service never sees a vendor's vocabulary.
 
 A backend declares what it can do as a set of capabilities, which the service consults
 instead of its name, rather than raising NotImplementedError at run time.
@@ -62,8 +62,8 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a node runs, as the service chose it; host and addresses are empty for a
-    backend that places machines itself."""
+    """Where a node runs, as the service chose it; address and subnet are empty for a
+    backend that places machines itself (the host is then its pool's account)."""
 
     pool: str
     host: str = ""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import ipaddress
 import logging
 import os
 import shutil
@@ -50,6 +51,8 @@ from corral.errors import BackendError
 log = logging.getLogger(__name__)
 
 FAILURE_MODES = ("boot", "crash")
+# where a fake that places its machines itself takes their addresses (RFC 2544's range)
+OWN_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
 # what the agent leaves under a machine's root when it powers the machine off (agent.py)
 POWER_OFF_MARK = "run/corral/powered-off"
@@ -85,6 +88,7 @@ class FakeBackend(Backend):
         agent_image: Path | None = None,
         roots: Path | None = None,
         bootstrap_dir: Path | None = None,
+        places_itself: bool = False,
     ) -> None:
         for pattern, mode in (fail or {}).items():
             if mode not in FAILURE_MODES:
@@ -109,6 +113,8 @@ class FakeBackend(Backend):
                 raise ValueError("fake backend: give agent_image or bootstrap_dir, not both")
             bootstrap_dir.mkdir(parents=True, exist_ok=True)
             self.capabilities = self.capabilities | {Capability.RUNS_AGENT}
+        if places_itself:  # as a cloud does: it gives each machine an address of its own
+            self.capabilities = self.capabilities | {Capability.PLACES_ITSELF}
         self._clock = clock
         self._lock = threading.Lock()
         self._machines: dict[str, _FakeMachine] = self._load()
@@ -119,7 +125,9 @@ class FakeBackend(Backend):
     def from_options(cls, options: dict[str, str], data_dir: Path) -> FakeBackend:
         """Options: boot_delay=SECONDS, fail=NODE:MODE[,NODE:MODE], state_file=PATH (empty: none),
         agent_image=DIR (run the agent on a copy of DIR per machine), bootstrap_dir=DIR
-        (write each machine's bootstrap document there for agents run elsewhere).
+        (write each machine's bootstrap document there for agents run elsewhere),
+        places_itself=true (choose each machine's address, from OWN_ADDRESSES, as a cloud
+        does, rather than take the one the service gives).
 
         Machines are kept in `data_dir`/fake-machines.json unless state_file says otherwise.
         """
@@ -137,10 +145,14 @@ class FakeBackend(Backend):
         state_file = Path(state_path) if state_path else None
         agent_image = options.pop("agent_image", None)
         bootstrap_dir = options.pop("bootstrap_dir", None)
+        places_itself = options.pop("places_itself", "false")
+        if places_itself not in ("true", "false"):
+            raise ValueError("fake backend: places_itself must be true or false")
         if options:
             raise ValueError(
                 f"fake backend: unknown option(s) {', '.join(sorted(options))} "
-                "(known: boot_delay, fail, state_file, agent_image, bootstrap_dir)"
+                "(known: boot_delay, fail, state_file, agent_image, bootstrap_dir, "
+                "places_itself)"
             )
         return cls(
             boot_delay,
@@ -149,6 +161,7 @@ class FakeBackend(Backend):
             agent_image=Path(agent_image) if agent_image else None,
             roots=data_dir / "fake-roots",
             bootstrap_dir=Path(bootstrap_dir) if bootstrap_dir else None,
+            places_itself=places_itself == "true",
         )
 
     def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
@@ -160,13 +173,11 @@ class FakeBackend(Backend):
         with self._lock:
             machine = self._machines.get(spec.node_id)
             if machine is None:
+                address = placement.address
+                if Capability.PLACES_ITSELF in self.capabilities:
+                    address = self._own_address()
                 machine = _FakeMachine(
-                    spec.node_id,
-                    spec.name,
-                    placement.host,
-                    placement.address,
-                    self._clock(),
-                    mode,
+                    spec.node_id, spec.name, placement.host, address, self._clock(), mode
                 )
                 if self.agent_image is not None and mode is None:
                     machine.root = str(self.roots / spec.node_id)
@@ -188,7 +199,7 @@ class FakeBackend(Backend):
             spec.name,
             spec.node_id,
             placement.host,
-            placement.address,
+            machine.address,
         )
         return self._view(machine)
 
@@ -242,6 +253,12 @@ class FakeBackend(Backend):
                 start_new_session=True,  # outlives the service, as a machine would
             )
         return process.pid
+
+    def _own_address(self) -> str:
+        """The first address of OWN_ADDRESSES no machine of this backend holds."""
+        taken = {m.address for m in self._machines.values()}
+        hosts = OWN_ADDRESSES.hosts()
+        return str(next(a for a in hosts if str(a) not in taken))
 
     def _failure_for(self, node: str) -> str | None:
         for pattern, mode in self.fail.items():

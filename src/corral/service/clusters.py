@@ -122,7 +122,11 @@ class Clusters:
         )
         session.add(cluster)
         session.flush()
-        cluster.subnet = allocate_subnet(session, pool_row, cluster.id, pool.networks_in_use())
+        # a backend that places its machines itself gives them their addresses
+        gives_addresses = Capability.PLACES_ITSELF not in pool.capabilities
+        if gives_addresses:
+            in_use = pool.networks_in_use()
+            cluster.subnet = allocate_subnet(session, pool_row, cluster.id, in_use)
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
         nodes = []
         for group in doc.nodes:
@@ -146,12 +150,15 @@ class Clusters:
                 nodes.append(ws)
         session.add_all(nodes)
         session.flush()
-        addresses = allocate_addresses(session, pool_row, cluster.subnet, [w.id for w in nodes])
+        addresses = (
+            allocate_addresses(session, pool_row, cluster.subnet, [w.id for w in nodes])
+            if gives_addresses
+            else {}
+        )
         for ws in nodes:
-            ws.address = addresses[ws.id]
-            record_node(
-                session, ws, None, NodeState.PENDING, f"placed on {ws.host_name} at {ws.address}"
-            )
+            ws.address = addresses.get(ws.id)
+            at = f" at {ws.address}" if ws.address else f" (pool {pool.name} gives its address)"
+            record_node(session, ws, None, NodeState.PENDING, f"placed on {ws.host_name}{at}")
         record(
             session,
             cluster,

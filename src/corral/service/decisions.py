@@ -44,6 +44,7 @@ class NodeRecord:
     registered_at: datetime | None
     failure: str | None
     failure_phase: str | None
+    address: str | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ def react_to_machine(
             f"(still {state})",
         )
     return None
+
+
+def reported_address(node: NodeRecord, machine: Machine | None) -> str | None:
+    """The address a backend that places machines itself reports for a node the service
+    gave none; None when there is nothing to record."""
+    if machine is None or not machine.address or node.address:
+        return None
+    return machine.address
 
 
 def apply_policy(

@@ -35,14 +35,19 @@ from corral.lifecycle import ClusterState, NodeState
 from corral.pacing import Spacing
 from corral.service.addresses import release_address, release_subnet
 from corral.service.config import ServiceConfig
-from corral.service.decisions import NodeRecord, apply_policy, react_to_machine
+from corral.service.decisions import (
+    NodeRecord,
+    apply_policy,
+    react_to_machine,
+    reported_address,
+)
 from corral.service.documents import DocumentCache
 from corral.service.observation import Observation, Observer
 from corral.service.pools import Pools, placement_of
 from corral.store.database import Store
 from corral.store.group_commit import GroupCommit
 from corral.store.models import Cluster, Node, utcnow
-from corral.transitions import move_cluster, move_node, record
+from corral.transitions import bump_context, move_cluster, move_node, record
 from corral.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -181,6 +186,8 @@ class Engine:
             machine = observation.machines.get(node.id)
             if machine is None and not observation.fresh:
                 continue  # a stale listing cannot say a machine is gone
+            if address := reported_address(node, machine):
+                self._record_address(session, node, address)
             move = react_to_machine(node, machine, doc.policy, now, agents)
             if move is not None:
                 self._move(session, node, move.target, move.reason)
@@ -283,6 +290,14 @@ class Engine:
             log.warning("pool %s runs %s, which no live record owns; removing it", pool, node_id)
             self._submit(node_id, self._terminate_job, (pool, node_id))
 
+    def _record_address(self, session: Session, node: NodeRecord, address: str) -> None:
+        """Keep the address a backend gave a node (it placed the machine itself); the
+        node's peers learn it from the broker's next view."""
+        record = session.get(Node, node.id)
+        record.address = node.address = address
+        bump_context(session, record.cluster, record.id)
+        log.info("%s got address %s from its backend", record.name, address)
+
     def _move(self, session: Session, node: NodeRecord, target: NodeState, reason: str) -> None:
         """Move the node's node, and keep `node` as it now is for the rest of the tick."""
         ws = session.get(Node, node.id)
@@ -325,13 +340,19 @@ class Engine:
                 return
             spec = replace(spec, user_data=user_data)
         try:
-            self.pools.get(placement.pool).backend.boot(spec, placement)
+            machine = self.pools.get(placement.pool).backend.boot(spec, placement)
         except BackendError as exc:
             self._set_node(spec.node_id, NodeState.PENDING, NodeState.FAILED, exc.message)
             return
         where = placement.host or f"pool {placement.pool}"
+        # a backend that places machines itself may know the address already
+        address = machine.address if not placement.address else None
         self._set_node(
-            spec.node_id, NodeState.PENDING, NodeState.BOOTING, f"boot requested on {where}"
+            spec.node_id,
+            NodeState.PENDING,
+            NodeState.BOOTING,
+            f"boot requested on {where}",
+            address or None,
         )
 
     def _pending_user_data(self, node_id: str, session: Session) -> bytes | None:
@@ -355,12 +376,21 @@ class Engine:
         self.writes.write_from_thread(record, [(Node, node_id)])
         self.poke()
 
-    def _set_node(self, node_id: str, expect: NodeState, target: NodeState, reason: str) -> None:
+    def _set_node(
+        self,
+        node_id: str,
+        expect: NodeState,
+        target: NodeState,
+        reason: str,
+        address: str | None = None,
+    ) -> None:
         # under the decision lock: a node's agent may register (booting -> registered)
         # between this read and this write, which would then undo its registration
         def move(session: Session) -> None:
             node = session.get(Node, node_id)
-            if node is not None and node.state == expect.value:
+            if node is not None and node.state == expect:
+                if address and not node.address:
+                    node.address = address
                 move_node(session, node, target, reason)
 
         self.writes.write_from_thread(move, [(Node, node_id)])

@@ -2,13 +2,12 @@
 
 A pool is hosts (or a cloud account) behind one backend, with its own options, address
 range and limits (config.PoolConfig). Every backend call goes through the pool of the
-node it is for: the engine, the scheduler's capacity and the broker's URL all ask here.
+node it is for: the engine, a launch's checks and the broker's URL all ask here.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from corral.service.config import (
     machine_memory_mib,
 )
 from corral.store.models import Cluster, Host, Node
-
-log = logging.getLogger(__name__)
 
 # the pool of `corral serve` without a configuration file keeps its files where 0.2.0 did
 SHORTHAND_POOL = "local"
