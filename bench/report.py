@@ -137,19 +137,23 @@ FINDINGS = """## What the numbers show, and what was done about them
   node has booted, as on a real cloud, where a boot takes longer than the service's
   launch work; the CPU until then is reported as *launch and boots*, the CPU from then
   until all are ready as the broker's, and their sum as before.
-- **A registration no longer queries its node alone, and signs SSH keys in a
-  third of the time.** The token's node was read with a query of its own per
-  registration (the burst preloads tokens by hash, not their nodes); it now comes
-  joined with the token. The two SSH certificates of every registration (host key,
-  root's key) were built with cryptography's builder, which parses the key into an
-  object and re-encodes it in Python: 0.16-0.18 ms each. `broker/ssh.py` (`_sign`) now lays
-  the certificate out as OpenSSH's PROTOCOL.certkeys says, from the key line's own
-  fields: 0.06 ms (tests/test_ssh.py checks it with ssh-keygen and the signature). Broker CPU
-  per node at N=1000, three interleaved pairs for the first change: 5.20, 4.91, 4.95 ms
-  before, 4.69, 4.71, 4.92 ms after. The second, with the cluster now loaded in each
-  burst (`api.register`, `api.report`), did not show beyond the noise of three more
-  pairs (4.54-4.67 / 4.36-4.62 ms), but in sampled profiles of the broker phase the
-  registration write went from 30% of the CPU to 18% over these changes.
+- **A registration no longer queries its node alone.** The token's node was read with
+  a query of its own per registration (the burst preloads tokens by hash, not their
+  nodes); it now comes joined with the token. Broker CPU per node at N=1000, three
+  interleaved pairs: 5.20, 4.91, 4.95 ms before, 4.69, 4.71, 4.92 ms after. With the
+  cluster also loaded in each burst (`api.register`, `api.report`) the registration
+  write went from 30% of the broker phase's CPU to 18% in sampled profiles.
+- **SSH certificates are built by cryptography again, not by hand.** A hand encoder of
+  OpenSSH's certificate format (0.06 ms a certificate) was replaced by cryptography's
+  `SSHCertificateBuilder` (0.09 ms a host certificate, 0.10 ms a login node's root
+  certificate; `bench/ssh_sign.py`, 2,000 certificates, best of 5, both timed round by
+  round in the same minutes). A worker gets one certificate when it registers, so the
+  library costs about 0.05 ms, 1.4% of the broker's CPU per node: too little to keep a
+  security format written by hand. `tests/test_ssh.py` reads every kind back with
+  `ssh-keygen -L`.
+- **No cache of peers.** The broker kept an LRU cache of the peers it made from a
+  cluster's rows; paired runs at N=1000 with and without it (6 pairs) gave 3.74 ms of
+  broker CPU per node both ways, so it went.
 - **Still over target (not met):**
   - **Broker CPU per node, target 2 ms: 4.7 ms here (4.4-5.2 ms in this round's runs),
     4.4 times the HTTPS floor measured beside it.** The floor row is what the server
@@ -157,7 +161,7 @@ FINDINGS = """## What the numbers show, and what was done about them
     empty app behind it: 1.1-1.6 ms in this round's runs. A registration's
     certificates cost about 0.45 ms more, timed alone: the TLS certificate and its key
     0.25 ms (nearly all inside cryptography's Rust builder and the signature), root's
-    new SSH key 0.08 ms, two SSH certificates 0.06 ms each. Floor and certificates
+    new SSH key 0.08 ms, its SSH certificates 0.09-0.10 ms each. Floor and certificates
     leave at most 0.5 ms per node for everything else: the writes of a registration
     and three reports with their events, a view built twice, the long-poll and the
     engine. Sampled over the broker phase of an N=1000 run (share of its CPU): HTTP,
