@@ -132,7 +132,7 @@ class Engine:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One pass: observe the backend, then decide and start jobs."""
+        """One pass: observe each pool's backend, then decide and start jobs."""
         with self._busy_lock:
             busy = set(self._busy)  # taken before reading rows; see _submit
         observed = self.observer.observe()
