@@ -266,7 +266,7 @@ def boot_bare_together(backend: NspawnBackend, digest: str, node_ids: list[str],
                 booted.result()
         slowest = time.monotonic() - started
     finally:
-        for spec in specs:
+        for spec, _ in specs:
             backend.terminate(spec.node_id)
     log.info("%d bare boots together: the last sshd after %.2f s", len(specs), slowest)
     return slowest
