@@ -143,6 +143,14 @@ FINDINGS = """## What the numbers show, and what was done about them
   interleaved pairs: 5.20, 4.91, 4.95 ms before, 4.69, 4.71, 4.92 ms after. With the
   cluster also loaded in each burst (`api.register`, `api.report`) the registration
   write went from 30% of the broker phase's CPU to 18% in sampled profiles.
+- **The restructuring into pools, a broker below the service and one vocabulary cost
+  nothing measurable** ("Paired with the previous main" above: `2c229fb` against this
+  tree, alternating runs). Every figure is within the spread of the runs, and the
+  pairs show this much: broker CPU per node at N=1000 +2.1% (3.78 ms to 3.86 ms), about
+  the 1.4% the SSH certificate builder was measured to cost; `corral status --json` of
+  1000 nodes +4% (422 ms to 439 ms, whose runs do not overlap: the typed client builds
+  its answer models, and their adapters at import); the 1+2 nspawn cluster ready in
+  0.89 s and 0.91 s.
 - **SSH certificates are built by cryptography again, not by hand.** A hand encoder of
   OpenSSH's certificate format (0.06 ms a certificate) was replaced by cryptography's
   `SSHCertificateBuilder` (0.09 ms a host certificate, 0.10 ms a login node's root
