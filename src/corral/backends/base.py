@@ -35,7 +35,7 @@ class Capability(StrEnum):
     ANY_IMAGE = "any-image"  # boots any image name without an image in the store
     GATEWAY_SERVICES = "gateway-services"  # nodes reach the service at their subnet's gateway
     RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
-    PLACES_ITSELF = "places-itself"  # chooses hosts and addresses itself and reports them
+    PLACES_ITSELF = "places-itself"  # gives its machines their addresses and reports them
 
 
 @dataclass(frozen=True)
