@@ -12,12 +12,13 @@ from inprocess import admin_token, api, wait_for
 from served import ServedCorral, client_env, corral, fake_machines
 
 from corral.backends import registry
-from corral.backends.base import ImageRef, Machine, NodeSpec, Placement
+from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
 from corral.service.config import PoolConfig, ServiceConfig
 from corral.service.config_file import read_config_file
 from corral.service.observation import Observer
 from corral.service.pools import Pools
+from corral.service.process import Service
 from corral.store.models import AddressAllocation, Cluster, Node, SubnetAllocation
 
 SMALL = "image: debian-12\nnodes: [{group: head}, {group: worker, count: 2}]\n"
@@ -327,3 +328,23 @@ def test_an_address_a_backend_reports_later_is_recorded_once_it_is_seen(make_ser
     addresses = sorted(n["address"] for n in cluster["nodes"])
     assert addresses == sorted(m.address for m in late.list_machines())
     assert all(a.startswith("198.18.") for a in addresses)
+
+
+def test_a_service_that_cannot_start_closes_the_backends_it_built(tmp_path):
+    class Closing(FakeBackend):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    local, spare = Closing(boot_delay=0), Closing(boot_delay=0)
+    spare.capabilities = spare.capabilities | {Capability.GATEWAY_SERVICES}
+    config = ServiceConfig(
+        data_dir=tmp_path,
+        pools=two_pools(),
+        broker_listen="127.0.0.1:1",  # where no node of a bridge could reach it
+    )
+    with pytest.raises(ValueError, match="pool spare: .* must listen on all addresses"):
+        Service(config, backends={"local": local, "spare": spare})
+    assert local.closed and spare.closed
+    Service(ServiceConfig(data_dir=tmp_path, pools=two_pools(), listen="127.0.0.1:1")).stop()

@@ -84,6 +84,8 @@ class Service:
                 given[config.default_pool_name] = backend
             self._build(given, clock)
         except BaseException:
+            if (pools := getattr(self, "pools", None)) is not None:
+                pools.close()  # built before what failed
             self.hold.release()
             self.store.close()
             raise
