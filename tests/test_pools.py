@@ -14,6 +14,7 @@ from served import ServedCorral, client_env, corral, fake_machines
 from corral.backends import registry
 from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
+from corral.errors import ConflictError
 from corral.service.config import PoolConfig, ServiceConfig
 from corral.service.config_file import read_config_file
 from corral.service.observation import Observer
@@ -348,3 +349,12 @@ def test_a_service_that_cannot_start_closes_the_backends_it_built(tmp_path):
         Service(config, backends={"local": local, "spare": spare})
     assert local.closed and spare.closed
     Service(ServiceConfig(data_dir=tmp_path, pools=two_pools(), listen="127.0.0.1:1")).stop()
+
+
+def test_a_service_refuses_to_start_without_a_pool_its_live_clusters_run_in(make_service, tmp_path):
+    service = make_service(pools=two_pools(), data_dir=tmp_path / "svc")
+    client = api(service, admin_token(service))
+    launched(client, pool="spare")
+    make_service.stop(service)
+    with pytest.raises(ConflictError, match="pool spare runs 1 live cluster"):
+        make_service(pools=two_pools()[:1], data_dir=tmp_path / "svc")

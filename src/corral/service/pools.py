@@ -118,8 +118,21 @@ class Pools:
         """Record each pool (its backend and addresses) and give a pool without hosts the
         ones its configuration lists, or this machine.
 
-        Raises ConflictError when a pool that runs live clusters changed its backend.
+        Raises ConflictError when a pool that runs live clusters changed its backend, or is
+        no longer configured (the engine could not reach their machines).
         """
+        orphaned = session.execute(
+            select(Cluster.pool_name, func.count(Cluster.id))
+            .where(Cluster.state != ClusterState.TERMINATED, Cluster.pool_name.not_in(self.names()))
+            .group_by(Cluster.pool_name)
+        ).all()
+        if orphaned:
+            pool, live = orphaned[0]
+            raise ConflictError(
+                f"pool {pool} runs {live} live cluster(s) but is not configured; configure it "
+                "again, or destroy them with a service that has it",
+                pool=pool,
+            )
         for pool in self:
             cfg = pool.config
             row = inventory.ensure_pool(
