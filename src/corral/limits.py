@@ -19,6 +19,11 @@ MAX_NUMBER_CHARS = 100
 MAX_DATA_ITEMS = 256
 MAX_DATA_BYTES = 64 * KIB  # names and values together, UTF-8
 
+# a document's `users`: accounts on every node, each with its SSH public keys
+MAX_USERS = 64
+MAX_USER_KEYS = 16
+MAX_SSH_KEY_CHARS = 16 * KIB  # one public key line (an RSA 16384 key is ~2.8 KiB)
+
 # a group of nodes, and the sizes it asks for
 MAX_GROUP_COUNT = 10_000
 MAX_CLUSTER_NODES = 10_000  # all groups of one cluster together

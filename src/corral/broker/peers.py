@@ -26,6 +26,8 @@ class Peer:
     hostname: str | None
     login: bool
     ssh_root_key: str | None  # a login node's root key (public), once registered
+    cores: int
+    memory_mib: int
     ssh_host_keys: tuple[str, ...]
 
     @property
@@ -41,6 +43,8 @@ class Peer:
             hostname=self.hostname,
             ssh_host_keys=list(self.ssh_host_keys),
             state=self.state,
+            cores=self.cores,
+            memory_mib=self.memory_mib,
         )
 
 
@@ -53,6 +57,8 @@ _PEER_COLUMNS = (
     Node.hostname,
     Node.login,
     Node.ssh_root_key,
+    Node.cores,
+    Node.memory_mib,
     Node.ssh_host_keys,
 )
 

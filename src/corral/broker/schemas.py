@@ -40,6 +40,17 @@ class Member(BaseModel):
     hostname: str | None
     ssh_host_keys: list[str]
     state: str
+    cores: int = 1  # what the node was placed with (older brokers did not say)
+    memory_mib: int = 1024
+
+
+class AccountView(BaseModel):
+    """A user account every node creates alike (the document's `users`, or the owner)."""
+
+    name: str
+    uid: int
+    gid: int
+    ssh_keys: list[str] = []
 
 
 class HostEntry(BaseModel):
@@ -77,6 +88,7 @@ class ContextView(BaseModel):
     members: list[Member]
     hosts: list[HostEntry]
     data: dict[str, str]
+    users: list[AccountView] = []
     files: list[FileItem] = Field(repr=False)
     ssh_known_hosts: str
     lease_end: str = Field(description="ISO 8601; the node powers itself off once it passes")

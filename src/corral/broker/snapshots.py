@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from corral.broker.peers import Peer, read_peers
 from corral.broker.requirements import blocked_by_group, live_providers, provider_groups
-from corral.broker.schemas import FileItem, host_entry_json
+from corral.broker.schemas import AccountView, FileItem, host_entry_json
 from corral.broker.trust import REGISTERED, Trust, cluster_files, known_hosts, trust_of
 from corral.document import ClusterDocument
 from corral.lifecycle import ClusterState
@@ -60,7 +60,15 @@ class Snapshot:
     @cached_property
     def cluster_files(self) -> list[FileItem]:
         """The files every node gets alike, made once for all their views."""
-        return cluster_files(self.secret, self.owner, self.trust)
+        return cluster_files(self.secret, self.owner, self.trust, self.accounts)
+
+    @cached_property
+    def accounts(self) -> list[AccountView]:
+        """The user accounts every node creates."""
+        return [
+            AccountView(name=a.name, uid=a.uid, gid=a.gid, ssh_keys=list(a.ssh_keys))
+            for a in self.doc.accounts(self.owner)
+        ]
 
     @cached_property
     def known_hosts(self) -> str:

@@ -18,7 +18,7 @@ from datetime import datetime
 from corral.broker import pki, ssh
 from corral.broker.issuance import authority_of, root_principal
 from corral.broker.peers import Peer
-from corral.broker.schemas import FileItem
+from corral.broker.schemas import AccountView, FileItem
 from corral.lifecycle import NodeState
 from corral.store.models import ClusterSecret
 
@@ -78,12 +78,14 @@ def known_hosts(secret: ClusterSecret, trust: Trust) -> str:
     return ssh.known_hosts(authority_of(secret), ["*"], trust.departed_host_keys)
 
 
-def cluster_files(secret: ClusterSecret, owner: str, trust: Trust) -> list[FileItem]:
+def cluster_files(
+    secret: ClusterSecret, owner: str, trust: Trust, accounts: Iterable[AccountView] = ()
+) -> list[FileItem]:
     """The files every node of the cluster gets alike.
 
     Root logs in with a certificate of the cluster's user CA: for the cluster's owner
-    (`corral ssh`), or for a login node's root. A node's view adds its own files
-    (views.node_files).
+    (`corral ssh`), or for a login node's root. Each user account takes the owner's
+    certificate too. A node's view adds its own files (views.node_files).
     """
     authority = authority_of(secret)
     serials = [
@@ -98,6 +100,7 @@ def cluster_files(secret: ClusterSecret, owner: str, trust: Trust) -> list[FileI
         file_item(MUNGE_KEY, "0400", base64.b64decode(secret.munge_key_b64)),
         file_item(USER_CA, "0644", secret.ssh_user_ca_public.strip() + "\n"),
         file_item(f"{PRINCIPALS}/root", "0644", principals),
+        *(file_item(f"{PRINCIPALS}/{a.name}", "0644", f"{owner}\n") for a in accounts),
         file_item(REVOKED_KEYS, "0644", ssh.revoked_keys(trust.departed_root_keys)),
     ]
 

@@ -61,6 +61,7 @@ def build_view(
             HostEntry(name=n, address=a) for n, a in (_with_me(snapshot, me) if with_hosts else ())
         ],
         data=dict(doc.data),
+        users=snapshot.accounts,
         files=node_files(snapshot, node_secret),
         ssh_known_hosts=snapshot.known_hosts,
         lease_end=snapshot.trust.lease_end.isoformat(),

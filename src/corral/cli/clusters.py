@@ -17,7 +17,7 @@ from corral.cli.connection import connect
 from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
 from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
 from corral.document import load_document, parse_document, read_document
-from corral.errors import ConflictError
+from corral.errors import ConflictError, NotFoundError
 from corral.logs import escape_controls
 from corral.service.schemas import ClusterDetail
 from corral.units import format_duration, parse_duration
@@ -317,18 +317,28 @@ def credentials(cluster: str, output: Path, as_json: bool) -> None:
 @click.argument("cluster")
 @click.argument("node", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def ssh(cluster: str, node: str | None, command: tuple[str, ...]) -> None:
-    """Log in to a node (default: the login node) as root: `corral ssh C [NODE] [-- CMD]`.
+@click.option("--root", "as_root", is_flag=True, help="Log in as root instead of your account.")
+def ssh(cluster: str, node: str | None, command: tuple[str, ...], as_root: bool) -> None:
+    """Log in to a node (default: the login node): `corral ssh C [[USER@]NODE] [-- CMD]`.
 
-    Host keys are checked strictly against the cluster's CA, and nothing else is trusted.
+    You log in to your account on the cluster (the one its `users` names first, or your
+    own name); `--root` or `root@NODE` logs in as root. Host keys are checked strictly
+    against the cluster's CA, and nothing else is trusted.
     """
     if node is not None and _follows_double_dash(node):
         node, command = None, (node, *command)  # `corral ssh C -- CMD`: no node given
+    user = "root" if as_root else None
+    if node is not None and "@" in node:
+        user, node = node.split("@", 1)
+        node = node or None
     client = connect()
     view = client.cluster(cluster).model
     if view.state not in ("ready", "failed", "launching"):
         raise ConflictError(f"cluster {view.id} is {view.state}")
-    argv = ssh_command(client, view, node, command)
+    if user is not None and user != "root" and user not in view.users:
+        accounts = ", ".join(["root", *view.users])
+        raise NotFoundError(f"cluster {view.id} has no account {user} (accounts: {accounts})")
+    argv = ssh_command(client, view, node, command, user)
     os.execvp(argv[0], argv)
 
 

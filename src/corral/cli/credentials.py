@@ -14,7 +14,7 @@ from corral.cli.client import Client
 from corral.cli.render import when
 from corral.errors import NotFoundError
 from corral.service.config import default_data_dir
-from corral.service.schemas import ClusterDetail, CredentialsView
+from corral.service.schemas import ClusterDetail, CredentialsView, NodeView
 
 
 def _files(issued: CredentialsView) -> dict[str, tuple[str, int]]:
@@ -66,24 +66,26 @@ def _last_the_lease(valid_until: Path, lease_end: datetime) -> bool:
     return until.replace(microsecond=0) >= lease and until > datetime.now(UTC)
 
 
-def ssh_command(
-    client: Client, cluster: ClusterDetail, node: str | None, command: tuple[str, ...]
-) -> list[str]:
-    """The ssh command line reaching `node` (default: the login node) of `cluster`.
+def node_of(cluster: ClusterDetail, node: str | None) -> NodeView:
+    """Node `node` of `cluster` (default: its login node).
 
     Raises NotFoundError naming the nodes there are when `node` is not one of them.
     """
     nodes = cluster.nodes
     if node is None:
-        target = next((n for n in nodes if n.login), nodes[0])
-    else:
-        target = next((n for n in nodes if n.name == node), None)
-        if target is None:
-            names = ", ".join(n.name for n in nodes)
-            raise NotFoundError(f"cluster {cluster.id} has no node {node} (nodes: {names})")
+        return next((n for n in nodes if n.login), nodes[0])
+    target = next((n for n in nodes if n.name == node), None)
+    if target is None:
+        names = ", ".join(n.name for n in nodes)
+        raise NotFoundError(f"cluster {cluster.id} has no node {node} (nodes: {names})")
+    return target
+
+
+def ssh_options(client: Client, cluster: ClusterDetail) -> list[str]:
+    """ssh's options for any node of `cluster`: the user's certificate and the cluster's
+    known_hosts (host keys checked strictly against the cluster's CA, nothing else)."""
     directory = cached_credentials(client, cluster)
     return [
-        "ssh",
         "-i",
         str(directory / "id_ed25519"),
         "-o",
@@ -98,6 +100,21 @@ def ssh_command(
         "StrictHostKeyChecking=yes",
         "-o",
         "BatchMode=yes",
-        f"root@{target.address}",
-        *command,
     ]
+
+
+def ssh_command(
+    client: Client,
+    cluster: ClusterDetail,
+    node: str | None,
+    command: tuple[str, ...],
+    user: str | None = None,
+) -> list[str]:
+    """The ssh command line reaching `node` (default: the login node) of `cluster` as
+    `user` (default: the cluster's login user, see ClusterDetail.login_user).
+
+    Raises NotFoundError naming the nodes there are when `node` is not one of them.
+    """
+    target = node_of(cluster, node)
+    account = user or cluster.login_user
+    return ["ssh", *ssh_options(client, cluster), f"{account}@{target.address}", *command]

@@ -12,9 +12,12 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -121,6 +124,75 @@ class Requirement(BaseModel):
         return self.role if self.wait == "registered" else {"role": self.role, "wait": self.wait}
 
 
+# accounts of the image and its packages; a user of the same name would take them over
+# fmt: off
+SYSTEM_ACCOUNTS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "_apt", "messagebus",
+    "systemd-network", "systemd-resolve", "systemd-timesync", "sshd", "munge", "slurm",
+})
+# fmt: on
+FIRST_UID = 2000  # users' UIDs (and their groups' GIDs), in document order
+
+
+def _ssh_public_key(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not an SSH public key: {shown(value)}")
+    if len(value) > limits.MAX_SSH_KEY_CHARS:
+        raise ValueError(
+            f"{len(value)} characters, more than the limit of {limits.MAX_SSH_KEY_CHARS}"
+        )
+    line = value.strip()
+    if "\n" in line or "\r" in line:
+        raise ValueError("an SSH public key is one line")
+    try:
+        serialization.load_ssh_public_key(line.encode())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(
+            f"not an SSH public key ({exc}); expected a line like 'ssh-ed25519 AAAA... comment'"
+        ) from None
+    return line
+
+
+def _unprivileged(name: str) -> str:
+    if name in SYSTEM_ACCOUNTS:
+        raise ValueError(f"{name!r} is an account of the image itself; choose another name")
+    return name
+
+
+class User(BaseModel):
+    """An account on every node: the same UID, GID and home on each, and these keys in
+    its authorized_keys (the cluster's owner logs in to it with the cluster's SSH user
+    certificate too)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[names.ACCOUNT.type, AfterValidator(_unprivileged)]
+    ssh_keys: Annotated[
+        list[Annotated[str, BeforeValidator(_ssh_public_key)]],
+        Field(max_length=limits.MAX_USER_KEYS),
+    ] = []
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name}
+        if self.ssh_keys:
+            data["ssh_keys"] = list(self.ssh_keys)
+        return data
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user as the nodes create it."""
+
+    name: str
+    uid: int
+    ssh_keys: tuple[str, ...] = ()
+
+    @property
+    def gid(self) -> int:  # each user has a group of its own, of the same number
+        return self.uid
+
+
 class Policy(BaseModel):
     """When a cluster counts as ready, and how long each phase may take."""
 
@@ -206,6 +278,7 @@ class ClusterDocument(BaseModel):
     pool: names.ACCOUNT.type | None = None
     policy: Policy = Policy()
     data: Data = {}
+    users: Annotated[list[User], Field(max_length=limits.MAX_USERS)] = []
     nodes: list[NodeGroup] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -225,9 +298,16 @@ class ClusterDocument(BaseModel):
     def total_nodes(self) -> int:
         return sum(g.count for g in self.nodes)
 
+    def accounts(self, owner: str) -> list[Account]:
+        """The accounts every node has: the document's `users`, or else the cluster's
+        owner (none when the owner's name is an account of the image, like root)."""
+        users = self.users or ([User(name=owner)] if owner not in SYSTEM_ACCOUNTS else [])
+        return [Account(u.name, FIRST_UID + i, tuple(u.ssh_keys)) for i, u in enumerate(users)]
+
     def cross_check(self) -> Iterator[tuple[Loc, str]]:
         """Yield (location, message) for faults no single field shows on its own."""
         yield from _check_groups(self.nodes)
+        yield from _check_users(self.users)
         yield from _check_roles(self.nodes)
         yield from _check_ready_cycles(self.nodes)
 
@@ -248,6 +328,8 @@ class ClusterDocument(BaseModel):
         data["policy"] = self.policy.to_data()
         if self.data:
             data["data"] = dict(self.data)
+        if self.users:
+            data["users"] = [u.to_data() for u in self.users]
         data["nodes"] = [g.to_data() for g in self.nodes]
         return data
 
@@ -288,6 +370,17 @@ def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
                 ("nodes", i, "image"),
                 f"group {group.group!r} has no image (set `image` on the group or the document)",
             )
+
+
+def _check_users(users: list[User]) -> Iterator[tuple[Loc, str]]:
+    first_index: dict[str, int] = {}
+    for i, user in enumerate(users):
+        if user.name in first_index:
+            yield (
+                ("users", i, "name"),
+                f"user {user.name!r} is listed twice (first at users[{first_index[user.name]}])",
+            )
+        first_index.setdefault(user.name, i)
 
 
 def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:

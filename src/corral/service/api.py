@@ -409,11 +409,16 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     ]
     ready = sum(1 for n in nodes if n.state == NodeState.READY)
     summary = _summary(cluster, len(nodes), ready)
+    accounts = [a.name for a in doc.accounts(cluster.owner.name)]
     return ClusterDetail(
         **summary.model_dump(),
         subnet=cluster.subnet,
         policy=doc.policy.mode,
         keep_on_failure=cluster.keep_on_failure,
+        users=accounts,
+        login_user=cluster.owner.name
+        if cluster.owner.name in accounts
+        else next(iter(accounts), "root"),
         nodes=nodes,
     )
 

@@ -119,6 +119,12 @@ class ClusterDetail(ClusterSummary):
     subnet: str | None
     policy: str
     keep_on_failure: bool
+    users: list[str] = Field([], description="the user accounts on every node")
+    login_user: str = Field(
+        "root",
+        description="the account `corral ssh` logs in to: the owner's, else the first user's, "
+        "else root",
+    )
     nodes: list[NodeView]
 
 
