@@ -87,6 +87,9 @@ STATE_FILE = "/var/lib/corral/state.json"
 HOSTS_FILE = "/etc/hosts"
 KNOWN_HOSTS_FILE = "/etc/ssh/ssh_known_hosts"
 ROLES_DIR = "/etc/corral/roles"
+HOME_DIR = "/home"
+SKELETON_DIR = "/etc/skel"
+ACCOUNT_FILES = (("/etc/passwd", 0o644), ("/etc/group", 0o644), ("/etc/shadow", 0o640))
 # where a node that is not the system's own root (a test machine) shows it powered off
 POWER_OFF_MARK = "/run/corral/powered-off"
 
@@ -668,6 +671,161 @@ def write_managed_block(path: str, body: Sequence[str], owner_root: bool) -> boo
     return write_file(path, wanted, mode, owner_root=owner_root)
 
 
+# --- user accounts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user account as the view gives it: the same on every node of the cluster."""
+
+    name: str
+    uid: int
+    ssh_keys: tuple[str, ...]
+
+    @property
+    def home(self) -> str:
+        return f"{HOME_DIR}/{self.name}"
+
+    def entries(self) -> tuple[str, str, str]:
+        """Its lines for /etc/passwd, /etc/group and /etc/shadow (no password: logins are
+        by key or certificate only; `*` is not a locked account to sshd, `!` would be)."""
+        return (
+            f"{self.name}:x:{self.uid}:{self.uid}::{self.home}:/bin/bash",
+            f"{self.name}:x:{self.uid}:",
+            f"{self.name}:*:0:0:99999:7:::",
+        )
+
+
+ACCOUNT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+def accounts_of(view: dict[str, Any]) -> list[Account]:
+    """The view's `users`, checked: names that are safe in account files and paths, UIDs
+    of ordinary users, key lines without line breaks. Raises ViewError otherwise."""
+    found = []
+    for item in view.get("users") or []:
+        if not isinstance(item, dict):
+            raise ViewError("broker sent a user that is not an object")
+        name, uid, keys = item.get("name"), item.get("uid"), item.get("ssh_keys") or []
+        if not isinstance(name, str) or not ACCOUNT_NAME.match(name):
+            raise ViewError(f"broker sent a bad user name: {name!r}")
+        if type(uid) is not int or not 1000 <= uid < 60000 or item.get("gid") != uid:
+            raise ViewError(f"broker sent user {name} with a bad UID or GID")
+        if not isinstance(keys, list) or not all(
+            isinstance(k, str) and "\n" not in k and "\r" not in k for k in keys
+        ):
+            raise ViewError(f"broker sent user {name} with bad SSH keys")
+        found.append(Account(name, uid, tuple(keys)))
+    return found
+
+
+def add_account_entries(root: str, accounts: Sequence[Account]) -> list[str]:
+    """Add each account to /etc/passwd, /etc/group and /etc/shadow where it is missing;
+    the names added. Lines are appended, so each file keeps its owner and mode.
+
+    Raises ViewError when a name or number is already another account's: the nodes
+    would disagree about who owns the shared files.
+    """
+    added = []
+    for column, (path, mode) in enumerate(ACCOUNT_FILES):
+        target = under_root(root, path)
+        current = _read_text(target)
+        ids = {}
+        for line in current.splitlines():
+            fields = line.split(":")
+            if len(fields) > 2:
+                ids[fields[0]] = fields[2]
+        missing = []
+        for account in accounts:
+            wanted = account.entries()[column]
+            if account.name in ids:
+                if column < 2 and ids[account.name] != str(account.uid):
+                    raise ViewError(
+                        f"account {account.name} exists in {path} with id "
+                        f"{ids[account.name]}, not {account.uid}"
+                    )
+                continue
+            if column < 2 and str(account.uid) in ids.values():
+                other = next(n for n, i in ids.items() if i == str(account.uid))
+                raise ViewError(f"id {account.uid} of {account.name} is {other}'s in {path}")
+            missing.append(wanted)
+            if column == 0:
+                added.append(account.name)
+        if missing:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                separator = "\n" if current and not current.endswith("\n") else ""
+                fh.write(separator + "".join(f"{line}\n" for line in missing))
+    return added
+
+
+def prepare_home(root: str, account: Account, owner_root: bool) -> None:
+    """The account's home (from /etc/skel when new), its SSH key pair for logins inside
+    the cluster, and its authorized_keys: the document's keys and that pair's.
+
+    Every node does this; with a shared /home they race, so each file appears by one
+    atomic link or rename, and the first key pair made is the one kept.
+    """
+    home = under_root(root, account.home)
+    ssh_dir = os.path.join(home, ".ssh")
+
+    def own(path: str) -> None:
+        if owner_root:
+            os.lchown(path, account.uid, account.uid)
+
+    try:
+        os.makedirs(os.path.dirname(home), exist_ok=True)
+        os.mkdir(home, 0o700)
+    except FileExistsError:
+        pass
+    else:
+        own(home)
+        skeleton = under_root(root, SKELETON_DIR)
+        for name in sorted(os.listdir(skeleton)) if os.path.isdir(skeleton) else []:
+            source = os.path.join(skeleton, name)
+            if os.path.isfile(source) and not os.path.islink(source):
+                with open(source, "rb") as fh:
+                    write_file(os.path.join(home, name), fh.read(), 0o644)
+                own(os.path.join(home, name))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(ssh_dir, 0o700)
+        own(ssh_dir)
+    key = os.path.join(ssh_dir, "id_ed25519")
+    if not os.path.exists(key + ".pub"):
+        _make_key_pair(key, account, own)
+    own_key = _read_text(key + ".pub").strip()
+    authorized = os.path.join(ssh_dir, "authorized_keys")
+    write_managed_block(authorized, [*account.ssh_keys, own_key], owner_root=False)
+    own(authorized)
+
+
+def _make_key_pair(key: str, account: Account, own: Callable[[str], None]) -> None:
+    """Make `key` and `key.pub` unless another node got there first (the public key's
+    link decides who does, and only the winner links the private key)."""
+    fresh = f"{key}.{os.getpid()}.{time.monotonic_ns()}.corral-tmp"
+    comment = f"{account.name}@corral"
+    made = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", fresh],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise ViewError(f"ssh-keygen for {account.name}: {made.stderr.strip()}")
+    try:
+        for path in (fresh, fresh + ".pub"):
+            own(path)
+        try:
+            os.link(fresh + ".pub", key + ".pub")
+        except FileExistsError:
+            return
+        os.replace(fresh, key)
+    finally:
+        for path in (fresh, fresh + ".pub"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
 # --- role scripts -------------------------------------------------------------------------
 
 
@@ -1091,7 +1249,14 @@ class Agent:
             since = max(since, view["version"])
 
     def _apply(self, view: dict[str, Any]) -> list[str]:
-        """Install the view's files, hosts and known hosts; the files that changed."""
+        """Install the view's accounts, files, hosts and known hosts; the files that
+        changed. Accounts come first: the files may include their login principals."""
+        accounts = accounts_of(view)
+        added = add_account_entries(self.root, accounts)
+        if added:
+            log.info("accounts added: %s", ", ".join(added))
+        for account in accounts:
+            prepare_home(self.root, account, self.owner_root)
         written = []
         for item in view.get("files") or []:
             path, mode, content = self._file_of(item)
