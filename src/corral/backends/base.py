@@ -36,6 +36,9 @@ class Capability(StrEnum):
     GATEWAY_SERVICES = "gateway-services"  # nodes reach the service at their subnet's gateway
     RUNS_AGENT = "runs-agent"  # machines run the context agent, which registers with the broker
     PLACES_ITSELF = "places-itself"  # gives its machines their addresses and reports them
+    # every node of a cluster mounts one /home, which goes with the cluster's last node
+    SHARED_HOME = "shared-home"
+    LIMITS_RESOURCES = "limits-resources"  # a node cannot use more cores or memory than its own
 
 
 @dataclass(frozen=True)

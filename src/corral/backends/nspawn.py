@@ -1,8 +1,11 @@
 """Real system containers: systemd-nspawn booting systemd from an appliance image.
 
 Each node gets a copy-on-write root (overlayfs over the image's read-only rootfs),
-its hostname, its bootstrap document written root-only into that root, and a network
-namespace on its cluster's bridge (backends/network.py). `systemd-nspawn --boot` runs as
+its hostname, its bootstrap document written root-only into that root, a network
+namespace on its cluster's bridge (backends/network.py), control groups that hold it to
+its cores and memory (backends/cgroups.py), and its cluster's /home: one directory on
+this machine, `homes/<cluster id>` under the backend's root, bind-mounted into every node
+of the cluster and removed with the cluster's last node. `systemd-nspawn --boot` runs as
 a process of its own session, so containers outlive the service; the machine records
 are kept in a state file to find them again after a restart.
 """
@@ -57,6 +60,8 @@ class NspawnBackend(Backend):
         {
             Capability.RUNS_AGENT,
             Capability.GATEWAY_SERVICES,
+            Capability.SHARED_HOME,
+            Capability.LIMITS_RESOURCES,
         }
     )
 
@@ -64,6 +69,7 @@ class NspawnBackend(Backend):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file = root / "machines.json"
+        self.homes = root / "homes"
         self._lock = threading.Lock()
         self._machines = self._load()
 
@@ -204,6 +210,7 @@ class NspawnBackend(Backend):
             f"--machine={machine}",
             f"--hostname={spec.name}",
             f"--network-namespace-path={network.NETNS_DIR / namespace}",
+            f"--bind={self._home(spec.cluster_id)}:/home",
             "--link-journal=no",
             "--resolv-conf=off",
             "--timezone=off",
@@ -211,7 +218,7 @@ class NspawnBackend(Backend):
         ]
         with open(directory / "console.log", "ab") as console:
             process = subprocess.Popen(
-                cgroups.entering(machine, command),
+                cgroups.entering(machine, command, cgroups.Limits(spec.cores, spec.memory_mib)),
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -238,6 +245,15 @@ class NspawnBackend(Backend):
                 ]
             if not others and not network.bridge_ports(cluster_id):
                 network.remove_bridge(cluster_id)
+            if not others:
+                shutil.rmtree(self.homes / cluster_id, ignore_errors=True)
+
+    def _home(self, cluster_id: str) -> Path:
+        """The cluster's /home, made on its first node's boot (0755 root, as /home is)."""
+        home = self.homes / cluster_id
+        self.homes.mkdir(mode=0o700, exist_ok=True)  # no other user walks into any cluster's
+        home.mkdir(mode=0o755, exist_ok=True)
+        return home
 
     def _view(self, container: _Machine) -> Machine:
         if _alive(container.pid, container.directory):

@@ -115,8 +115,69 @@ def prepare_node() -> None:
     wait_until(lambda: succeeds("munge", "-n"), "munge to answer", 30)
 
 
-def slurm_conf(view: dict) -> str:
-    """slurm.conf for a cluster whose controller is this node; workers from the view."""
+# Slurm's cgroup controllers; nspawn mounts the v1 ones read-only in a container
+V1_CONTROLLERS = ("memory", "cpuset", "freezer")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_version() -> int | None:
+    """The cgroup version Slurm can confine jobs with on this node: 2 when the unified
+    hierarchy is the only one and has the memory controller, 1 when the v1 controllers
+    are mounted, None when neither (jobs then run unconfined, within the node's limits)."""
+    unified = root_path(f"{CGROUP_ROOT}/cgroup.controllers")
+    if os.path.exists(unified):
+        with open(unified) as controllers:
+            return 2 if "memory" in controllers.read().split() else None
+    if all(os.path.isdir(root_path(f"{CGROUP_ROOT}/{c}")) for c in V1_CONTROLLERS):
+        return 1
+    return None
+
+
+def make_cgroups_writable() -> None:
+    """Mount Slurm's v1 controllers writable over nspawn's read-only ones.
+
+    In the container's cgroup namespace they show its own group, which the host holds to
+    the node's cores and memory: the jobs' groups Slurm makes go inside it.
+    """
+    with open("/proc/self/mountinfo") as mountinfo:
+        mounts = mountinfo.read().splitlines()
+    for controller in V1_CONTROLLERS:
+        target = f"{CGROUP_ROOT}/{controller}"
+        options = [line.split()[5] for line in mounts if line.split()[4] == target]
+        if options and options[-1].split(",")[0] == "rw":
+            continue
+        run("mount", "-t", "cgroup", "-o", f"rw,nosuid,nodev,noexec,{controller}", "cgroup", target)
+
+
+# the node's own processes (systemd, sshd, munge, slurmd) stay out of what jobs may take
+SYSTEM_MEMORY_MIB = 128
+
+
+def job_memory_mib(memory_mib: int) -> int:
+    """What Slurm may give jobs of a node with `memory_mib`: all but SYSTEM_MEMORY_MIB,
+    or all but a quarter of a node smaller than four times that."""
+    return memory_mib - min(SYSTEM_MEMORY_MIB, memory_mib // 4)
+
+
+def cgroup_conf() -> str:
+    return (
+        "\n".join(
+            [
+                "# written by corral; jobs are confined to the cores and memory they ask for",
+                "CgroupPlugin=autodetect",
+                "ConstrainCores=yes",
+                "ConstrainRAMSpace=yes",
+                "ConstrainSwapSpace=no",
+                "ConstrainDevices=no",
+            ]
+        )
+        + "\n"
+    )
+
+
+def slurm_conf(view: dict, confined: bool) -> str:
+    """slurm.conf for a cluster whose controller is this node; workers from the view,
+    each with the cores and memory it was placed with (less SYSTEM_MEMORY_MIB)."""
     workers = sorted(view["roles"].get("slurm-worker", []), key=lambda m: m["name"])
     me = next(m for m in view["members"] if m["name"] == view["node"])
     lines = [
@@ -128,18 +189,31 @@ def slurm_conf(view: dict) -> str:
         "SlurmUser=slurm",
         "StateSaveLocation=/var/lib/slurm/slurmctld",
         "SlurmdSpoolDir=/var/lib/slurm/slurmd",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
+        "ProctrackType=proctrack/cgroup" if confined else "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/cgroup" if confined else "TaskPlugin=task/none",
+        # slurmd in a container sees the machine's CPUs and memory, not the node's
+        "SlurmdParameters=config_overrides",
         "JobAcctGatherType=jobacct_gather/none",
         "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
+        "SelectTypeParameters=CR_Core_Memory",
         "ReturnToService=2",
         "MpiDefault=none",
         "SlurmctldLogFile=/var/log/slurm/slurmctld.log",
         "SlurmdLogFile=/var/log/slurm/slurmd.log",
     ]
-    lines += [f"NodeName={w['name']} NodeAddr={w['address']} State=UNKNOWN" for w in workers]
+    lines += [
+        f"NodeName={w['name']} NodeAddr={w['address']} CPUs={w.get('cores', 1)} "
+        f"RealMemory={job_memory_mib(w.get('memory_mib', 1024))} State=UNKNOWN"
+        for w in workers
+    ]
     if workers:
         names = ",".join(w["name"] for w in workers)
-        lines.append(f"PartitionName=main Nodes={names} Default=YES MaxTime=INFINITE State=UP")
+        # a job that does not say how much memory it wants gets its cores' share
+        per_cpu = min(
+            job_memory_mib(w.get("memory_mib", 1024)) // w.get("cores", 1) for w in workers
+        )
+        lines.append(
+            f"PartitionName=main Nodes={names} Default=YES MaxTime=INFINITE State=UP "
+            f"DefMemPerCPU={per_cpu}"
+        )
     return "\n".join(lines) + "\n"
