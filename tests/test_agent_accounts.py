@@ -50,8 +50,8 @@ def test_accounts_are_added_once_with_the_same_ids_and_files_keep_their_mode(nod
     assert before["group"].decode().splitlines()[-2:] == ["alice:x:2000:", "bob:x:2001:"]
     assert before["shadow"].decode().splitlines() == [
         "root:*:19000:0:99999:7:::",
-        "alice:*:0:0:99999:7:::",
-        "bob:*:0:0:99999:7:::",
+        "alice:*:::::::",
+        "bob:*:::::::",
     ]
     assert (node / "etc" / "shadow").stat().st_mode & 0o777 == 0o640
 

@@ -60,10 +60,13 @@ def launch_ready(service, text: str) -> dict:
     return view
 
 
-def on_node(service, cluster: dict, node: str, *command: str) -> subprocess.CompletedProcess:
+def on_node(
+    service, cluster: dict, node: str, *command: str, user: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `command` on `node` over ssh as `user` (default: the cluster's login user)."""
     client = Client(f"http://{service.config.listen}", admin_token(service))
     try:
-        argv = ssh_command(client, ClusterDetail.model_validate(cluster), node, command)
+        argv = ssh_command(client, ClusterDetail.model_validate(cluster), node, command, user)
     finally:
         client.close()
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -191,7 +194,8 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
             interval=1,
         )
     assert leftovers(service, [first, second]) == []
-    assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json"}
+    assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json", "homes"}
+    assert os.listdir(service.config.data_dir / "nspawn" / "homes") == []
 
 
 def nspawn_pid(service, node_id: str) -> int:

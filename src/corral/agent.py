@@ -687,12 +687,13 @@ class Account:
         return f"{HOME_DIR}/{self.name}"
 
     def entries(self) -> tuple[str, str, str]:
-        """Its lines for /etc/passwd, /etc/group and /etc/shadow (no password: logins are
-        by key or certificate only; `*` is not a locked account to sshd, `!` would be)."""
+        """Its lines for /etc/passwd, /etc/group and /etc/shadow: no password (logins are
+        by key or certificate only; `*` is not a locked account to sshd, `!` would be)
+        and no password ageing (a last change of 0 would force a change at login)."""
         return (
             f"{self.name}:x:{self.uid}:{self.uid}::{self.home}:/bin/bash",
             f"{self.name}:x:{self.uid}:",
-            f"{self.name}:*:0:0:99999:7:::",
+            f"{self.name}:*:::::::",
         )
 
 

@@ -137,7 +137,9 @@ def make_cgroups_writable() -> None:
     """Mount Slurm's v1 controllers writable over nspawn's read-only ones.
 
     In the container's cgroup namespace they show its own group, which the host holds to
-    the node's cores and memory: the jobs' groups Slurm makes go inside it.
+    the node's cores and memory: the jobs' groups Slurm makes go inside it. (A controller
+    cannot be mounted straight over its own read-only mount: it is mounted aside, in
+    /run, and bound over.)
     """
     with open("/proc/self/mountinfo") as mountinfo:
         mounts = mountinfo.read().splitlines()
@@ -146,7 +148,12 @@ def make_cgroups_writable() -> None:
         options = [line.split()[5] for line in mounts if line.split()[4] == target]
         if options and options[-1].split(",")[0] == "rw":
             continue
-        run("mount", "-t", "cgroup", "-o", f"rw,nosuid,nodev,noexec,{controller}", "cgroup", target)
+        aside = f"/run/corral/cgroup/{controller}"
+        os.makedirs(aside, exist_ok=True)
+        if not os.path.ismount(aside):
+            options = f"rw,nosuid,nodev,noexec,{controller}"
+            run("mount", "-t", "cgroup", "-o", options, "cgroup", aside)
+        run("mount", "--bind", aside, target)
 
 
 # the node's own processes (systemd, sshd, munge, slurmd) stay out of what jobs may take
