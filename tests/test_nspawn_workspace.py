@@ -8,6 +8,7 @@ Slow: boots real clusters from the baked appliance (conftest.py's `baked`); need
 from __future__ import annotations
 
 import shlex
+import subprocess
 import time
 
 import pytest
@@ -133,3 +134,43 @@ def test_slurm_knows_each_nodes_size_and_the_host_holds_nodes_to_it(nspawn_servi
     assert stopped.stdout.split() == ["exit=137"], stopped.stdout + stopped.stderr  # SIGKILL
     after = on_node(service, cluster, "worker-0", "hostname")  # the node itself lives on
     assert after.stdout.strip() == "worker-0"
+
+
+def test_a_documents_users_log_in_with_their_own_keys(nspawn_service, tmp_path):
+    """`users:` replaces the owner's account: each user logs in with the keys the document
+    lists, and `corral ssh` takes the first of them, root on request."""
+    service = nspawn_service
+    key = tmp_path / "alice_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    public = (tmp_path / "alice_key.pub").read_text().strip()
+    text = document().replace(
+        "nodes:", f"users:\n  - name: alice\n    ssh_keys: [{public!r}]\n  - name: bob\nnodes:", 1
+    )
+    cluster = launch_ready(service, text)
+    assert cluster["users"] == ["alice", "bob"] and cluster["login_user"] == "alice"
+    ids = on_node(service, cluster, "worker-0", "id -u alice; id -u bob; id -u admin")
+    assert ids.stdout.split() == ["2000", "2001"]  # the owner has no account of its own
+    assert on_node(service, cluster, "head-0", "whoami", user="root").stdout.strip() == "root"
+
+    # alice's own key, without corral's certificate; host keys checked against the CA
+    known_hosts = next((service.config.data_dir.parent / "user").rglob("known_hosts"))
+    head = next(n for n in cluster["nodes"] if n["name"] == "head-0")
+    direct = subprocess.run(
+        [
+            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", f"alice@{head['address']}", "whoami",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.strip() == "alice"
+    refused = subprocess.run(
+        [
+            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", f"bob@{head['address']}", "whoami",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
