@@ -250,6 +250,18 @@ def test_a_failed_unpacking_leaves_nothing_behind(workdir):
     assert sorted(os.listdir(workdir)) == ["afile", "dir"]
 
 
+def test_a_copy_cut_short_here_leaves_nothing_on_the_receiving_side(workdir):
+    (workdir / "big").write_bytes(os.urandom(8 * 1024 * 1024))
+
+    def interrupted(moved: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C with the stream half sent
+
+    receiver = ["sh", "-c", receive_script("copy", ["big"])]
+    with pytest.raises(KeyboardInterrupt):
+        relay(["sh", "-c", send_script(["big"])], receiver, interrupted)
+    assert sorted(os.listdir(workdir)) == ["big"]
+
+
 # -- the progress line --------------------------------------------------------------------
 
 
@@ -263,15 +275,15 @@ class Clock:
 
 def test_the_progress_line_waits_a_moment_then_shows_bytes_rate_and_share():
     stream, clock = io.StringIO(), Clock()
-    meter = Meter(stream, total=8 * 1024 * 1024, clock=clock)
+    meter = Meter(stream, total=8 * 1024 * 1024, label="to head-0: ", clock=clock)
     meter.update(1024 * 1024)
     assert stream.getvalue() == ""  # a copy that ends this soon shows nothing
     clock.now += 2
     meter.update(4 * 1024 * 1024)
-    assert stream.getvalue().endswith("4.0 MiB  2.0 MiB/s  50%")
+    assert stream.getvalue().endswith("\r\033[Kto head-0: 4.0 MiB  2.0 MiB/s  50%")
     clock.now += 2
     meter.done(8 * 1024 * 1024)
-    assert stream.getvalue().endswith("8.0 MiB  2.0 MiB/s  in 4.0s\n")
+    assert stream.getvalue().endswith("\r\033[Kto head-0: 8.0 MiB  2.0 MiB/s  in 4.0s\n")
 
 
 def test_a_quick_copy_draws_no_line_at_all():

@@ -15,6 +15,7 @@ Paths are parsed like scp's: `CLUSTER:PATH` is on the cluster's login node,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shlex
@@ -41,6 +42,7 @@ CHUNK = 1024 * 1024
 PROGRESS_FROM_BYTES = 4 * 1024 * 1024  # smaller copies end before a progress line helps
 PROGRESS_DELAY_SECONDS = 0.5  # nor is one drawn for a copy that ends this soon
 PROGRESS_EVERY_SECONDS = 0.2
+CUT_SHORT_SECONDS = 10  # for a receiver to clean up after a stream cut short
 
 # what the scripts exit with when they refuse, out of the way of tar's 1 and 2, the
 # shell's 126 and up, and ssh's 255
@@ -202,6 +204,7 @@ def receive_script(destination: str, sources: Sequence[str]) -> str:
     return into + (
         f"[ -d {parent} ] || exit {NO_PARENT}; "
         f"t=$(mktemp -d {parent}/.corral-cp.XXXXXX) || exit 1; "
+        "trap 'rm -rf \"$t\"; exit 130' HUP INT TERM; "
         f'if {extract} -C "$t" && mv -f -T -- {moved} {target}; then '
         'rmdir "$t" 2>/dev/null; exit 0; fi; rm -rf "$t"; exit 1'
     )
@@ -272,10 +275,7 @@ def relay(
             receiver_code = receiving.wait() if receiving else None
             sender_code = sending.wait()
         except BaseException:
-            for process in (sending, receiving):
-                if process is not None and process.poll() is None:
-                    process.kill()
-                    process.wait()
+            _cut_short(sending, receiving)
             raise
         return Moved(
             Ended(sender_code, _read(send_err)),
@@ -283,6 +283,22 @@ def relay(
             moved,
             cut_short,
         )
+
+
+def _cut_short(sending: subprocess.Popen, receiving: subprocess.Popen | None) -> None:
+    """End a copy stopped here (Ctrl-C): the sender at once, the receiver by the end of
+    its input, so that it removes what it had unpacked (killed if it takes too long)."""
+    if sending.poll() is None:
+        sending.kill()
+    sending.wait()
+    if receiving is not None:
+        with contextlib.suppress(OSError):
+            receiving.stdin.close()  # type: ignore[union-attr]
+        try:
+            receiving.wait(timeout=CUT_SHORT_SECONDS)
+        except subprocess.TimeoutExpired:
+            receiving.kill()
+            receiving.wait()
 
 
 def _write_all(fd: int, data: bytes) -> bool:
@@ -338,10 +354,12 @@ class Meter:
         self,
         stream: IO[str],
         total: int | None,
+        label: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
         self.total = total
+        self.label = label
         self.clock = clock
         self.start = clock()
         self.drawn_at: float | None = None
@@ -362,7 +380,7 @@ class Meter:
 
     def _draw(self, moved: int, now: float, final: bool = False) -> None:
         elapsed = max(now - self.start, 1e-6)
-        line = f"{size(moved)}  {size(moved / elapsed)}/s"
+        line = f"{self.label}{size(moved)}  {size(moved / elapsed)}/s"
         if self.total and not final:
             line += f"  {min(100, moved * 100 // self.total)}%"
         if final:
@@ -435,7 +453,7 @@ def cp(paths: tuple[str, ...], recursive: bool, as_root: bool, quiet: bool, as_j
     if not (quiet or as_json) and sys.stderr.isatty():
         total = tar_size(sources) if outward else None  # unknown until it is here
         if total is None or total >= PROGRESS_FROM_BYTES:
-            meter = Meter(sys.stderr, total)
+            meter = Meter(sys.stderr, total, f"{plan.direction} {node}: ")
     try:
         moved = relay(sender, receiver, meter.update if meter else _ignore)
     except KeyboardInterrupt:
