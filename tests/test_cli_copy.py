@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 from pathlib import Path
 
 import click
 import pytest
-from served import client_env, corral
+from served import ServedCorral, client_env, corral
 
 from corral.cli.copy import (
     MISSING_SOURCE,
@@ -142,6 +143,16 @@ def test_the_cli_refuses_before_it_connects(tmp_path):
     assert no_parent.returncode == 4
     assert f"no such directory: {tmp_path / 'gone'}" in no_parent.stderr
     assert not (tmp_path / "home").exists()  # no service was started or asked
+
+
+def test_a_cluster_that_is_not_there_is_named_with_how_to_write_a_local_path(tmp_path):
+    (tmp_path / "a").write_text("")
+    with ServedCorral(tmp_path / "svc") as served:
+        result = corral("cp", str(tmp_path / "a"), "notes:2024", "--json", env=served.env())
+    assert result.returncode == 4, result.stderr
+    assert "notes" in result.stderr
+    assert "a local path with ':' in it is written with a '/', like ./notes:" in result.stderr
+    assert json.loads(result.stdout)["error"] == "not-found"
 
 
 # -- the scripts, both sides on this machine ----------------------------------------------

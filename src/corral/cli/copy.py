@@ -513,8 +513,9 @@ def _raise_for(moved: Moved, node: str, outward: bool, destination: str) -> None
     sender, receiver = moved.sender, moved.receiver
     sender_at, receiver_at = ("", f"{node}: ") if outward else (f"{node}: ", "")
     if sender.code == MISSING_SOURCE:
-        missing = [line[len("missing ") :] for line in sender.stderr.splitlines()]
-        shown = ", ".join(escape_controls(path) for path in missing if path)
+        said = sender.stderr.splitlines()
+        missing = [line.removeprefix("missing ") for line in said if line.startswith("missing ")]
+        shown = ", ".join(escape_controls(path) for path in missing)
         raise NotFoundError(f"{sender_at}no such file or directory: {shown}", node=node)
     if receiver is not None and receiver.code == NOT_A_DIRECTORY:
         _refuse_destination(destination, receiver_at, exists=True)
