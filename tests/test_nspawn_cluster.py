@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from inprocess import admin_token, api, document, wait_for
-from served import process_alive
+from served import corral, process_alive
+from test_cli_copy import tree
 
 from corral.backends import cgroups, network
 from corral.backends.base import ImageRef, NodeSpec, Placement
@@ -196,6 +197,70 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
     assert leftovers(service, [first, second]) == []
     assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json", "homes"}
     assert os.listdir(service.config.data_dir / "nspawn" / "homes") == []
+
+
+HEAD_ALONE = """\
+name: head-alone
+image: debian-12-slurm
+nodes:
+  - {group: head, count: 1, cores: 1, memory: 1GiB, login: true}
+"""
+
+
+def cli_env(service) -> dict[str, str]:
+    """The environment of a `corral` command that talks to `service` as its admin."""
+    url = f"http://{service.config.listen}"
+    return {**os.environ, "CORRAL_URL": url, "CORRAL_TOKEN": admin_token(service)}
+
+
+def test_corral_cp_takes_a_directory_to_the_head_and_back_byte_identical(nspawn_service, tmp_path):
+    service = nspawn_service
+    cluster = launch_ready(service, HEAD_ALONE)
+    source = tmp_path / "results"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    (source / "nested" / "deeper" / "with space.txt").write_text("spaced out\n")
+    (source / "-starts with a dash").write_text("dash\n")
+    (source / "random.bin").write_bytes(os.urandom(5 * 1024 * 1024 + 7))
+    (source / "empty").write_bytes(b"")
+    (source / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (source / "run.sh").chmod(0o750)
+    (source / "link").symlink_to("nested/deeper/with space.txt")
+    (source / "nested").chmod(0o705)
+    env = cli_env(service)
+
+    sent = corral("cp", "--json", str(source), f"{cluster['name']}:", env=env, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    summary = json.loads(sent.stdout)
+    assert summary["cluster"] == cluster["id"]
+    assert summary["node"] == "head-0"
+    assert summary["user"] == cluster["login_user"]
+    assert (summary["direction"], summary["sources"]) == ("to", [str(source)])
+    assert summary["bytes"] > 5 * 1024 * 1024
+    # the files landed in the home of the account that copied, owned by it
+    owner = on_node(
+        service,
+        cluster,
+        "head-0",
+        "stat",
+        "-c",
+        "%U",
+        "results/run.sh",
+    )
+    assert owner.stdout.strip() == cluster["login_user"], owner.stderr
+
+    back = tmp_path / "back"
+    back.mkdir()
+    fetched = corral(
+        "cp", "--json", f"{cluster['id']}:head-0:results", str(back), env=env, timeout=120
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["direction"] == "from"
+    assert tree(back / "results") == tree(source)  # every entry's mode and bytes or target
+    assert (back / "results").stat().st_mode == source.stat().st_mode
+
+    missing = corral("cp", f"{cluster['id']}:nowhere", str(back), env=env, timeout=120)
+    assert missing.returncode == 4, missing.stderr
+    assert "head-0: no such file or directory: nowhere" in missing.stderr
 
 
 def nspawn_pid(service, node_id: str) -> int:

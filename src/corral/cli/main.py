@@ -10,7 +10,7 @@ import sys
 import click
 
 from corral import __version__
-from corral.cli import admin, clusters, exit_codes, images, render
+from corral.cli import admin, clusters, copy, exit_codes, images, render
 from corral.cli.params import JSON_REQUESTED
 from corral.cli.serve import serve
 from corral.errors import CorralError
@@ -51,6 +51,7 @@ for command in (
     clusters.logs,
     clusters.credentials,
     clusters.ssh,
+    copy.cp,
     admin.user,
     admin.host,
     images.image,
