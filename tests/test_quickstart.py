@@ -56,7 +56,9 @@ def test_quickstart_ends_with_a_slurm_job_on_two_workers(fresh_home):
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    job = run.stdout.split("== running a Slurm job on two workers")[1]
+    accounts = run.stdout.split("== your account on every node: whoami")[1].split("==")[0]
+    assert accounts.split() == ["head-0:", "admin", "worker-0:", "admin", "worker-1:", "admin"]
+    job = run.stdout.split("== running a Slurm job on two workers, as you")[1]
     lines = job.strip().splitlines()
     assert sorted(lines[1:3]) == ["worker-0", "worker-1"], job
     assert "not permitted to log in" not in run.stderr
