@@ -3,24 +3,189 @@ corral drops or ignores what a document says; YAML documents stay as strict as b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from inprocess import admin_token, api
 
 from corral.broker.peers import peer_of
+from corral.broker.requirements import blocked_by_group, live_providers
 from corral.broker.views import build_view
 from corral.document import (
     ClusterDocument,
+    convert_cluster_xml,
+    load_with_warnings,
     parse_document,
+    parse_with_warnings,
     parse_yaml,
 )
 from corral.errors import DocumentError, Problem
 from corral.store.models import Node
 
 
+def converted(text: str) -> tuple[ClusterDocument, list[Problem]]:
+    return convert_cluster_xml(text, "test.xml")
+
+
 def refused(text: str) -> list[Problem]:
     with pytest.raises(DocumentError) as caught:
         parse_document(text, "test")
     return caught.value.problems
+
+
+def line_of(text: str, fragment: str) -> int:
+    (line,) = [n for n, content in enumerate(text.splitlines(), 1) if fragment in content]
+    return line
+
+
+# Nimbus's base-cluster.xml: both workspaces want a login, the head first; the head also
+# requires a role nothing provides, as in the zero-to-cloud sample.
+BASE_CLUSTER = """\
+<cluster xmlns="http://www.globus.org/2008/06/workspace/metadata/logistics">
+  <workspace>
+    <name>head-node</name>
+    <image>base-cluster-01.gz</image>
+    <quantity>1</quantity>
+    <nic wantlogin="true">public</nic>
+    <ctx>
+      <provides><identity/><role>torqueserver</role></provides>
+      <requires><identity/>
+        <role name="storage" hostname="true"/>
+        <role name="torqueclient" hostname="true" pubkey="true"/>
+      </requires>
+    </ctx>
+  </workspace>
+  <workspace>
+    <name>compute-nodes</name>
+    <image>base-cluster-01.gz</image>
+    <quantity>2</quantity>
+    <nic wantlogin="true">public</nic>
+    <ctx>
+      <provides><identity/><role>torqueclient</role></provides>
+      <requires><identity/><role name="torqueserver"/></requires>
+    </ctx>
+  </workspace>
+</cluster>
+"""
+
+
+# -- 1. roles that nothing provides -------------------------------------------------------
+
+
+def test_a_role_nothing_provides_is_dropped_from_its_workspace_with_a_warning():
+    doc, warnings = converted(BASE_CLUSTER)
+
+    head, compute = doc.nodes
+    assert [r.role for r in head.requires] == ["torqueclient"]
+    assert [r.role for r in compute.requires] == ["torqueserver"]
+    (dropped,) = [w for w in warnings if "storage" in w.message]
+    assert dropped.line == line_of(BASE_CLUSTER, 'name="storage"')
+    assert dropped.field == "workspace[0].ctx.requires.role[0]"
+    assert "'head-node'" in dropped.message and "provided by no workspace" in dropped.message
+
+
+def test_a_workspace_whose_only_requirement_nobody_provides_is_not_blocked():
+    text = BASE_CLUSTER.replace('<role name="torqueclient" hostname="true" pubkey="true"/>', "")
+    doc, _ = converted(text)
+
+    # the broker's rule: with no node registered yet, the head waits for nothing
+    blocked = blocked_by_group(doc, live_providers([], doc))
+    assert blocked == {"head-node": [], "compute-nodes": ["torqueserver"]}
+
+
+def test_a_requirement_kept_after_a_dropped_one_is_named_by_its_own_element():
+    text = BASE_CLUSTER.replace('name="torqueclient"', 'name="not a role"')
+    (problem,) = refused(text)
+    assert problem.field == "workspace[0].ctx.requires.role[1]"
+    assert problem.line == line_of(text, "not a role")
+
+
+def test_yaml_still_refuses_a_role_nothing_provides():
+    text = "image: i\nnodes:\n  - group: head\n    requires: [storage]\n"
+    (problem,) = refused(text)
+    assert (problem.field, problem.line) == ("nodes[0].requires[0]", 4)
+    assert "no group provides it" in problem.message
+    assert parse_with_warnings(text.replace("[storage]", "[]")).warnings == ()
+
+
+# -- 2. <active> and <deploy> -------------------------------------------------------------
+
+
+def test_active_and_deploy_are_ignored_with_a_warning_each():
+    text = BASE_CLUSTER.replace(
+        "    <quantity>2</quantity>\n",
+        "    <quantity>2</quantity>\n    <active>true</active>\n"
+        "    <deploy><duration>60</duration></deploy>\n",
+    )
+    doc, warnings = converted(text)
+
+    assert doc.nodes[1].count == 2
+    ignored = {w.field: w for w in warnings if "is ignored:" in w.message and "<" in w.message}
+    assert set(ignored) == {"workspace[1].active", "workspace[1].deploy"}
+    assert ignored["workspace[1].active"].line == line_of(text, "<active>")
+    assert ignored["workspace[1].deploy"].line == line_of(text, "<deploy>")
+
+
+def test_other_unknown_workspace_elements_are_still_refused():
+    text = BASE_CLUSTER.replace("<quantity>2</quantity>", "<quantity>2</quantity><color/>")
+    (problem,) = refused(text)
+    assert problem.field == "workspace[1].color" and "unknown element" in problem.message
+
+
+# -- 3. repeated data names -----------------------------------------------------------------
+
+REPEATED = """\
+<cluster>
+  <workspace>
+    <name>solo</name>
+    <image>img</image>
+    <ctx><requires>
+      <data name="users">alice</data>
+      <data name="users.2">explicit</data>
+      <data name="users">bob</data>
+      <data name="users">alice</data>
+    </requires></ctx>
+  </workspace>
+</cluster>
+"""
+
+
+def test_repeated_data_names_keep_every_value_under_a_derived_name():
+    doc, warnings = converted(REPEATED)
+
+    assert doc.nodes[0].data == {
+        "users": "alice",
+        "users.2": "explicit",
+        "users.3": "bob",
+        "users.4": "alice",
+    }
+    again = [w for w in warnings if "given again" in w.message]
+    assert [w.line for w in again] == [8, 9]
+    assert "first on line 6" in again[0].message and "'users.3'" in again[0].message
+
+
+def test_the_same_data_name_in_two_workspaces_is_no_repeat():
+    text = BASE_CLUSTER.replace(
+        '<requires><identity/><role name="torqueserver"/>',
+        '<requires><identity/><role name="torqueserver"/><data name="site">compute</data>',
+    ).replace("<requires><identity/>\n", '<requires><identity/><data name="site">head</data>\n')
+    doc, warnings = converted(text)
+
+    assert [g.data for g in doc.nodes] == [{"site": "head"}, {"site": "compute"}]
+    assert not [w for w in warnings if "data" in w.field]
+
+
+# -- 4. data per group ----------------------------------------------------------------------
+
+
+def test_workspace_data_reach_only_that_group():
+    text = BASE_CLUSTER.replace(
+        "<requires><identity/>\n", '<requires><identity/><data name="users">alice</data>\n'
+    )
+    doc, _ = converted(text)
+
+    head, compute = doc.nodes
+    assert (head.data, compute.data, doc.data) == ({"users": "alice"}, {}, {})
 
 
 GROUP_DATA = """\
@@ -77,3 +242,66 @@ def test_a_node_view_gives_the_documents_data_and_its_own_groups(make_service):
     views = {p.name: build_view(snapshot, p, None) for p in nodes}
     assert views["head-0"].data == {"site": "head-room", "dataset": "s3://run-42"}
     assert views["worker-1"].data == {"site": "lab", "dataset": "s3://run-42"}
+
+
+# -- 5. data byte-exact ---------------------------------------------------------------------
+
+
+def test_data_values_keep_their_whitespace_and_newlines():
+    value = "\n  first line  \n\tsecond line\n\n"
+    text = REPEATED.replace('<data name="users">alice</data>\n', "", 1).replace(
+        '<data name="users.2">explicit</data>',
+        f'<data name="script">{value}</data><data name="raw"><![CDATA[  <b> & \n]]></data>',
+    )
+    doc, _ = converted(text)
+
+    assert doc.nodes[0].data["script"] == value
+    assert doc.nodes[0].data["raw"] == "  <b> & \n"
+    assert ClusterDocument.from_json(doc.to_json()).nodes[0].data["script"] == value
+
+
+def test_data_holding_elements_is_refused_not_cut():
+    text = REPEATED.replace(">bob<", "><b>bob</b><")
+    (problem,) = refused(text)
+    assert problem.line == 8 and "holds elements" in problem.message
+
+
+# -- 6. the login node ----------------------------------------------------------------------
+
+
+def test_the_first_workspace_that_wants_a_login_is_the_login_node():
+    doc, warnings = converted(BASE_CLUSTER)
+
+    assert [(g.group, g.login) for g in doc.nodes] == [
+        ("head-node", True),
+        ("compute-nodes", False),
+    ]
+    (ignored,) = [w for w in warnings if "wantlogin" in w.message]
+    assert ignored.field == "workspace[1].nic"
+    nics = [n for n, text in enumerate(BASE_CLUSTER.splitlines(), 1) if "wantlogin" in text]
+    assert ignored.line == nics[1]
+    assert f"(line {nics[0]})" in ignored.message
+    assert "'head-node'" in ignored.message
+
+
+def test_document_order_not_the_alphabet_chooses_the_login_node():
+    swapped = BASE_CLUSTER.replace("head-node", "zeta").replace("compute-nodes", "alpha")
+    doc, _ = converted(swapped)
+    assert [g.group for g in doc.nodes if g.login] == ["zeta"]
+
+
+def test_no_wantlogin_means_no_login_node():
+    doc, warnings = converted(BASE_CLUSTER.replace(' wantlogin="true"', ""))
+    assert not any(g.login for g in doc.nodes)
+    assert not [w for w in warnings if "wantlogin" in w.message]
+
+
+def test_load_with_warnings_gives_what_load_document_gives_and_the_warnings(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.xml"
+    path.write_text(BASE_CLUSTER)
+    parsed = load_with_warnings(path)
+    assert parsed.document == parse_document(BASE_CLUSTER)
+    assert list(parsed.warnings) == converted(BASE_CLUSTER)[1]
+    assert [w.line for w in parsed.warnings] == sorted(w.line or 0 for w in parsed.warnings)
