@@ -3,10 +3,13 @@ corral drops or ignores what a document says; YAML documents stay as strict as b
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from inprocess import admin_token, api
+from served import ServedCorral, client_env, corral
 
 from corral.broker.peers import peer_of
 from corral.broker.requirements import blocked_by_group, live_providers
@@ -15,6 +18,7 @@ from corral.document import (
     ClusterDocument,
     convert_cluster_xml,
     load_with_warnings,
+    name_from_file,
     parse_document,
     parse_with_warnings,
     parse_yaml,
@@ -235,6 +239,7 @@ def test_a_node_view_gives_the_documents_data_and_its_own_groups(make_service):
     client = api(service, admin_token(service))
     response = client.post("/v1/clusters", json={"document": GROUP_DATA})
     assert response.status_code == 201, response.text
+    assert response.json()["warnings"] == []
     snapshot = service.snapshots.get(response.json()["id"])
     with service.store.session() as session:
         nodes = [peer_of(n) for n in session.query(Node).filter_by(cluster_id=snapshot.cluster_id)]
@@ -294,6 +299,82 @@ def test_no_wantlogin_means_no_login_node():
     doc, warnings = converted(BASE_CLUSTER.replace(' wantlogin="true"', ""))
     assert not any(g.login for g in doc.nodes)
     assert not [w for w in warnings if "wantlogin" in w.message]
+
+
+# -- 7. a cluster is named after its file ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("base-cluster.xml", "base-cluster"),
+        ("/some/dir/My Run.v2.yaml", "my-run-v2"),
+        ("42-nodes.xml", "nodes"),
+        ("x" * 60 + ".xml", "x" * 41),
+        ("a" * 40 + "--b.xml", "a" * 40),
+        ("2024.xml", None),
+        ("___.yaml", None),
+        ("é.xml", None),
+    ],
+)
+def test_a_name_from_a_file_follows_the_cluster_name_rule(path: str, name: str | None):
+    assert name_from_file(path) == name
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedCorral]:
+    with ServedCorral(tmp_path_factory.mktemp("served")) as service:
+        yield service
+
+
+def run_json(served: ServedCorral, path: Path, *extra: str):
+    result = corral("run", "--cluster", str(path), "--no-wait", "--json", *extra, env=served.env())
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+def test_run_names_a_cluster_after_its_file_unless_a_name_is_given(
+    served: ServedCorral, tmp_path: Path
+) -> None:
+    xml = tmp_path / "base-cluster.xml"
+    xml.write_text(BASE_CLUSTER.replace("<quantity>2</quantity>", "<quantity>1</quantity>"))
+    named = tmp_path / "other-file.yaml"
+    named.write_text("name: from-yaml\nimage: i\nnodes: [{group: solo}]\n")
+
+    launched, stderr = run_json(served, xml)
+    assert launched["name"] == "base-cluster"
+    # the warnings are printed before launching, and the service's answer carries them
+    line = line_of(BASE_CLUSTER, 'name="storage"')
+    assert f"{xml}: line {line}: warning: workspace[0].ctx.requires.role[0]: " in stderr
+    assert {(w["field"], w["line"]) for w in launched["warnings"]} >= {
+        ("workspace[0].ctx.requires.role[0]", line)
+    }
+    assert run_json(served, xml, "--name", "given")[0]["name"] == "given"
+    launched, stderr = run_json(served, named)
+    assert (launched["name"], launched["warnings"], stderr) == ("from-yaml", [], "")
+
+
+# -- 8. the warnings channel ----------------------------------------------------------------
+
+
+def test_validate_prints_warnings_to_stderr_and_in_json(tmp_path: Path) -> None:
+    path = tmp_path / "base-cluster.xml"
+    path.write_text(BASE_CLUSTER)
+    _, warnings = converted(BASE_CLUSTER)
+
+    shown = corral("validate", str(path), env=client_env(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert "valid: 3 node(s)" in shown.stdout
+    lines = shown.stderr.splitlines()
+    assert len(lines) == len(warnings) == 2
+    assert all(line.startswith(f"{path}: line ") and ": warning: " in line for line in lines)
+
+    as_json = corral("validate", str(path), "--json", env=client_env(tmp_path))
+    view = json.loads(as_json.stdout)
+    assert view["warnings"] == [
+        {"field": w.field, "message": w.message, "line": w.line} for w in warnings
+    ]
+    assert [g["login"] for g in view["document"]["nodes"]] == [True, False]
 
 
 def test_load_with_warnings_gives_what_load_document_gives_and_the_warnings(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral import limits
+from corral import limits, names
 from corral.errors import DocumentError, Problem
 
 from .model import ClusterDocument
@@ -85,6 +86,16 @@ def load_document(path: str | os.PathLike[str]) -> ClusterDocument:
 def load_with_warnings(path: str | os.PathLike[str]) -> Parsed:
     """`load_document`, with the warnings of the reading; raises as that does."""
     return parse_with_warnings(read_document(path), str(path))
+
+
+def name_from_file(path: str | os.PathLike[str]) -> str | None:
+    """A cluster name made from a document's file name, for a document that has none:
+    `base-cluster.xml` -> `base-cluster`, `My Run.v2.yaml` -> `my-run-v2`; None when
+    nothing of the name fits the cluster name rule (names.CLUSTER)."""
+    stem = Path(path).stem.lower()
+    name = re.sub(r"^[^a-z]+", "", re.sub(r"[^a-z0-9]+", "-", stem))
+    name = name[: names.CLUSTER.max_length].strip("-")
+    return name if names.CLUSTER.matches(name) else None
 
 
 def _too_large() -> Problem:
