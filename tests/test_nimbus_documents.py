@@ -4,6 +4,7 @@ corral drops or ignores what a document says; YAML documents stay as strict as b
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +129,27 @@ def test_active_and_deploy_are_ignored_with_a_warning_each():
     assert set(ignored) == {"workspace[1].active", "workspace[1].deploy"}
     assert ignored["workspace[1].active"].line == line_of(text, "<active>")
     assert ignored["workspace[1].deploy"].line == line_of(text, "<deploy>")
+
+
+def test_thousands_of_warnings_show_as_the_first_few_and_a_count():
+    many = "<active>true</active>" * 5000
+    _, warnings = converted(BASE_CLUSTER.replace("<quantity>1</quantity>", many))
+    assert len(warnings) == 20
+    assert warnings[-1] == Problem("", "... and 4983 more")  # 5002 warnings, 19 shown
+
+
+def test_repeats_of_one_data_name_take_the_next_numbers():
+    repeats = '<data name="x">v</data>' * 250
+    doc, _ = converted(REPEATED.replace('<data name="users">bob</data>', repeats))
+    assert doc.nodes[0].data["x.250"] == "v" and len(doc.nodes[0].data) == 250 + 3
+
+
+def test_fifteen_thousand_repeats_of_one_data_name_are_refused_quickly():
+    repeats = '<data name="x"/>' * 15000
+    started = time.monotonic()
+    problems = refused(REPEATED.replace('<data name="users">bob</data>', repeats))
+    assert time.monotonic() - started < 5  # each repeat tries each number once
+    assert "more than the limit of 256" in problems[0].message
 
 
 def test_other_unknown_workspace_elements_are_still_refused():

@@ -144,7 +144,16 @@ def convert_cluster_xml(
     if problems or document is None:
         named = [Problem(_xml_field(p.field, workspaces), p.message, p.line) for p in problems]
         raise DocumentError(source, sort_problems(named))
-    return document, sort_problems(warnings)
+    return document, _shown(sort_problems(warnings))
+
+
+def _shown(warnings: list[Problem]) -> list[Problem]:
+    """The first warnings, and how many more: a document may repeat an ignored element
+    thousands of times."""
+    if len(warnings) <= DocumentError.MAX_SHOWN:
+        return warnings
+    more = len(warnings) - DocumentError.MAX_SHOWN + 1
+    return [*warnings[: DocumentError.MAX_SHOWN - 1], Problem("", f"... and {more} more")]
 
 
 _XML_FIELDS = [
@@ -308,12 +317,14 @@ def _workspace_data(workspace: _Workspace, warnings: list[Problem]) -> dict[str,
     named = {name for name, _, _ in workspace.data}
     data: dict[str, str] = {}
     first_line: dict[str, int] = {}
+    tried: dict[str, int] = {}  # the last number tried for a name: each is tried once
     for name, value, line in workspace.data:
         key = name
         if name in data:
-            number = 2
+            number = tried.get(name, 1) + 1
             while f"{name}.{number}" in named or f"{name}.{number}" in data:
                 number += 1
+            tried[name] = number
             key = f"{name}.{number}"
             warnings.append(
                 Problem(
