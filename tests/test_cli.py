@@ -109,7 +109,8 @@ def test_validate_converts_a_nimbus_cluster_xml(tmp_path: Path) -> None:
     assert set(groups["head-node"]["provides"]) == {"torqueserver", "nfsserver"}
     assert groups["compute-nodes"]["count"] == 2
     assert set(groups["compute-nodes"]["requires"]) == {"torqueserver", "nfsserver"}
-    assert view["document"]["data"]["users"].startswith("alice ssh-ed25519")
+    assert groups["head-node"]["data"]["users"].startswith("alice ssh-ed25519")
+    assert view["warnings"] == []
 
 
 def test_validate_names_a_missing_file(tmp_path: Path) -> None:

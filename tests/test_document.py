@@ -308,7 +308,8 @@ def test_nimbus_example_converts():
     assert head.provides == ["torqueserver", "nfsserver"]
     assert [r.role for r in head.requires] == ["torqueclient", "nfsclient"]
     assert [r.role for r in compute.requires] == ["torqueserver", "nfsserver"]
-    assert doc.data["users"].startswith("alice ssh-ed25519")
+    assert head.data["users"].startswith("alice ssh-ed25519")
+    assert compute.data == {} and doc.data == {}  # a workspace's data are its group's
 
 
 NIMBUS = """<cluster>
@@ -343,9 +344,10 @@ def test_nimbus_bad_quantity_has_line():
 
 
 def test_nimbus_cross_checks_apply_with_lines():
-    problem = only_problem(NIMBUS.format(quantity=1, needs="nobody"), parse_cluster_xml)
-    assert problem.line == 9
-    assert "no group provides it" in problem.message
+    workspace = "  <workspace>\n    <name>twin</name><image>img</image>\n  </workspace>\n"
+    problem = only_problem(f"<cluster>\n{workspace}{workspace}</cluster>\n", parse_cluster_xml)
+    assert (problem.field, problem.line) == ("workspace[1].name", 6)
+    assert "defined twice" in problem.message
 
 
 def test_nimbus_missing_image_refused():

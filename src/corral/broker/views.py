@@ -2,8 +2,9 @@
 
 Until every requirement of a node is met (requirements.py), its view says what it is
 blocked on, and the node configures nothing. Its members are the node itself and its
-peers (see snapshots.py); its hosts are every registered node of the cluster; its files
-are what every node trusts (trust.py) and what was issued to it.
+peers (see snapshots.py); its hosts are every registered node of the cluster; its data
+are the document's and its own group's; its files are what every node trusts (trust.py)
+and what was issued to it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_view(
         hosts=[
             HostEntry(name=n, address=a) for n, a in (_with_me(snapshot, me) if with_hosts else ())
         ],
-        data=dict(doc.data),
+        data={**doc.data, **group.data},  # the group's own data wins over the document's
         users=snapshot.accounts,
         files=node_files(snapshot, node_secret),
         ssh_known_hosts=snapshot.known_hosts,

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from corral.cli.client import Answer, Client
 from corral.cli.connection import connect
 from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
 from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
-from corral.document import load_document, parse_document, read_document
-from corral.errors import ConflictError, NotFoundError
+from corral.document import load_with_warnings, name_from_file, parse_with_warnings, read_document
+from corral.document.problems import format_warning
+from corral.errors import ConflictError, NotFoundError, Problem
 from corral.logs import escape_controls
 from corral.service.schemas import ClusterDetail
 from corral.units import format_duration, parse_duration
@@ -31,9 +33,12 @@ ENDED = ("terminated",)
 @json_option
 def validate(file: Path, as_json: bool) -> None:
     """Check a cluster document (YAML or Nimbus cluster.xml); creates nothing."""
-    doc = load_document(file)
+    parsed = load_with_warnings(file)
+    doc = parsed.document
+    _print_warnings(str(file), parsed.warnings)
     if as_json:
-        render.emit_json({"valid": True, "document": doc.to_dict()})
+        warnings = [asdict(w) for w in parsed.warnings]
+        render.emit_json({"valid": True, "document": doc.to_dict(), "warnings": warnings})
         return
     groups = ", ".join(f"{g.group} x{g.count}" for g in doc.nodes)
     lease = format_duration(doc.lease) if doc.lease else "service default"
@@ -45,7 +50,10 @@ def validate(file: Path, as_json: bool) -> None:
 @click.option("--hours", type=Hours(), default=None, help="Lease in hours (overrides the file).")
 @click.option("--lease", default=None, metavar="DURATION", help="Lease like 30m or 12h.")
 @click.option(
-    "--name", type=CLUSTER_NAME, default=None, help="Cluster name (the service makes it unique)."
+    "--name",
+    type=CLUSTER_NAME,
+    default=None,
+    help="Cluster name (default: the document's, else its file's; the service makes it unique).",
 )
 @click.option(
     "--pool",
@@ -80,7 +88,10 @@ def run(
     if hours is not None:
         lease_span = timedelta(hours=hours)
     text = read_document(cluster_file)  # read once, and only up to the size limit
-    parse_document(text, str(cluster_file))  # refuse a bad one here, with its lines
+    parsed = parse_with_warnings(text, str(cluster_file))  # refuse a bad one here, with lines
+    _print_warnings(str(cluster_file), parsed.warnings)
+    if name is None and parsed.document.name is None:
+        name = name_from_file(cluster_file)  # a document without a name is named for its file
     client = connect()
     answer = client.launch(
         text,
@@ -141,6 +152,11 @@ def run(
     for line in render.failing_nodes(cluster):
         click.echo(f"  {line}", err=True)
     sys.exit(exit_codes.CLUSTER_FAILED)
+
+
+def _print_warnings(source: str, warnings: tuple[Problem, ...]) -> None:
+    for warning in warnings:
+        click.echo(escape_controls(format_warning(source, warning)), err=True)
 
 
 def _wait(

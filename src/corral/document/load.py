@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from corral import limits
+from corral import limits, names
 from corral.errors import DocumentError, Problem
 
 from .model import ClusterDocument
-from .nimbus import parse_cluster_xml
+from .nimbus import convert_cluster_xml
 from .yaml_loader import parse_yaml
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A valid document, and what its reading accepted but changed or ignored.
+
+    Each warning is a Problem (field, message, line) that did not stop the document: a
+    Nimbus construct corral drops or ignores (nimbus.py). YAML documents have none.
+    """
+
+    document: ClusterDocument
+    warnings: tuple[Problem, ...] = ()
 
 
 def looks_like_xml(text: str) -> bool:
@@ -24,14 +38,20 @@ def parse_document(text: str, source: str = "<document>") -> ClusterDocument:
     Raises DocumentError(source, problems) when the document is larger than
     limits.MAX_DOCUMENT_BYTES or malformed.
     """
+    return parse_with_warnings(text, source).document
+
+
+def parse_with_warnings(text: str, source: str = "<document>") -> Parsed:
+    """`parse_document`, with the warnings of the reading; raises as that does."""
     # characters are at most as many as UTF-8 bytes: only a short text is encoded to count
     if len(text) > limits.MAX_DOCUMENT_BYTES or (
         len(text.encode("utf-8", "surrogatepass")) > limits.MAX_DOCUMENT_BYTES
     ):
         raise DocumentError(source, [_too_large()])
     if looks_like_xml(text):
-        return parse_cluster_xml(text, source)
-    return parse_yaml(text.lstrip("\ufeff"), source)
+        document, warnings = convert_cluster_xml(text, source)
+        return Parsed(document, tuple(warnings))
+    return Parsed(parse_yaml(text.lstrip("\ufeff"), source))
 
 
 def read_document(path: str | os.PathLike[str]) -> str:
@@ -60,7 +80,22 @@ def load_document(path: str | os.PathLike[str]) -> ClusterDocument:
     Raises DocumentError naming the path when the file cannot be read or decoded, is too
     large, or when the document is malformed.
     """
-    return parse_document(read_document(path), str(path))
+    return load_with_warnings(path).document
+
+
+def load_with_warnings(path: str | os.PathLike[str]) -> Parsed:
+    """`load_document`, with the warnings of the reading; raises as that does."""
+    return parse_with_warnings(read_document(path), str(path))
+
+
+def name_from_file(path: str | os.PathLike[str]) -> str | None:
+    """A cluster name made from a document's file name, for a document that has none:
+    `base-cluster.xml` -> `base-cluster`, `My Run.v2.yaml` -> `my-run-v2`; None when
+    nothing of the name fits the cluster name rule (names.CLUSTER)."""
+    stem = Path(path).stem.lower()
+    name = re.sub(r"^[^a-z]+", "", re.sub(r"[^a-z0-9]+", "-", stem))
+    name = name[: names.CLUSTER.max_length].strip("-")
+    return name if names.CLUSTER.matches(name) else None
 
 
 def _too_large() -> Problem:

@@ -76,8 +76,13 @@ def _data_items(value: object) -> object:
     return value
 
 
+def _data_size(value: dict[str, str]) -> int:
+    """The bytes of a data mapping's names and values, as UTF-8."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+
+
 def _data_bytes(value: dict[str, str]) -> dict[str, str]:
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+    size = _data_size(value)
     if size > limits.MAX_DATA_BYTES:
         raise ValueError(
             f"{size} bytes of names and values, more than the limit of {limits.MAX_DATA_BYTES}"
@@ -88,7 +93,8 @@ def _data_bytes(value: dict[str, str]) -> dict[str, str]:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Role = names.ROLE.type
 Count = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_GROUP_COUNT)]
-# data reaches every node's view: bounded in items before its names are checked, in bytes after
+# data reaches nodes' views: bounded in items before its names are checked, in bytes after
+# (and the document's and every group's together, in bytes, by the cross checks)
 Data = Annotated[
     dict[names.DATA_KEY.type, str], BeforeValidator(_data_items), AfterValidator(_data_bytes)
 ]
@@ -215,6 +221,8 @@ class NodeGroup(BaseModel):
 
     `memory_mib` is written `memory` in documents, as a size (`1GiB`); a key
     `memory_mib` (a number of MiB) is accepted too, for callers building groups in code.
+    `data` reaches this group's nodes only, on top of the document's `data` (a name
+    given in both is the group's for them).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -228,6 +236,7 @@ class NodeGroup(BaseModel):
     login: bool = False
     provides: list[Role] = []
     requires: list[Requirement] = []
+    data: Data = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +269,8 @@ class NodeGroup(BaseModel):
             provides=list(self.provides),
             requires=[r.to_data() for r in self.requires],
         )
+        if self.data:
+            data["data"] = dict(self.data)
         return data
 
 
@@ -308,6 +319,7 @@ class ClusterDocument(BaseModel):
         """Yield (location, message) for faults no single field shows on its own."""
         yield from _check_groups(self.nodes)
         yield from _check_users(self.users)
+        yield from _check_data_bytes(self.data, self.nodes)
         yield from _check_roles(self.nodes)
         yield from _check_ready_cycles(self.nodes)
 
@@ -381,6 +393,27 @@ def _check_users(users: list[User]) -> Iterator[tuple[Loc, str]]:
                 f"user {user.name!r} is listed twice (first at users[{first_index[user.name]}])",
             )
         first_index.setdefault(user.name, i)
+
+
+def _check_data_bytes(data: dict[str, str], groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    """The document's data and every group's, together, within limits.MAX_DATA_BYTES: each
+    is bounded alone, but a document of many groups could otherwise carry far more. The
+    fault is placed where the running total passes the limit."""
+    sizes = [(("data",), _data_size(data))]
+    sizes += [(("nodes", i, "data"), _data_size(g.data)) for i, g in enumerate(groups) if g.data]
+    total = sum(size for _, size in sizes)
+    if total <= limits.MAX_DATA_BYTES:
+        return
+    running = 0
+    for where, size in sizes:
+        running += size
+        if running > limits.MAX_DATA_BYTES:
+            yield (
+                where,
+                f"{total} bytes of data names and values in the document and its groups, "
+                f"more than the limit of {limits.MAX_DATA_BYTES}",
+            )
+            return
 
 
 def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:

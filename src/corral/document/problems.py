@@ -1,4 +1,5 @@
-"""Wording problems for scientists: field paths, pydantic errors in plain words, order."""
+"""Wording problems for scientists: field paths, pydantic errors in plain words, order,
+and warnings as a user reads them."""
 
 from __future__ import annotations
 
@@ -98,3 +99,10 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def format_warning(source: str, warning: Problem) -> str:
+    """A warning as a user reads it: `FILE: line N: warning: FIELD: MESSAGE`."""
+    where = f" line {warning.line}:" if warning.line is not None else ""
+    field = f" {warning.field}:" if warning.field else ""
+    return f"{source}:{where} warning:{field} {warning.message}"

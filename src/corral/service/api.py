@@ -31,7 +31,7 @@ from corral.broker.known_nodes import KnownNodes
 from corral.broker.peers import peer_of
 from corral.broker.requirements import blocked_by_group, live_providers
 from corral.broker.trust import trust_of
-from corral.document import parse_document
+from corral.document import parse_with_warnings
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.http_status import status_for
 from corral.images import records as image_records
@@ -49,6 +49,7 @@ from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
     CredentialsView,
+    DocumentWarningView,
     ErrorView,
     EventView,
     ExtendBody,
@@ -59,6 +60,7 @@ from corral.service.schemas import (
     ImageRemovedView,
     ImageView,
     LaunchBody,
+    LaunchedCluster,
     NewUserView,
     NodeView,
     PoolView,
@@ -189,10 +191,11 @@ def whoami(service: Svc, db: DB, user: Caller) -> UserView:
 
 
 @router.post("/clusters", status_code=201)
-def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetail:
+def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> LaunchedCluster:
     # parsing is bounded (limits.py) but not free: never under the lock every write waits on
+    parsed = parse_with_warnings(body.document, body.source)
     request = LaunchRequest(
-        document=parse_document(body.document, body.source),
+        document=parsed.document,
         name=body.name,
         pool=body.pool,
         lease=timedelta(seconds=body.lease_seconds) if body.lease_seconds else None,
@@ -202,7 +205,8 @@ def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> ClusterDetai
         cluster = service.clusters.launch(db, user, request)
         db.commit()
     service.engine.poke()
-    return _detail(service, db, cluster)
+    warnings = [DocumentWarningView(**asdict(w)) for w in parsed.warnings]
+    return LaunchedCluster(**_detail(service, db, cluster).model_dump(), warnings=warnings)
 
 
 @router.get("/clusters")

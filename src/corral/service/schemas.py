@@ -128,6 +128,20 @@ class ClusterDetail(ClusterSummary):
     nodes: list[NodeView]
 
 
+class DocumentWarningView(BaseModel):
+    field: str = Field(description="the element or field, like workspace[1].ctx.requires.role")
+    message: str
+    line: int | None = None
+
+
+class LaunchedCluster(ClusterDetail):
+    warnings: list[DocumentWarningView] = Field(
+        default_factory=list,
+        description="what reading the document accepted but dropped or ignored "
+        "(Nimbus cluster.xml constructs), each with its line",
+    )
+
+
 class EventView(BaseModel):
     id: int
     at: datetime
