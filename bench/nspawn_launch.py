@@ -60,7 +60,7 @@ CLUSTER_RUNS = 3  # per size
 BARE_SUBNET = "10.179.255.0/24"
 BARE_ADDRESS = "10.179.255.2"  # the first; containers booted together take the next ones
 SERVICE_RANGE = "10.177.0.0/16"
-# nspawn ignores `cores`; the host only has to offer enough of them for 1+8 on 2 cores
+# each node may use one core of CPU time; the host only has to offer 9 of them for 1+8 on 2
 CPU_OVERCOMMIT = 8
 
 BOOT_TIMEOUT = 120.0
@@ -124,7 +124,7 @@ listens, alongside which the workers prepare munge and sshd, then the workers' s
 fetching its configuration (each node's state times after the POST are in `raw` as
 `timeline`). Then `DELETE` and the time until the
 cluster is `terminated`. The host offers {CPU_OVERCOMMIT} cores per real core so a 1+8
-cluster fits (nspawn does not limit cores; nothing else changes)."""
+cluster fits (each node is still held to one core of CPU time, which 9 nodes share on 2)."""
 
 
 @dataclass

@@ -15,11 +15,16 @@ import click
 from corral.cli import exit_codes, render
 from corral.cli.client import Answer, Client
 from corral.cli.connection import connect
-from corral.cli.credentials import cached_credentials, ssh_command, write_credentials
+from corral.cli.credentials import (
+    cached_credentials,
+    check_reachable,
+    ssh_command,
+    write_credentials,
+)
 from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
 from corral.document import load_with_warnings, name_from_file, parse_with_warnings, read_document
 from corral.document.problems import format_warning
-from corral.errors import ConflictError, NotFoundError, Problem
+from corral.errors import NotFoundError, Problem
 from corral.logs import escape_controls
 from corral.service.schemas import ClusterDetail
 from corral.units import format_duration, parse_duration
@@ -349,8 +354,7 @@ def ssh(cluster: str, node: str | None, command: tuple[str, ...], as_root: bool)
         node = node or None
     client = connect()
     view = client.cluster(cluster).model
-    if view.state not in ("ready", "failed", "launching"):
-        raise ConflictError(f"cluster {view.id} is {view.state}")
+    check_reachable(view)
     if user is not None and user != "root" and user not in view.users:
         accounts = ", ".join(["root", *view.users])
         raise NotFoundError(f"cluster {view.id} has no account {user} (accounts: {accounts})")

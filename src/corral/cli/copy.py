@@ -33,9 +33,9 @@ import click
 from corral import names
 from corral.cli import render
 from corral.cli.connection import connect
-from corral.cli.credentials import node_of, ssh_command
+from corral.cli.credentials import check_reachable, node_of, ssh_command
 from corral.cli.params import json_option
-from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.errors import CorralError, NotFoundError
 from corral.logs import escape_controls
 
 CHUNK = 1024 * 1024
@@ -433,8 +433,7 @@ def cp(paths: tuple[str, ...], recursive: bool, as_root: bool, quiet: bool, as_j
         except NotFoundError as exc:
             hint = LOCAL_PATH_HINT.format(text=f"{plan.cluster}:...")
             raise NotFoundError(f"{exc.message}; {hint}", **exc.details) from None
-        if view.state not in ("ready", "failed", "launching"):
-            raise ConflictError(f"cluster {view.id} is {view.state}")
+        check_reachable(view)
         node = node_of(view, plan.node).name
         user = "root" if as_root else view.login_user
 

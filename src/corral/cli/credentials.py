@@ -12,7 +12,7 @@ from pathlib import Path
 
 from corral.cli.client import Client
 from corral.cli.render import when
-from corral.errors import NotFoundError
+from corral.errors import ConflictError, NotFoundError
 from corral.service.config import default_data_dir
 from corral.service.schemas import ClusterDetail, CredentialsView, NodeView
 
@@ -64,6 +64,12 @@ def _last_the_lease(valid_until: Path, lease_end: datetime) -> bool:
     # certificates hold whole seconds
     lease = lease_end.replace(microsecond=0)
     return until.replace(microsecond=0) >= lease and until > datetime.now(UTC)
+
+
+def check_reachable(cluster: ClusterDetail) -> None:
+    """Raises ConflictError when `cluster` has no nodes to reach: it ended or is ending."""
+    if cluster.state not in ("ready", "failed", "launching"):
+        raise ConflictError(f"cluster {cluster.id} is {cluster.state}")
 
 
 def node_of(cluster: ClusterDetail, node: str | None) -> NodeView:
