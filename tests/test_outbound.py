@@ -1,12 +1,14 @@
 """A way out for clusters that ask for it (`network: {outbound: true}`), and for no other:
-the document field and the site's setting, in-process on the fake backend."""
+the document field, the site's setting and the engine's order, in-process on the fake
+backend."""
 
 from __future__ import annotations
 
 import pytest
-from inprocess import admin_token, api
+from inprocess import admin_token, api, wait_for
 from sqlalchemy import func, select
 
+from corral.backends.fake import FakeBackend
 from corral.document import parse_document
 from corral.errors import DocumentError
 from corral.service.config import PoolConfig, ServiceConfig
@@ -80,3 +82,28 @@ def test_a_launch_asking_for_a_way_out_where_it_is_forbidden_is_refused_and_crea
     for text, pool in ((CLOSED, "closed"), (OUTBOUND, "open")):
         created = client.post("/v1/clusters", json={"document": text, "pool": pool})
         assert created.status_code == 201, created.text
+
+
+class SpecsKept(FakeBackend):
+    """The fake backend, keeping every NodeSpec it is asked to boot."""
+
+    def __init__(self) -> None:
+        super().__init__(boot_delay=0.05)
+        self.specs = []
+
+    def boot(self, spec, placement):
+        self.specs.append(spec)
+        return super().boot(spec, placement)
+
+
+def test_the_engine_tells_the_backend_which_nodes_have_a_way_out(make_service):
+    backend = SpecsKept()
+    service = make_service(backend=backend)
+    client = api(service, admin_token(service))
+    launched = {}
+    for text in (OUTBOUND, CLOSED):
+        created = client.post("/v1/clusters", json={"document": text})
+        assert created.status_code == 201, created.text
+        launched[created.json()["id"]] = "network: {outbound: true}" in text
+    wait_for(lambda: len(backend.specs) == 3)
+    assert {(s.cluster_id, s.outbound) for s in backend.specs} == set(launched.items())
