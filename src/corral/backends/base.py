@@ -61,6 +61,9 @@ class NodeSpec:
     cores: int
     memory_mib: int
     user_data: bytes = field(default=b"", repr=False)  # sensitive: carries the bootstrap token
+    # a way out: NAT to the networks beyond the node's host, and its DNS resolvers, where
+    # the backend's machines have none otherwise (`network: {outbound: true}`)
+    outbound: bool = False
 
 
 @dataclass(frozen=True)

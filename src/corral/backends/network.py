@@ -6,6 +6,11 @@ bridge by a veth pair, with its address and a route to its own subnet only. No d
 route, no NAT: node traffic cannot leave the machine, and one cluster's nodes have no
 route to another's.
 
+A cluster whose document asks for `network: {outbound: true}` is the exception: its
+nodes also get a default route via the gateway, and outbound.py masquerades what they
+send to anything but another cluster. Forwarding between clusters, from outside to a
+node, and out of a cluster that did not ask stays dropped (outbound.py says how).
+
 Names are derived from ids and kept under the kernel's 15-character limit.
 """
 
@@ -171,11 +176,17 @@ def bridge_ports(cluster_id: str) -> list[str]:
     return [line.split(":")[1].strip().split("@")[0] for line in result.stdout.splitlines()]
 
 
-def attach_node(node_id: str, cluster_id: str, address: str, subnet: str) -> str:
-    """Make the node's namespace, joined to its cluster's bridge; returns the namespace."""
+def attach_node(
+    node_id: str, cluster_id: str, address: str, subnet: str, outbound: bool = False
+) -> str:
+    """Make the node's namespace, joined to its cluster's bridge; returns the namespace.
+
+    An `outbound` node also gets a default route via the gateway (its way out is NAT on
+    this machine: outbound.py)."""
     namespace = netns_name(node_id)
     host_side = veth_name(node_id)
     prefix = ipaddress.ip_network(subnet).prefixlen
+    way_out = [f"route add default via {gateway_of(subnet)}"] if outbound else []
     bridge = ensure_bridge(cluster_id, subnet)
     if not netns_exists(namespace):
         ip("netns", "add", namespace)
@@ -188,7 +199,12 @@ def attach_node(node_id: str, cluster_id: str, address: str, subnet: str) -> str
             ]
         )
         ip_batch(
-            [f"addr add {address}/{prefix} dev eth0", "link set eth0 up", "link set lo up"],
+            [
+                f"addr add {address}/{prefix} dev eth0",
+                "link set eth0 up",
+                "link set lo up",
+                *way_out,
+            ],
             namespace,
         )
     log.info("network: %s at %s in %s on %s", node_id, address, namespace, bridge)

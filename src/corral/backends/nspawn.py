@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.backends import cgroups, network
+from corral.backends import cgroups, network, outbound
 from corral.backends.base import (
     Backend,
     Capability,
@@ -112,8 +112,10 @@ class NspawnBackend(Backend):
             merged = self._mount_root(directory, image)
             self._personalize(merged, spec)
             namespace = network.attach_node(
-                spec.node_id, spec.cluster_id, placement.address, placement.subnet
+                spec.node_id, spec.cluster_id, placement.address, placement.subnet, spec.outbound
             )
+            if spec.outbound:
+                outbound.open_cluster(spec.cluster_id)
             pid = self._start(directory, merged, spec, namespace)
         except (OSError, BackendError) as exc:
             self._clean(spec.node_id, spec.cluster_id, str(directory))
@@ -197,6 +199,8 @@ class NspawnBackend(Backend):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(spec.user_data)
+        if spec.outbound:
+            outbound.write_resolv_conf(merged, outbound.node_resolvers())
 
     def _start(self, directory: Path, merged: Path, spec: NodeSpec, namespace: str) -> int:
         machine = network.netns_name(spec.node_id)
@@ -244,6 +248,7 @@ class NspawnBackend(Backend):
                     if c.cluster_id == cluster_id and c.node_id != node_id
                 ]
             if not others and not network.bridge_ports(cluster_id):
+                outbound.close_cluster(cluster_id)
                 network.remove_bridge(cluster_id)
             if not others:
                 shutil.rmtree(self.homes / cluster_id, ignore_errors=True)

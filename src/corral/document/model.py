@@ -216,6 +216,21 @@ class Policy(BaseModel):
         }
 
 
+class Network(BaseModel):
+    """What a cluster's nodes may reach beyond each other and the service.
+
+    `outbound: true` gives them NAT to the service machine's networks and its DNS
+    resolvers, where the pool's site allows it; by default they have neither.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    outbound: bool = False
+
+    def to_data(self) -> dict[str, bool]:
+        return {"outbound": self.outbound}
+
+
 class NodeGroup(BaseModel):
     """Nodes sharing one definition; they are named `<group>-<index>`.
 
@@ -288,6 +303,7 @@ class ClusterDocument(BaseModel):
     image: names.IMAGE.type | None = None
     pool: names.ACCOUNT.type | None = None
     policy: Policy = Policy()
+    network: Network = Network()
     data: Data = {}
     users: Annotated[list[User], Field(max_length=limits.MAX_USERS)] = []
     nodes: list[NodeGroup] = Field(min_length=1)
@@ -338,6 +354,8 @@ class ClusterDocument(BaseModel):
         if self.pool is not None:
             data["pool"] = self.pool
         data["policy"] = self.policy.to_data()
+        if self.network != Network():
+            data["network"] = self.network.to_data()
         if self.data:
             data["data"] = dict(self.data)
         if self.users:

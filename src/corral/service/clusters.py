@@ -20,7 +20,7 @@ from corral import names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
-from corral.errors import CapacityError, LeaseError, NotFoundError
+from corral.errors import CapacityError, LeaseError, NotFoundError, RefusedError
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import quotas
 from corral.service.addresses import allocate_addresses, allocate_subnet
@@ -68,12 +68,14 @@ class Clusters:
     def launch(self, session: Session, user: User, request: LaunchRequest) -> Cluster:
         """Create a cluster and its nodes, or raise and create nothing.
 
-        Raises LeaseError, NotFoundError (pool or image), QuotaExceededError or
-        CapacityError (the pool's hosts, addresses or limit).
+        Raises LeaseError, NotFoundError (pool or image), RefusedError (outbound access
+        where the pool forbids it), QuotaExceededError or CapacityError (the pool's hosts,
+        addresses or limit).
         """
         doc = request.document
         lease = self._lease_for(request.lease or doc.lease)
         pool = self.pools.get(request.pool or doc.pool or self.config.default_pool_name)
+        _check_outbound(doc, pool)
         self._check_images(session, doc, pool)
         now = utcnow()
         quotas.check_quota(
@@ -277,6 +279,18 @@ class Clusters:
             return cluster
         move_cluster(session, cluster, ClusterState.TERMINATING, f"destroyed by {user.name}")
         return cluster
+
+
+def _check_outbound(doc: ClusterDocument, pool: Pool) -> None:
+    """Raises RefusedError when the document asks for a way out that the pool's site
+    forbids (`allow_outbound: false`)."""
+    if doc.network.outbound and not pool.config.allow_outbound:
+        raise RefusedError(
+            f"network.outbound: pool {pool.name} does not allow outbound access "
+            "(its site forbids it); launch without it, or in another pool",
+            field="network.outbound",
+            pool=pool.name,
+        )
 
 
 def _check_pool_limit(session: Session, pool: Pool, adding: int) -> None:

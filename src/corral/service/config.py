@@ -75,6 +75,8 @@ class PoolConfig:
     hosts: tuple[HostConfig, ...] = ()
     max_nodes: int | None = None  # live nodes of every cluster in the pool together
     broker_url: str | None = None  # what its nodes are told; None: the service's own
+    # whether its clusters may ask for `network: {outbound: true}` (NAT to the outside)
+    allow_outbound: bool = True
 
     def shown_options(self) -> dict[str, str]:
         """The options as they may be logged or shown: secret values hidden."""
@@ -107,6 +109,7 @@ class ServiceConfig:
     pool: str = "local"
     address_range: str = "10.180.0.0/16"
     subnet_prefix: int = 24
+    allow_outbound: bool = True
     # containers share cores well; the local host offers this many cores per real core
     cpu_overcommit: int = 4
     default_lease: timedelta = timedelta(hours=2)
@@ -126,7 +129,12 @@ class ServiceConfig:
         if self.pools:
             return self.pools
         shorthand = PoolConfig(
-            self.pool, self.backend, self.backend_options, self.address_range, self.subnet_prefix
+            self.pool,
+            self.backend,
+            self.backend_options,
+            self.address_range,
+            self.subnet_prefix,
+            allow_outbound=self.allow_outbound,
         )
         return (shorthand,)
 

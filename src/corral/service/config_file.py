@@ -13,6 +13,7 @@
         address_range: 10.181.0.0/16
         hosts: [{name: scale-a, cores: 64, memory: 256GiB}]
         max_nodes: 500
+        allow_outbound: false   # its clusters may not ask for network.outbound
 
 Every field is checked before anything is built; a mistake is refused with the field's
 path. The file is a site's, but still read within bounds (size, nesting, aliases).
@@ -67,6 +68,7 @@ class _Pool(BaseModel):
     hosts: list[_Host] = Field(default_factory=list, max_length=10_000)
     max_nodes: int | None = Field(None, ge=0, le=limits.MAX_QUOTA_NODES)
     broker_url: str | None = Field(None, max_length=2048, pattern=r"^https://[^\s]+$")
+    allow_outbound: bool = True
 
     @field_validator("backend")
     @classmethod
@@ -141,6 +143,7 @@ def _pool_config(pool: _Pool) -> PoolConfig:
         hosts=tuple(HostConfig(h.name, h.cores, parse_size_mib(h.memory)) for h in pool.hosts),
         max_nodes=pool.max_nodes,
         broker_url=pool.broker_url,
+        allow_outbound=pool.allow_outbound,
     )
 
 

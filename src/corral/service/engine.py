@@ -410,6 +410,7 @@ class Engine:
             image=ImageRef(node.image, digest, rootfs),
             cores=node.cores,
             memory_mib=node.memory_mib,
+            outbound=self.documents.of(cluster).network.outbound,
         )
         return spec, placement_of(node)
 
