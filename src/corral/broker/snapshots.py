@@ -67,7 +67,7 @@ class Snapshot:
         """The user accounts every node creates."""
         return [
             AccountView(name=a.name, uid=a.uid, gid=a.gid, ssh_keys=list(a.ssh_keys))
-            for a in self.doc.accounts(self.owner)
+            for a in self.doc.accounts()
         ]
 
     @cached_property

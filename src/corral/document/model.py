@@ -325,11 +325,20 @@ class ClusterDocument(BaseModel):
     def total_nodes(self) -> int:
         return sum(g.count for g in self.nodes)
 
-    def accounts(self, owner: str) -> list[Account]:
-        """The accounts every node has: the document's `users`, or else the cluster's
-        owner (none when the owner's name is an account of the image, like root)."""
-        users = self.users or ([User(name=owner)] if owner not in SYSTEM_ACCOUNTS else [])
-        return [Account(u.name, FIRST_UID + i, tuple(u.ssh_keys)) for i, u in enumerate(users)]
+    def with_owner_account(self, owner: str) -> ClusterDocument:
+        """The document as it is launched: with no `users`, an account for its owner
+        (none when the owner's name is an account of the image, like root).
+
+        The service stores the launched form, so a cluster launched before corral made
+        accounts (its stored document has none) is still known to have none.
+        """
+        if self.users or owner in SYSTEM_ACCOUNTS:
+            return self
+        return self.model_copy(update={"users": [User(name=owner)]})
+
+    def accounts(self) -> list[Account]:
+        """The accounts every node has, with their UIDs (see `with_owner_account`)."""
+        return [Account(u.name, FIRST_UID + i, tuple(u.ssh_keys)) for i, u in enumerate(self.users)]
 
     def cross_check(self) -> Iterator[tuple[Loc, str]]:
         """Yield (location, message) for faults no single field shows on its own."""

@@ -413,7 +413,7 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     ]
     ready = sum(1 for n in nodes if n.state == NodeState.READY)
     summary = _summary(cluster, len(nodes), ready)
-    accounts = [a.name for a in doc.accounts(cluster.owner.name)]
+    accounts = [a.name for a in doc.accounts()]
     return ClusterDetail(
         **summary.model_dump(),
         subnet=cluster.subnet,

@@ -72,7 +72,7 @@ class Clusters:
         where the pool forbids it), QuotaExceededError or CapacityError (the pool's hosts,
         addresses or limit).
         """
-        doc = request.document
+        doc = request.document.with_owner_account(user.name)
         lease = self._lease_for(request.lease or doc.lease)
         pool = self.pools.get(request.pool or doc.pool or self.config.default_pool_name)
         _check_outbound(doc, pool)
