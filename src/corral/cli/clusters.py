@@ -273,13 +273,17 @@ def extend(cluster: str, hours: float, as_json: bool) -> None:
 @click.option("--no-wait", is_flag=True, help="Return once removal has started.")
 @json_option
 def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
-    """End a cluster now; destroying an ended cluster succeeds and changes nothing."""
+    """End a cluster now; destroying an ended cluster succeeds and changes nothing.
+
+    Its /home goes with it: `corral cp` out what you want to keep first.
+    """
     client = connect()
     if not yes and sys.stdin.isatty():
         view = client.cluster(cluster).model
         if view.state not in ENDED:
             click.confirm(
-                f"destroy {view.name} ({view.id}) and its {view.node_count} node(s)?",
+                f"destroy {view.name} ({view.id}), its {view.node_count} node(s) and "
+                "everything in its /home?",
                 abort=True,
             )
     answer = client.destroy(cluster)
