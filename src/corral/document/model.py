@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -151,6 +149,11 @@ def _ssh_public_key(value: object) -> str:
     line = value.strip()
     if "\n" in line or "\r" in line:
         raise ValueError("an SSH public key is one line")
+    # imported here: only documents with keys need it, and every CLI command reads this
+    # module (9 ms of `corral status`)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_ssh_public_key(line.encode())
     except (ValueError, UnsupportedAlgorithm) as exc:
