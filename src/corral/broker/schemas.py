@@ -40,12 +40,12 @@ class Member(BaseModel):
     hostname: str | None
     ssh_host_keys: list[str]
     state: str
-    cores: int = 1  # what the node was placed with (older brokers did not say)
-    memory_mib: int = 1024
+    cores: int  # what the node was placed with
+    memory_mib: int
 
 
 class AccountView(BaseModel):
-    """A user account every node creates alike (the document's `users`, or the owner)."""
+    """A user account every node creates alike (the launched document's `users`)."""
 
     name: str
     uid: int

@@ -420,11 +420,16 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
         policy=doc.policy.mode,
         keep_on_failure=cluster.keep_on_failure,
         users=accounts,
-        login_user=cluster.owner.name
-        if cluster.owner.name in accounts
-        else next(iter(accounts), "root"),
+        login_user=_login_user(cluster.owner.name, accounts),
         nodes=nodes,
     )
+
+
+def _login_user(owner: str, accounts: list[str]) -> str:
+    """The account `corral ssh` logs in to: the owner's own, else the first, else root."""
+    if owner in accounts:
+        return owner
+    return accounts[0] if accounts else "root"
 
 
 def _user_view(service: Service, db: Session, user: User) -> UserView:
