@@ -155,22 +155,19 @@ def test_a_documents_users_log_in_with_their_own_keys(nspawn_service, tmp_path):
     # alice's own key, without corral's certificate; host keys checked against the CA
     known_hosts = next((service.config.data_dir.parent / "user").rglob("known_hosts"))
     head = next(n for n in cluster["nodes"] if n["name"] == "head-0")
-    direct = subprocess.run(
-        [
-            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes", f"alice@{head['address']}", "whoami",
-        ],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+
+    def with_own_key(user: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes", f"{user}@{head['address']}", "whoami",
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    direct = with_own_key("alice")
     assert direct.returncode == 0, direct.stderr
     assert direct.stdout.strip() == "alice"
-    refused = subprocess.run(
-        [
-            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes", f"bob@{head['address']}", "whoami",
-        ],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    refused = with_own_key("bob")  # bob's account does not take alice's key
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
