@@ -131,13 +131,14 @@ BEST_EFFORT = parse_yaml(
 
 def members(head: NodeState, *workers: NodeState) -> list[NodeRecord]:
     return [node(head, group="head", name="head-0")] + [
-        node(s, name=f"worker-{i}", failure="it broke" if s is NodeState.FAILED else None)
+        node(s, name=f"worker-{i}", failure="it broke" if s in (F, L) else None)
         for i, s in enumerate(workers)
     ]
 
 
 R, B, F, P = NodeState.READY, NodeState.BOOTING, NodeState.FAILED, NodeState.PENDING
-LAUNCHING, READY = ClusterState.LAUNCHING, ClusterState.READY
+L, T = NodeState.LOST, NodeState.TERMINATING
+LAUNCHING, READY, DEGRADED = ClusterState.LAUNCHING, ClusterState.READY, ClusterState.DEGRADED
 
 
 @pytest.mark.parametrize(
@@ -152,11 +153,34 @@ LAUNCHING, READY = ClusterState.LAUNCHING, ClusterState.READY
             members(R, R, F),
             PolicyOutcome(failure="node worker-1 failed in phase boot: it broke"),
         ),
+        # all-or-nothing is the launch's policy: a ready cluster goes on without lost nodes
         (
             ALL_OR_NOTHING,
             READY,
             members(R, F, R),
-            PolicyOutcome(failure="node worker-0 failed in phase boot: it broke"),
+            PolicyOutcome(
+                degraded="going on without node worker-0 failed in phase boot: it broke",
+                drop=("n-worker-0",),
+            ),
+        ),
+        (
+            ALL_OR_NOTHING,
+            DEGRADED,
+            members(R, T, L),
+            PolicyOutcome(
+                degraded="going on without node worker-1 lost in phase boot: it broke",
+                drop=("n-worker-1",),
+            ),
+        ),
+        (ALL_OR_NOTHING, DEGRADED, members(R, T, R), PolicyOutcome()),
+        (
+            ALL_OR_NOTHING,
+            READY,
+            members(L, T, F, NodeState.TERMINATED),
+            PolicyOutcome(
+                failure="no node is left: node head-0 lost in phase None: None; "
+                "node worker-1 failed in phase boot: it broke"
+            ),
         ),
         (ALL_OR_NOTHING, ClusterState.TERMINATING, members(R, F, F), PolicyOutcome()),
         # best effort: on without failed nodes while each group can reach its minimum
@@ -168,7 +192,15 @@ LAUNCHING, READY = ClusterState.LAUNCHING, ClusterState.READY
             PolicyOutcome(ready="every group has its minimum ready", drop=("n-worker-2",)),
         ),
         (BEST_EFFORT, LAUNCHING, members(R, R, B, F), PolicyOutcome(drop=("n-worker-2",))),
-        (BEST_EFFORT, READY, members(R, R, R, F), PolicyOutcome(drop=("n-worker-2",))),
+        (
+            BEST_EFFORT,
+            READY,
+            members(R, R, R, F),
+            PolicyOutcome(
+                degraded="going on without node worker-2 failed in phase boot: it broke",
+                drop=("n-worker-2",),
+            ),
+        ),
         (
             BEST_EFFORT,
             LAUNCHING,

@@ -96,17 +96,32 @@ def test_a_node_that_does_not_boot_in_time_fails_with_the_timeout(make_service):
     )
 
 
-def test_a_machine_that_vanishes_is_lost_and_fails_the_cluster(make_service):
+def test_a_ready_cluster_that_loses_a_machine_goes_on_degraded_without_it(make_service):
+    """All-or-nothing is the launch's policy: once ready, a lost node is removed and the
+    cluster goes on with the others, saying what it lost; with none left, it fails."""
     service = make_service()
     client = api(service, admin_token(service))
     cluster_id = launch(client)
     wait_for(lambda: view(client, cluster_id)["state"] == "ready")
     service.backend.terminate(nodes(client, cluster_id)["worker-0"]["id"])
-    wait_for(lambda: view(client, cluster_id)["state"] == "failed")
+    wait_for(lambda: view(client, cluster_id)["state"] == "degraded")
+    wait_for(lambda: nodes(client, cluster_id)["worker-0"]["state"] == "terminated")
     worker = nodes(client, cluster_id)["worker-0"]
-    assert worker["state"] == "lost" and worker["failure_phase"] == "run"
-    assert "worker-0" in view(client, cluster_id)["failure"]
-    assert nodes(client, cluster_id)["head-0"]["state"] == "ready"  # a ready cluster is kept
+    assert worker["failure_phase"] == "run"
+    assert "the backend no longer has this machine" in worker["failure"]
+    detail = view(client, cluster_id)
+    assert "going on without node worker-0 lost in phase run" in detail["failure"]
+    assert {n: v["state"] for n, v in nodes(client, cluster_id).items()} == {
+        "head-0": "ready",
+        "worker-0": "terminated",
+        "worker-1": "ready",
+    }
+    assert service.backend.describe(worker["id"]) is None
+
+    for name in ("worker-1", "head-0"):  # losing the rest fails it
+        service.backend.terminate(nodes(client, cluster_id)[name]["id"])
+    wait_for(lambda: view(client, cluster_id)["state"] == "failed")
+    assert view(client, cluster_id)["failure"].startswith("no node is left")
 
 
 def test_machines_no_record_owns_are_removed(make_service):

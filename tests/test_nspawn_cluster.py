@@ -281,10 +281,18 @@ def slurm_nodes(service, cluster: dict) -> list[str]:
     return sorted(listed.stdout.split()) if listed.returncode == 0 else [listed.stderr]
 
 
-def test_the_controller_drops_a_worker_that_is_lost(nspawn_service):
+def test_a_worker_lost_from_a_ready_cluster_leaves_slurm_and_every_hosts_file(nspawn_service):
+    """All-or-nothing is the launch's policy: a ready cluster whose worker's container is
+    killed outside corral goes on degraded, and the lost worker leaves Slurm, every
+    node's /etc/hosts and the cluster's trust."""
     service = nspawn_service
-    cluster = launch_ready(service, document().replace("all-or-nothing", "best-effort"))
+    cluster = launch_ready(service, document())
     assert slurm_nodes(service, cluster) == ["worker-0", "worker-1"]
+
+    def hosts_of(node: str) -> str:
+        return on_node(service, cluster, node, "cat", "/etc/hosts").stdout
+
+    assert "worker-1" in hosts_of("head-0")
     lost = next(n for n in cluster["nodes"] if n["name"] == "worker-1")
     nspawn = nspawn_pid(service, lost["id"])
     (container_init,) = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
@@ -298,11 +306,17 @@ def test_the_controller_drops_a_worker_that_is_lost(nspawn_service):
 
     wait_for(lambda: state_of("worker-1") == "terminated", timeout=120, interval=1)
     wait_for(lambda: not process_alive(int(container_init)), timeout=10)  # killed, not orphaned
+    detail = client.get(f"/v1/clusters/{cluster['id']}").json()
+    assert detail["state"] == "degraded"
+    assert "going on without node worker-1 lost" in detail["failure"]
     # the membership change reaches the head's agent, whose `leave` rewrites slurm.conf
     wait_for(lambda: slurm_nodes(service, cluster) == ["worker-0"], timeout=60, interval=1)
     jobs = on_node(service, cluster, "head-0", "srun", "-N1", "hostname")
     assert jobs.stdout.split() == ["worker-0"], jobs.stderr
-    assert client.get(f"/v1/clusters/{cluster['id']}").json()["state"] == "ready"
+
+    for node in ("head-0", "worker-0"):
+        wait_for(lambda n=node: "worker-1" not in hosts_of(n), timeout=30, interval=0.5)
+        assert "worker-0" in hosts_of(node) and "head-0" in hosts_of(node)
 
 
 def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_path):

@@ -53,6 +53,7 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
 class ClusterState(StrEnum):
     LAUNCHING = "launching"  # its nodes are booting or contextualizing; the policy is not met yet
     READY = "ready"  # the document's policy is met; the cluster is usable
+    DEGRADED = "degraded"  # it was ready, then lost nodes; it goes on with the others
     FAILED = "failed"  # the policy can no longer be met; the cause names the node and phase
     TERMINATING = "terminating"  # destroy was asked or the lease ended; nodes are being removed
     TERMINATED = "terminated"  # every node is terminated and every address released
@@ -66,8 +67,12 @@ CLUSTER_TRANSITIONS: dict[ClusterState, frozenset[ClusterState]] = {
     ClusterState.LAUNCHING: frozenset(
         {ClusterState.READY, ClusterState.FAILED, ClusterState.TERMINATING}
     ),
-    # a ready cluster can lose nodes below its policy
-    ClusterState.READY: frozenset({ClusterState.FAILED, ClusterState.TERMINATING}),
+    # all-or-nothing is the launch's policy: a ready cluster that loses nodes goes on
+    # without them, and fails only when none is left
+    ClusterState.READY: frozenset(
+        {ClusterState.DEGRADED, ClusterState.FAILED, ClusterState.TERMINATING}
+    ),
+    ClusterState.DEGRADED: frozenset({ClusterState.FAILED, ClusterState.TERMINATING}),
     ClusterState.FAILED: frozenset({ClusterState.TERMINATING}),
     ClusterState.TERMINATING: frozenset({ClusterState.TERMINATED}),
     ClusterState.TERMINATED: frozenset(),

@@ -113,8 +113,8 @@ def move_cluster(session: Session, cluster: Cluster, target: ClusterState, reaso
     current = ClusterState(cluster.state)
     check_cluster_transition(current, target, cluster.id)
     cluster.state = target
-    if target is ClusterState.FAILED:
-        cluster.failure = reason
+    if target in (ClusterState.FAILED, ClusterState.DEGRADED):
+        cluster.failure = reason  # what it lost: `status` shows it
     record(session, cluster, "state", reason, current.value, target.value)
     bump_context(session, cluster)  # the broker re-reads it, and lets go of it once terminated
     log.info("cluster %s (%s): %s -> %s: %s", cluster.id, cluster.name, current, target, reason)

@@ -117,7 +117,9 @@ def run(
         _print_launched(answer, as_json)
         return
     try:
-        answer = _wait(client, cluster.id, ("ready", "failed", "terminating", *ENDED), wait_limit)
+        answer = _wait(
+            client, cluster.id, ("ready", "degraded", "failed", "terminating", *ENDED), wait_limit
+        )
     except KeyboardInterrupt:
         click.echo(
             f"\nstopped waiting; {cluster.id} goes on launching "
@@ -126,7 +128,7 @@ def run(
         )
         sys.exit(130)
     cluster = answer.model
-    if cluster.state == "ready":
+    if cluster.state in ("ready", "degraded"):  # degraded: it was ready, then lost nodes
         _print_launched(answer, as_json)
         known_hosts = cached_credentials(client, cluster) / "known_hosts"
         if not as_json:

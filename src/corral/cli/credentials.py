@@ -68,7 +68,7 @@ def _last_the_lease(valid_until: Path, lease_end: datetime) -> bool:
 
 def check_reachable(cluster: ClusterDetail) -> None:
     """Raises ConflictError when `cluster` has no nodes to reach: it ended or is ending."""
-    if cluster.state not in ("ready", "failed", "launching"):
+    if cluster.state not in ("ready", "degraded", "failed", "launching"):
         raise ConflictError(f"cluster {cluster.id} is {cluster.state}")
 
 

@@ -21,6 +21,7 @@ IN_PROGRESS = frozenset(
     {NodeState.PENDING, NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING}
 )
 FAILING = frozenset({NodeState.FAILED, NodeState.LOST})
+GONE = frozenset({NodeState.TERMINATING, NodeState.TERMINATED})
 # a node in these states has a machine its backend should be running
 RUNNING = frozenset(
     {NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY}
@@ -62,6 +63,7 @@ class PolicyOutcome:
     ready: str | None = None  # the cluster is ready, for this reason
     failure: str | None = None  # the cluster fails, with this cause
     drop: tuple[str, ...] = ()  # ids of failed nodes the cluster goes on without
+    degraded: str | None = None  # a cluster that was ready goes on degraded, for this cause
 
 
 def react_to_machine(
@@ -114,12 +116,18 @@ def reported_address(node: NodeRecord, machine: Machine | None) -> str | None:
 def apply_policy(
     state: ClusterState, members: Sequence[NodeRecord], doc: ClusterDocument
 ) -> PolicyOutcome:
-    """What the cluster's policy makes of its nodes' states: all-or-nothing fails on the
-    first failed node; best-effort goes on without failed nodes while every group can
-    still reach its minimum."""
-    if state not in (ClusterState.LAUNCHING, ClusterState.READY):
+    """What the cluster's policy makes of its nodes' states.
+
+    While it launches, all-or-nothing fails on the first failed node, and best-effort goes
+    on without failed nodes while every group can still reach its minimum. Once it was
+    ready, a cluster goes on without the nodes it loses, degraded; it fails only when no
+    node is left.
+    """
+    if state not in (ClusterState.LAUNCHING, ClusterState.READY, ClusterState.DEGRADED):
         return PolicyOutcome()
     failing = [n for n in members if n.state in FAILING]
+    if state is not ClusterState.LAUNCHING:
+        return _after_launch(members, failing)
     if doc.policy.mode == "best-effort":
         return _best_effort(state, members, failing, doc)
     if failing:
@@ -150,13 +158,26 @@ def _best_effort(
                 f"ready node(s) ({ready} ready): {cause}"
             )
         waiting = waiting or ready < group.min_ready  # still possible, not there yet
-    ready = "every group has its minimum ready" if state is ClusterState.LAUNCHING else None
-    return PolicyOutcome(ready=None if waiting else ready, drop=tuple(n.id for n in failing))
+    ready = None if waiting else "every group has its minimum ready"
+    return PolicyOutcome(ready=ready, drop=tuple(n.id for n in failing))
+
+
+def _after_launch(members: Sequence[NodeRecord], failing: list[NodeRecord]) -> PolicyOutcome:
+    if not failing:
+        return PolicyOutcome()
+    if all(n.state in FAILING or n.state in GONE for n in members):
+        return PolicyOutcome(failure=f"no node is left: {describe_failures(failing)}")
+    return PolicyOutcome(
+        degraded=f"going on without {describe_failures(failing)}",
+        drop=tuple(n.id for n in failing),
+    )
 
 
 def describe_failures(failing: Sequence[NodeRecord]) -> str:
     if not failing:
         return "no node failed, but too few are left"
-    parts = [f"node {n.name} failed in phase {n.failure_phase}: {n.failure}" for n in failing[:5]]
+    parts = [
+        f"node {n.name} {n.state} in phase {n.failure_phase}: {n.failure}" for n in failing[:5]
+    ]
     more = f"; and {len(failing) - 5} more" if len(failing) > 5 else ""
     return "; ".join(parts) + more

@@ -207,11 +207,20 @@ class Engine:
             self._fail(session, cluster, outcome.failure)
             return
         dropped = set(outcome.drop)
+        why = (
+            "the cluster goes on without it"
+            if outcome.degraded
+            else "dropped under the best-effort policy"
+        )
         for node in members:
             if node.id in dropped:
-                self._move(
-                    session, node, NodeState.TERMINATING, "dropped under the best-effort policy"
-                )
+                self._move(session, node, NodeState.TERMINATING, why)
+        if outcome.degraded is not None:
+            if cluster.state == ClusterState.READY:
+                move_cluster(session, cluster, ClusterState.DEGRADED, outcome.degraded)
+            else:
+                cluster.failure = f"{cluster.failure}; {outcome.degraded}"[-4096:]
+                record(session, cluster, "nodes-lost", outcome.degraded)
         if outcome.ready is not None:
             move_cluster(session, cluster, ClusterState.READY, outcome.ready)
 
