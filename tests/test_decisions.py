@@ -123,6 +123,9 @@ def test_a_node_reacts_to_its_machine(record, seen, agents, expected):
 
 
 ALL_OR_NOTHING = parse_yaml("image: x\nnodes: [{group: head}, {group: worker, count: 2}]\n")
+REPLACED = parse_yaml(
+    "image: x\nnodes: [{group: head}, {group: worker, count: 2, replace: true}]\n"
+)
 BEST_EFFORT = parse_yaml(
     "image: x\npolicy: {mode: best-effort}\n"
     "nodes: [{group: head}, {group: worker, count: 3, min: 2}]\n"
@@ -173,6 +176,34 @@ LAUNCHING, READY, DEGRADED = ClusterState.LAUNCHING, ClusterState.READY, Cluster
             ),
         ),
         (ALL_OR_NOTHING, DEGRADED, members(R, T, R), PolicyOutcome()),
+        # replace: true gives each lost node of its group one successor, once
+        (
+            REPLACED,
+            READY,
+            members(R, R, L),
+            PolicyOutcome(
+                degraded="going on without node worker-1 lost in phase boot: it broke; "
+                "replacing 1 of worker",
+                drop=("n-worker-1",),
+                add=(("worker", 1),),
+            ),
+        ),
+        (
+            REPLACED,
+            DEGRADED,
+            members(R, R, NodeState.TERMINATED, F),
+            PolicyOutcome(
+                degraded="going on without node worker-2 failed in phase boot: it broke",
+                drop=("n-worker-2",),
+            ),
+        ),
+        (REPLACED, DEGRADED, members(R, R, NodeState.TERMINATED, B), PolicyOutcome()),
+        (
+            REPLACED,
+            DEGRADED,
+            members(R, R, NodeState.TERMINATED, R),
+            PolicyOutcome(ready="every group has all its nodes ready again"),
+        ),
         (
             ALL_OR_NOTHING,
             READY,

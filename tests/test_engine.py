@@ -124,6 +124,36 @@ def test_a_ready_cluster_that_loses_a_machine_goes_on_degraded_without_it(make_s
     assert view(client, cluster_id)["failure"].startswith("no node is left")
 
 
+def test_a_lost_node_of_a_group_with_replace_gets_a_successor(make_service):
+    """The successor takes the group's next index, boots, and the cluster is ready again;
+    the lost node's address is not reused while it is being removed."""
+    service = make_service()
+    client = api(service, admin_token(service))
+    text = document().replace(
+        "provides: [slurm-worker]", "replace: true\n    provides: [slurm-worker]"
+    )
+    cluster_id = launch(client, text)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    lost = nodes(client, cluster_id)["worker-1"]
+    service.backend.terminate(lost["id"])
+    wait_for(lambda: view(client, cluster_id)["state"] == "degraded")
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready", timeout=20)
+    now = nodes(client, cluster_id)
+    assert {name: n["state"] for name, n in now.items()} == {
+        "head-0": "ready",
+        "worker-0": "ready",
+        "worker-1": "terminated",
+        "worker-2": "ready",
+    }
+    assert now["worker-2"]["address"] != lost["address"]
+    assert service.backend.describe(now["worker-2"]["id"]) is not None
+    events = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    reasons = [e["reason"] for e in events if e["subject"] in ("cluster", "worker-2")]
+    assert any("replacing 1 of worker" in r for r in reasons)
+    assert any(r.startswith("successor of a lost node; placed on local") for r in reasons)
+    assert reasons[-1] == "every group has all its nodes ready again"
+
+
 def test_machines_no_record_owns_are_removed(make_service):
     service = make_service()
     spec = NodeSpec("w-orphan", "c-none", "stray-0", ImageRef("x"), 1, 64)

@@ -319,6 +319,45 @@ def test_a_worker_lost_from_a_ready_cluster_leaves_slurm_and_every_hosts_file(ns
         assert "worker-0" in hosts_of(node) and "head-0" in hosts_of(node)
 
 
+def test_a_lost_worker_of_a_group_with_replace_has_a_successor_that_joins_slurm(
+    nspawn_service,
+):
+    service = nspawn_service
+    replaced = "replace: true\n    provides: [slurm-worker]"
+    cluster = launch_ready(service, document().replace("provides: [slurm-worker]", replaced))
+    lost = next(n for n in cluster["nodes"] if n["name"] == "worker-1")
+    os.kill(nspawn_pid(service, lost["id"]), signal.SIGKILL)
+
+    client = api(service, admin_token(service))
+
+    def detail() -> dict:
+        return client.get(f"/v1/clusters/{cluster['id']}").json()
+
+    def happened() -> str:  # for a failure's message
+        events = client.get(f"/v1/clusters/{cluster['id']}/events").json()
+        return "\n".join(f"{e['subject']} {e['to_state']}: {e['reason'][:100]}" for e in events)
+
+    wait_for(lambda: detail()["state"] == "degraded", timeout=60, interval=0.5)
+    try:
+        wait_for(lambda: detail()["state"] == "ready", timeout=120, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{happened()}") from None
+    states = {n["name"]: n["state"] for n in detail()["nodes"]}
+    assert states == {
+        "head-0": "ready",
+        "worker-0": "ready",
+        "worker-1": "terminated",
+        "worker-2": "ready",
+    }
+    cluster = detail()
+    wait_for(lambda: slurm_nodes(service, cluster) == ["worker-0", "worker-2"], timeout=60)
+    jobs = on_node(service, cluster, "head-0", "srun", "-N2", "hostname")
+    assert jobs.returncode == 0, jobs.stderr
+    assert sorted(jobs.stdout.split()) == ["worker-0", "worker-2"]
+    hosts = on_node(service, cluster, "worker-0", "cat", "/etc/hosts").stdout
+    assert "worker-2" in hosts and "worker-1" not in hosts
+
+
 def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_path):
     # the backend's pid is a shell that moves into the container's cgroups and then execs
     # nspawn: until then its command line names no container directory, and an engine

@@ -72,7 +72,10 @@ CLUSTER_TRANSITIONS: dict[ClusterState, frozenset[ClusterState]] = {
     ClusterState.READY: frozenset(
         {ClusterState.DEGRADED, ClusterState.FAILED, ClusterState.TERMINATING}
     ),
-    ClusterState.DEGRADED: frozenset({ClusterState.FAILED, ClusterState.TERMINATING}),
+    # ready again once successors of its lost nodes are (groups with `replace: true`)
+    ClusterState.DEGRADED: frozenset(
+        {ClusterState.READY, ClusterState.FAILED, ClusterState.TERMINATING}
+    ),
     ClusterState.FAILED: frozenset({ClusterState.TERMINATING}),
     ClusterState.TERMINATING: frozenset({ClusterState.TERMINATED}),
     ClusterState.TERMINATED: frozenset(),

@@ -252,6 +252,7 @@ class NodeGroup(BaseModel):
     cores: Annotated[int, Strict(), Field(ge=1, le=limits.MAX_CORES)] = 1
     memory_mib: Annotated[int, BeforeValidator(_size_mib)] = Field(1024, alias="memory")
     login: bool = False
+    replace: bool = False  # a node lost once the cluster was ready gets a successor
     provides: list[Role] = []
     requires: list[Requirement] = []
     data: Data = {}
@@ -289,6 +290,8 @@ class NodeGroup(BaseModel):
         )
         if self.data:
             data["data"] = dict(self.data)
+        if self.replace:
+            data["replace"] = True
         return data
 
 

@@ -7,6 +7,7 @@ each rule is tested as a table (tests/test_decisions.py).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,7 @@ class PolicyOutcome:
     failure: str | None = None  # the cluster fails, with this cause
     drop: tuple[str, ...] = ()  # ids of failed nodes the cluster goes on without
     degraded: str | None = None  # a cluster that was ready goes on degraded, for this cause
+    add: tuple[tuple[str, int], ...] = ()  # (group, how many) successors of lost nodes to add
 
 
 def react_to_machine(
@@ -127,7 +129,7 @@ def apply_policy(
         return PolicyOutcome()
     failing = [n for n in members if n.state in FAILING]
     if state is not ClusterState.LAUNCHING:
-        return _after_launch(members, failing)
+        return _after_launch(state, members, failing, doc)
     if doc.policy.mode == "best-effort":
         return _best_effort(state, members, failing, doc)
     if failing:
@@ -162,15 +164,37 @@ def _best_effort(
     return PolicyOutcome(ready=ready, drop=tuple(n.id for n in failing))
 
 
-def _after_launch(members: Sequence[NodeRecord], failing: list[NodeRecord]) -> PolicyOutcome:
+def _after_launch(
+    state: ClusterState,
+    members: Sequence[NodeRecord],
+    failing: list[NodeRecord],
+    doc: ClusterDocument,
+) -> PolicyOutcome:
+    """A cluster that was ready goes on without the nodes it loses. A lost node (its
+    machine vanished or stopped) of a group with `replace: true` gets one successor,
+    once: a successor that fails is not replaced in turn. The cluster is ready again when
+    every group has as many ready nodes as the document asks."""
     if not failing:
+        if state is ClusterState.DEGRADED and _all_there(members, doc):
+            return PolicyOutcome(ready="every group has all its nodes ready again")
         return PolicyOutcome()
     if all(n.state in FAILING or n.state in GONE for n in members):
         return PolicyOutcome(failure=f"no node is left: {describe_failures(failing)}")
+    replaced = {g.group for g in doc.nodes if g.replace}
+    successors = Counter(n.group for n in failing if n.state is NodeState.LOST)
+    add = tuple(sorted((g, k) for g, k in successors.items() if g in replaced))
+    then = f"; replacing {', '.join(f'{k} of {g}' for g, k in add)}" if add else ""
     return PolicyOutcome(
-        degraded=f"going on without {describe_failures(failing)}",
+        degraded=f"going on without {describe_failures(failing)}{then}",
         drop=tuple(n.id for n in failing),
+        add=add,
     )
+
+
+def _all_there(members: Sequence[NodeRecord], doc: ClusterDocument) -> bool:
+    ready = Counter(n.group for n in members if n.state is NodeState.READY)
+    busy = any(n.state in IN_PROGRESS for n in members)
+    return not busy and all(ready[g.group] >= g.count for g in doc.nodes)
 
 
 def describe_failures(failing: Sequence[NodeRecord]) -> str:

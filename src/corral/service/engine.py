@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.document import ClusterDocument
-from corral.errors import BackendError
+from corral.errors import BackendError, CapacityError
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
 from corral.pacing import Spacing
@@ -42,6 +42,7 @@ from corral.service.decisions import (
     reported_address,
 )
 from corral.service.documents import DocumentCache
+from corral.service.growth import add_nodes
 from corral.service.observation import Observation, Observer
 from corral.service.pools import Pools, placement_of
 from corral.store.database import Store
@@ -50,6 +51,9 @@ from corral.store.models import Cluster, Node, utcnow
 from corral.transitions import bump_context, move_cluster, move_node, record
 from corral.units import format_duration
 
+# pending nodes of a cluster in these states are booted (a running cluster's successors)
+BOOTS_PENDING = frozenset({ClusterState.LAUNCHING, ClusterState.READY, ClusterState.DEGRADED})
+SUCCESSOR = "successor of a lost node"
 log = logging.getLogger(__name__)
 
 MIN_TICK_GAP_SECONDS = 0.02
@@ -191,16 +195,21 @@ class Engine:
             move = react_to_machine(node, machine, doc.policy, now, agents)
             if move is not None:
                 self._move(session, node, move.target, move.reason)
-        self._apply_policy(session, cluster, members, doc)
+        self._apply_policy(session, cluster, members, doc, now)
         for node in nodes:
-            if node.state == NodeState.PENDING and cluster.state == ClusterState.LAUNCHING:
+            if node.state == NodeState.PENDING and cluster.state in BOOTS_PENDING:
                 boot = self._boot_order(cluster, session.get(Node, node.id))
                 self._submit(node.id, self._boot_job, boot)
             elif node.state == NodeState.TERMINATING:
                 self._submit(node.id, self._terminate_job, (cluster.pool_name, node.id))
 
     def _apply_policy(
-        self, session: Session, cluster: Cluster, members: list[NodeRecord], doc: ClusterDocument
+        self,
+        session: Session,
+        cluster: Cluster,
+        members: list[NodeRecord],
+        doc: ClusterDocument,
+        now: datetime,
     ) -> None:
         outcome = apply_policy(cluster.state, members, doc)
         if outcome.failure is not None:
@@ -215,6 +224,12 @@ class Engine:
         for node in members:
             if node.id in dropped:
                 self._move(session, node, NodeState.TERMINATING, why)
+        for group, count in outcome.add:
+            pool = self.pools.get(cluster.pool_name)
+            try:
+                add_nodes(session, cluster, doc, pool, group, count, SUCCESSOR, now)
+            except CapacityError as exc:
+                record(session, cluster, "not-replaced", f"{count} of {group}: {exc}")
         if outcome.degraded is not None:
             if cluster.state == ClusterState.READY:
                 move_cluster(session, cluster, ClusterState.DEGRADED, outcome.degraded)

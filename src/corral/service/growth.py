@@ -1,0 +1,83 @@
+"""New nodes for a cluster that already runs: the successors of lost nodes (and, later,
+a resize). They are placed, addressed and recorded as a launch's are, with the group's
+next indexes, and the engine boots them like any pending node.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from corral.backends.base import Capability
+from corral.document import ClusterDocument
+from corral.lifecycle import NodeState
+from corral.service.addresses import allocate_addresses
+from corral.service.clusters import new_id
+from corral.service.inventory import host_capacities
+from corral.service.pools import Pool
+from corral.service.scheduler import NodeRequest, place
+from corral.store.models import Cluster, Node
+from corral.store.models import Pool as PoolRow
+from corral.transitions import record_node
+
+
+def add_nodes(
+    session: Session,
+    cluster: Cluster,
+    doc: ClusterDocument,
+    pool: Pool,
+    group_name: str,
+    count: int,
+    reason: str,
+    now: datetime,
+) -> list[Node]:
+    """Add `count` pending nodes to `group_name` of `cluster`; they keep the image digest
+    the cluster was launched with.
+
+    Raises CapacityError when the pool's hosts or addresses cannot take them (nothing is
+    added then).
+    """
+    group = next(g for g in doc.nodes if g.group == group_name)
+    last = session.scalar(
+        select(func.max(Node.index)).where(Node.cluster_id == cluster.id, Node.group == group_name)
+    )
+    first = -1 if last is None else last
+    names = [f"{group_name}-{first + 1 + i}" for i in range(count)]
+    requests = [NodeRequest(n, group_name, pool.name, group.cores, group.memory_mib) for n in names]
+    placement = place(requests, host_capacities(session, pool.name))
+    digest = session.scalar(
+        select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.group == group_name)
+    )
+    nodes = [
+        Node(
+            id=new_id("w", 5),
+            cluster_id=cluster.id,
+            name=name,
+            group=group_name,
+            index=first + 1 + i,
+            host_name=placement[name],
+            image=group.image,
+            image_digest=digest or "",
+            cores=group.cores,
+            memory_mib=group.memory_mib,
+            login=group.login,
+            state=NodeState.PENDING,
+            state_since=now,
+            created_at=now,
+        )
+        for i, name in enumerate(names)
+    ]
+    session.add_all(nodes)
+    session.flush()
+    if Capability.PLACES_ITSELF not in pool.capabilities:
+        pool_row = session.get(PoolRow, pool.name)
+        addresses = allocate_addresses(session, pool_row, cluster.subnet, [n.id for n in nodes])
+        for node in nodes:
+            node.address = addresses[node.id]
+    for node in nodes:
+        at = f" at {node.address}" if node.address else ""
+        placed = f"{reason}; placed on {node.host_name}{at}"
+        record_node(session, node, None, NodeState.PENDING, placed)
+    return nodes
