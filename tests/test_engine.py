@@ -221,3 +221,34 @@ def test_an_extended_lease_warns_again_before_its_new_end(make_service):
     service.engine.poke()
     wait_for(lambda: len(warnings()) == 2)
     assert view(client, cluster_id)["state"] == "ready"
+
+
+def test_a_group_grows_with_the_next_indexes_and_a_refused_resize_changes_nothing(make_service):
+    service = make_service()
+    client = api(service, admin_token(service))
+    cluster_id = launch(client)
+    wait_for(lambda: view(client, cluster_id)["state"] == "ready")
+    grown = client.post(f"/v1/clusters/{cluster_id}/resize", json={"group": "worker", "count": 4})
+    assert grown.status_code == 200, grown.text
+    wait_for(lambda: all(n["state"] == "ready" for n in nodes(client, cluster_id).values()))
+    assert sorted(nodes(client, cluster_id)) == [
+        "head-0", "worker-0", "worker-1", "worker-2", "worker-3",
+    ]  # fmt: skip
+    assert view(client, cluster_id)["state"] == "ready"
+    assert len(service.backend.list_machines()) == 5
+    detail = client.get(f"/v1/clusters/{cluster_id}").json()
+    before = client.get(f"/v1/clusters/{cluster_id}/events").json()
+
+    for body, status, words in [
+        ({"group": "worker", "count": 500}, 403, "quota"),
+        ({"group": "nobody", "count": 3}, 404, "no group nobody (groups: head, worker)"),
+        ({"group": "worker", "count": 2}, 409, "shrinking it to 2 is not supported yet"),
+        ({"group": "worker", "count": -1}, 422, "count"),
+    ]:
+        refused = client.post(f"/v1/clusters/{cluster_id}/resize", json=body)
+        assert refused.status_code == status, refused.text
+        assert words in refused.text
+    assert client.get(f"/v1/clusters/{cluster_id}/events").json() == before
+    assert len(service.backend.list_machines()) == 5
+    after = client.get(f"/v1/clusters/{cluster_id}").json()
+    assert (after["nodes"], after["state"]) == (detail["nodes"], detail["state"])

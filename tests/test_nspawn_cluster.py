@@ -358,6 +358,26 @@ def test_a_lost_worker_of_a_group_with_replace_has_a_successor_that_joins_slurm(
     assert "worker-2" in hosts and "worker-1" not in hosts
 
 
+def test_a_resized_cluster_runs_jobs_on_its_new_workers(nspawn_service):
+    service = nspawn_service
+    cluster = launch_ready(service, document())
+    resized = corral(
+        "resize", cluster["id"], "worker=+2", "--json", env=cli_env(service), timeout=300
+    )
+    assert resized.returncode == 0, resized.stderr
+    grown = json.loads(resized.stdout)
+    assert {n["name"]: n["state"] for n in grown["nodes"]} == {
+        "head-0": "ready", "worker-0": "ready", "worker-1": "ready",
+        "worker-2": "ready", "worker-3": "ready",
+    }  # fmt: skip
+    assert grown["state"] == "ready"
+    wanted = ["worker-0", "worker-1", "worker-2", "worker-3"]
+    wait_for(lambda: slurm_nodes(service, grown) == wanted, timeout=60, interval=0.5)
+    jobs = on_node(service, grown, "head-0", "srun", "-N4", "hostname")
+    assert jobs.returncode == 0, jobs.stderr
+    assert sorted(jobs.stdout.split()) == wanted
+
+
 def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_path):
     # the backend's pid is a shell that moves into the container's cgroups and then execs
     # nspawn: until then its command line names no container directory, and an engine

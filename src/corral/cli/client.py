@@ -165,6 +165,10 @@ class Client:
     def extend(self, ref: str, seconds: float) -> Answer[ClusterDetail]:
         return self._ask(_CLUSTER, "POST", f"/clusters/{ref}/extend", json={"seconds": seconds})
 
+    def resize(self, ref: str, group: str, count: int) -> Answer[ClusterDetail]:
+        body = {"group": group, "count": count}
+        return self._ask(_CLUSTER, "POST", f"/clusters/{ref}/resize", json=body)
+
     def destroy(self, ref: str) -> Answer[ClusterDetail]:
         return self._ask(_CLUSTER, "DELETE", f"/clusters/{ref}")
 

@@ -271,6 +271,51 @@ def extend(cluster: str, hours: float, as_json: bool) -> None:
 
 @click.command()
 @click.argument("cluster")
+@click.argument("change", metavar="GROUP=N|+K")
+@click.option("--no-wait", is_flag=True, help="Return once the new nodes are placed.")
+@json_option
+def resize(cluster: str, change: str, no_wait: bool, as_json: bool) -> None:
+    """Grow a group of a running cluster: `corral resize C worker=4` or `worker=+2`.
+
+    New nodes take the group's next indexes and join like the first ones; a resize the
+    quota or the pool cannot take is refused whole. (Shrinking is not supported yet.)
+    """
+    group, sep, amount = change.partition("=")
+    if not sep or not amount.lstrip("+").isdigit() or len(amount) > 6:
+        raise click.BadParameter(f"{change!r}: write GROUP=N or GROUP=+K", param_hint="CHANGE")
+    client = connect()
+    if amount.startswith("+"):
+        view = client.cluster(cluster).model
+        running = [n for n in view.nodes if n.group == group and n.state in GROWING]
+        count = len(running) + int(amount[1:])
+    else:
+        count = int(amount)
+    answer = client.resize(cluster, group, count)
+    if not no_wait:
+        answer = _settle(client, answer.model.id)
+    if as_json:
+        render.emit_json(answer.body)
+        return
+    view = answer.model
+    shown = [n.name for n in view.nodes if n.group == group and n.state in GROWING]
+    click.echo(f"{view.id} {view.state}: {group} has {len(shown)} node(s): {', '.join(shown)}")
+
+
+GROWING = ("pending", "booting", "registered", "configuring", "ready")
+ON_THE_WAY = ("pending", "booting", "registered", "configuring")
+
+
+def _settle(client: Client, ref: str) -> Answer[ClusterDetail]:
+    """The cluster once none of its nodes is on its way to ready any more."""
+    while True:
+        answer = client.cluster(ref)
+        if not any(n.state in ON_THE_WAY for n in answer.model.nodes):
+            return answer
+        time.sleep(0.5)
+
+
+@click.command()
+@click.argument("cluster")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-wait", is_flag=True, help="Return once removal has started.")
 @json_option

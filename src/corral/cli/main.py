@@ -47,6 +47,7 @@ for command in (
     clusters.list_clusters,
     clusters.status,
     clusters.extend,
+    clusters.resize,
     clusters.destroy,
     clusters.logs,
     clusters.credentials,

@@ -342,6 +342,13 @@ class ClusterDocument(BaseModel):
             return self
         return self.model_copy(update={"users": [User(name=owner)]})
 
+    def with_count(self, group: str, count: int) -> ClusterDocument:
+        """The document with group `group` of `count` nodes (a resize)."""
+        nodes = [
+            g.model_copy(update={"count": count}) if g.group == group else g for g in self.nodes
+        ]
+        return self.model_copy(update={"nodes": nodes})
+
     def accounts(self) -> list[Account]:
         """The accounts every node has, with their UIDs (see `with_owner_account`)."""
         return [Account(u.name, FIRST_UID + i, tuple(u.ssh_keys)) for i, u in enumerate(self.users)]

@@ -65,6 +65,7 @@ from corral.service.schemas import (
     NodeView,
     PoolView,
     ReportView,
+    ResizeBody,
     UserBody,
     UserView,
 )
@@ -274,6 +275,16 @@ def extend(service: Svc, ref: ClusterRef, body: ExtendBody, db: DB, user: Caller
         db.commit()
     # its nodes' certificates were renewed: the broker reads them from the store again
     service.known_nodes.forget_cluster(cluster.id)
+    return _detail(service, db, cluster)
+
+
+@router.post("/clusters/{ref}/resize")
+def resize(service: Svc, ref: ClusterRef, body: ResizeBody, db: DB, user: Caller) -> ClusterDetail:
+    with service.decisions:
+        cluster = service.clusters.resize(db, user, ref, body.group, body.count)
+        db.commit()
+    service.documents.forget(cluster.id)  # its group's count changed
+    service.engine.poke()
     return _detail(service, db, cluster)
 
 

@@ -8,7 +8,6 @@ rest (booting, readiness, leases, teardown).
 
 from __future__ import annotations
 
-import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,11 +19,13 @@ from corral import names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
-from corral.errors import CapacityError, LeaseError, NotFoundError, RefusedError
+from corral.errors import CapacityError, ConflictError, LeaseError, NotFoundError, RefusedError
 from corral.lifecycle import ClusterState, NodeState
 from corral.service import quotas
 from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
+from corral.service.growth import add_nodes
+from corral.service.ids import new_id
 from corral.service.inventory import host_capacities
 from corral.service.pools import Pool, Pools
 from corral.service.scheduler import NodeRequest, place
@@ -32,6 +33,17 @@ from corral.store.models import Cluster, Image, Node, User, utcnow
 from corral.store.models import Pool as PoolRow
 from corral.transitions import bump_context, move_cluster, record, record_node
 from corral.units import format_duration
+
+# a node in these states holds its place in its group
+HOLDS_PLACE = frozenset(
+    {
+        NodeState.PENDING,
+        NodeState.BOOTING,
+        NodeState.REGISTERED,
+        NodeState.CONFIGURING,
+        NodeState.READY,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -46,10 +58,6 @@ class LaunchRequest:
     pool: str | None = None  # overrides the document's pool
     lease: timedelta | None = None
     keep_on_failure: bool = False
-
-
-def new_id(prefix: str, nbytes: int = 4) -> str:
-    return f"{prefix}-{secrets.token_hex(nbytes)}"
 
 
 class Clusters:
@@ -238,6 +246,51 @@ class Clusters:
         if not (everyone and user.is_admin):
             query = query.where(Cluster.owner_id == user.id)
         return list(session.scalars(query))
+
+    def resize(
+        self, session: Session, user: User, ref: str, group_name: str, count: int
+    ) -> Cluster:
+        """Grow group `group_name` of a running cluster to `count` nodes; the new ones take
+        the group's next indexes and are contextualized like the first. The stored
+        document's count follows (callers forget their cached copy).
+
+        Checked like a launch, and refused whole, changing nothing: NotFoundError (group),
+        ConflictError (a cluster not ready or degraded, or fewer nodes: shrinking is not
+        supported yet), QuotaExceededError or CapacityError.
+        """
+        cluster = self.find(session, user, ref, load_nodes=True)
+        if cluster.state not in (ClusterState.READY, ClusterState.DEGRADED):
+            raise ConflictError(
+                f"cluster {cluster.id} is {cluster.state}; only a running one grows"
+            )
+        doc = ClusterDocument.from_json(cluster.document, cluster.id)
+        if all(g.group != group_name for g in doc.nodes):
+            groups = ", ".join(g.group for g in doc.nodes)
+            raise NotFoundError(
+                f"cluster {cluster.id} has no group {group_name} (groups: {groups})", field="group"
+            )
+        running = [n for n in cluster.nodes if n.group == group_name and n.state in HOLDS_PLACE]
+        adding = count - len(running)
+        if adding < 0:
+            raise ConflictError(
+                f"group {group_name} has {len(running)} node(s); shrinking it to {count} is "
+                "not supported yet",
+                field="count",
+            )
+        if adding == 0:
+            return cluster
+        now = utcnow()
+        hours = quotas.node_hours(adding, cluster.lease_end - now)
+        quotas.check_quota(session, user, self.config, now, adding, hours)
+        pool = self.pools.get(cluster.pool_name)
+        why = f"resized by {user.name}"
+        with self._placement_lock:
+            _check_pool_limit(session, pool, adding)
+            add_nodes(session, cluster, doc, pool, group_name, adding, why, now)
+        cluster.document = doc.with_count(group_name, count).to_json()
+        record(session, cluster, "resized", f"group {group_name}: {len(running)} -> {count}, {why}")
+        session.flush()
+        return cluster
 
     def extend(self, session: Session, user: User, ref: str, by: timedelta) -> Cluster:
         """Move a cluster's lease deadline later by `by`, within policy and quota.

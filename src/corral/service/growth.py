@@ -14,7 +14,7 @@ from corral.backends.base import Capability
 from corral.document import ClusterDocument
 from corral.lifecycle import NodeState
 from corral.service.addresses import allocate_addresses
-from corral.service.clusters import new_id
+from corral.service.ids import new_id
 from corral.service.inventory import host_capacities
 from corral.service.pools import Pool
 from corral.service.scheduler import NodeRequest, place

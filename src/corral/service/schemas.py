@@ -37,6 +37,15 @@ class LaunchBody(BaseModel):
     keep_on_failure: bool = Field(False, description="keep a failed launch's nodes running")
 
 
+class ResizeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: names.GROUP.type = Field(description="the group to resize")
+    count: int = Field(
+        ge=0, le=limits.MAX_GROUP_COUNT, description="how many nodes the group should have"
+    )
+
+
 class ExtendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
