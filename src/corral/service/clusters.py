@@ -24,7 +24,7 @@ from corral.lifecycle import ClusterState, NodeState
 from corral.service import quotas
 from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
-from corral.service.growth import add_nodes
+from corral.service.growth import add_nodes, pending_node
 from corral.service.ids import new_id
 from corral.service.inventory import host_capacities
 from corral.service.pools import Pool, Pools
@@ -138,26 +138,13 @@ class Clusters:
             in_use = pool.networks_in_use()
             cluster.subnet = allocate_subnet(session, pool_row, cluster.id, in_use)
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
-        nodes = []
-        for group in doc.nodes:
-            for index, node in enumerate(group.node_names()):
-                ws = Node(
-                    id=new_id("w", 5),
-                    cluster_id=cluster.id,
-                    name=node,
-                    group=group.group,
-                    index=index,
-                    host_name=placement[node],
-                    image=group.image,
-                    image_digest=digests.get(group.image, ""),
-                    cores=group.cores,
-                    memory_mib=group.memory_mib,
-                    login=group.login,
-                    state=NodeState.PENDING,
-                    state_since=now,
-                    created_at=now,
-                )
-                nodes.append(ws)
+        nodes = [
+            pending_node(
+                cluster.id, group, index, placement[name], digests.get(group.image, ""), now
+            )
+            for group in doc.nodes
+            for index, name in enumerate(group.node_names())
+        ]
         session.add_all(nodes)
         session.flush()
         addresses = (

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from corral.backends.base import Capability
-from corral.document import ClusterDocument
+from corral.document import ClusterDocument, NodeGroup
 from corral.lifecycle import NodeState
 from corral.service.addresses import allocate_addresses
 from corral.service.ids import new_id
@@ -21,6 +21,28 @@ from corral.service.scheduler import NodeRequest, place
 from corral.store.models import Cluster, Node
 from corral.store.models import Pool as PoolRow
 from corral.transitions import record_node
+
+
+def pending_node(
+    cluster_id: str, group: NodeGroup, index: int, host: str, digest: str, now: datetime
+) -> Node:
+    """A new node record of `group`, placed on `host`, waiting to boot."""
+    return Node(
+        id=new_id("w", 5),
+        cluster_id=cluster_id,
+        name=f"{group.group}-{index}",
+        group=group.group,
+        index=index,
+        host_name=host,
+        image=group.image,
+        image_digest=digest,
+        cores=group.cores,
+        memory_mib=group.memory_mib,
+        login=group.login,
+        state=NodeState.PENDING,
+        state_since=now,
+        created_at=now,
+    )
 
 
 def add_nodes(
@@ -51,22 +73,7 @@ def add_nodes(
         select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.group == group_name)
     )
     nodes = [
-        Node(
-            id=new_id("w", 5),
-            cluster_id=cluster.id,
-            name=name,
-            group=group_name,
-            index=first + 1 + i,
-            host_name=placement[name],
-            image=group.image,
-            image_digest=digest or "",
-            cores=group.cores,
-            memory_mib=group.memory_mib,
-            login=group.login,
-            state=NodeState.PENDING,
-            state_since=now,
-            created_at=now,
-        )
+        pending_node(cluster.id, group, first + 1 + i, placement[name], digest or "", now)
         for i, name in enumerate(names)
     ]
     session.add_all(nodes)
