@@ -34,6 +34,13 @@ class NodeState(StrEnum):
 
 _ENDING = {NodeState.FAILED, NodeState.LOST, NodeState.TERMINATING}
 
+# a node in these states is still on its way to ready
+IN_PROGRESS = frozenset(
+    {NodeState.PENDING, NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING}
+)
+# a node in these states holds its place in its group (what a resize counts)
+IN_GROUP = IN_PROGRESS | {NodeState.READY}
+
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     NodeState.PENDING: frozenset({NodeState.BOOTING} | _ENDING),
     # booting -> ready is taken when the node runs no agent (fake machines without one);

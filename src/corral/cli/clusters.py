@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
 from corral.document import load_with_warnings, name_from_file, parse_with_warnings, read_document
 from corral.document.problems import format_warning
 from corral.errors import NotFoundError, Problem
+from corral.lifecycle import IN_GROUP, IN_PROGRESS
 from corral.logs import escape_controls
 from corral.service.schemas import ClusterDetail
 from corral.units import format_duration, parse_duration
@@ -117,9 +119,8 @@ def run(
         _print_launched(answer, as_json)
         return
     try:
-        answer = _wait(
-            client, cluster.id, ("ready", "degraded", "failed", "terminating", *ENDED), wait_limit
-        )
+        until = _in_state("ready", "degraded", "failed", "terminating", *ENDED)
+        answer = _wait(client, cluster.id, until, wait_limit)
     except KeyboardInterrupt:
         click.echo(
             f"\nstopped waiting; {cluster.id} goes on launching "
@@ -148,7 +149,7 @@ def run(
         pass  # destroyed or expired while we waited
     elif not keep_on_failure:
         click.echo("launch failed; removing its nodes", err=True)
-        answer = _wait(client, cluster.id, ENDED, None, goal="terminated")
+        answer = _wait(client, cluster.id, _in_state(*ENDED), None, goal="terminated")
         cluster = answer.model
     _print_launched(answer, as_json)
     click.echo(
@@ -167,15 +168,21 @@ def _print_warnings(source: str, warnings: tuple[Problem, ...]) -> None:
 
 
 def _wait(
-    client: Client, ref: str, until: tuple[str, ...], limit: float | None, goal: str = "ready"
+    client: Client,
+    ref: str,
+    done: Callable[[ClusterDetail], bool],
+    limit: float | None,
+    goal: str = "ready",
 ) -> Answer[ClusterDetail]:
+    """The cluster once `done` says so of it, or when `limit` seconds ran out; shows its
+    nodes' progress towards `goal` meanwhile."""
     progress = render.Progress(goal)
     deadline = time.monotonic() + limit if limit else None
     try:
         while True:
             answer = client.cluster(ref)
             progress.update(answer.model)
-            if answer.model.state in until:
+            if done(answer.model):
                 return answer
             if deadline and time.monotonic() > deadline:
                 return answer
@@ -286,32 +293,28 @@ def resize(cluster: str, change: str, no_wait: bool, as_json: bool) -> None:
     client = connect()
     if amount.startswith("+"):
         view = client.cluster(cluster).model
-        running = [n for n in view.nodes if n.group == group and n.state in GROWING]
+        running = [n for n in view.nodes if n.group == group and n.state in IN_GROUP]
         count = len(running) + int(amount[1:])
     else:
         count = int(amount)
     answer = client.resize(cluster, group, count)
     if not no_wait:
-        answer = _settle(client, answer.model.id)
+        answer = _wait(client, answer.model.id, _settled, None)
     if as_json:
         render.emit_json(answer.body)
         return
     view = answer.model
-    shown = [n.name for n in view.nodes if n.group == group and n.state in GROWING]
+    shown = [n.name for n in view.nodes if n.group == group and n.state in IN_GROUP]
     click.echo(f"{view.id} {view.state}: {group} has {len(shown)} node(s): {', '.join(shown)}")
 
 
-GROWING = ("pending", "booting", "registered", "configuring", "ready")
-ON_THE_WAY = ("pending", "booting", "registered", "configuring")
+def _in_state(*states: str) -> Callable[[ClusterDetail], bool]:
+    return lambda cluster: cluster.state in states
 
 
-def _settle(client: Client, ref: str) -> Answer[ClusterDetail]:
-    """The cluster once none of its nodes is on its way to ready any more."""
-    while True:
-        answer = client.cluster(ref)
-        if not any(n.state in ON_THE_WAY for n in answer.model.nodes):
-            return answer
-        time.sleep(0.5)
+def _settled(cluster: ClusterDetail) -> bool:
+    """Whether none of the cluster's nodes is on its way to ready any more."""
+    return not any(n.state in IN_PROGRESS for n in cluster.nodes)
 
 
 @click.command()
@@ -335,7 +338,7 @@ def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
             )
     answer = client.destroy(cluster)
     if not no_wait:
-        answer = _wait(client, answer.model.id, ENDED, None, goal="terminated")
+        answer = _wait(client, answer.model.id, _in_state(*ENDED), None, goal="terminated")
     if as_json:
         render.emit_json(answer.body)
     else:

@@ -20,7 +20,7 @@ from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
 from corral.errors import CapacityError, ConflictError, LeaseError, NotFoundError, RefusedError
-from corral.lifecycle import ClusterState, NodeState
+from corral.lifecycle import IN_GROUP, ClusterState, NodeState
 from corral.service import quotas
 from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
@@ -33,17 +33,6 @@ from corral.store.models import Cluster, Image, Node, User, utcnow
 from corral.store.models import Pool as PoolRow
 from corral.transitions import bump_context, move_cluster, record, record_node
 from corral.units import format_duration
-
-# a node in these states holds its place in its group
-HOLDS_PLACE = frozenset(
-    {
-        NodeState.PENDING,
-        NodeState.BOOTING,
-        NodeState.REGISTERED,
-        NodeState.CONFIGURING,
-        NodeState.READY,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -256,7 +245,7 @@ class Clusters:
             raise NotFoundError(
                 f"cluster {cluster.id} has no group {group_name} (groups: {groups})", field="group"
             )
-        running = [n for n in cluster.nodes if n.group == group_name and n.state in HOLDS_PLACE]
+        running = [n for n in cluster.nodes if n.group == group_name and n.state in IN_GROUP]
         adding = count - len(running)
         if adding < 0:
             raise ConflictError(

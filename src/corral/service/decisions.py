@@ -14,13 +14,9 @@ from datetime import datetime
 
 from corral.backends.base import Machine, MachineState
 from corral.document import ClusterDocument, Policy
-from corral.lifecycle import ClusterState, NodeState
+from corral.lifecycle import IN_PROGRESS, ClusterState, NodeState
 from corral.units import format_duration
 
-# a node in these states is still on its way to ready
-IN_PROGRESS = frozenset(
-    {NodeState.PENDING, NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING}
-)
 FAILING = frozenset({NodeState.FAILED, NodeState.LOST})
 GONE = frozenset({NodeState.TERMINATING, NodeState.TERMINATED})
 # a node in these states has a machine its backend should be running
