@@ -405,16 +405,13 @@ def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
             f"{total} nodes in all, more than the limit of {limits.MAX_CLUSTER_NODES} "
             "for one cluster",
         )
-    first_index: dict[str, int] = {}
+    repeats = _repeats([g.group for g in groups])
     for i, group in enumerate(groups):
-        if group.group in first_index:
-            first = first_index[group.group]
+        if i in repeats:
             yield (
                 ("nodes", i, "group"),
-                f"group {group.group!r} is defined twice (first at nodes[{first}])",
+                f"group {group.group!r} is defined twice (first at nodes[{repeats[i]}])",
             )
-        else:
-            first_index[group.group] = i
         if group.min is not None and group.min > group.count:
             yield ("nodes", i, "min"), f"min ({group.min}) is larger than count ({group.count})"
         if group.image is None:
@@ -425,14 +422,23 @@ def _check_groups(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
 
 
 def _check_users(users: list[User]) -> Iterator[tuple[Loc, str]]:
+    for i, first in _repeats([u.name for u in users]).items():
+        yield (
+            ("users", i, "name"),
+            f"user {users[i].name!r} is listed twice (first at users[{first}])",
+        )
+
+
+def _repeats(names: list[str]) -> dict[int, int]:
+    """For each position whose name came before, the position where it first came."""
     first_index: dict[str, int] = {}
-    for i, user in enumerate(users):
-        if user.name in first_index:
-            yield (
-                ("users", i, "name"),
-                f"user {user.name!r} is listed twice (first at users[{first_index[user.name]}])",
-            )
-        first_index.setdefault(user.name, i)
+    repeats = {}
+    for i, name in enumerate(names):
+        if name in first_index:
+            repeats[i] = first_index[name]
+        else:
+            first_index[name] = i
+    return repeats
 
 
 def _check_data_bytes(data: dict[str, str], groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
