@@ -1130,6 +1130,7 @@ class Agent:
         self.first_view: dict[str, Any] | None = None  # what register answered, if anything
         self.lease = LeaseEnd(self.root, lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.state: State | None = None
+        self.accounts_made: list[Account] = []  # accounts are fixed at launch: made once
 
     def path(self, node_path: str) -> str:
         return under_root(self.root, node_path)
@@ -1253,11 +1254,13 @@ class Agent:
         """Install the view's accounts, files, hosts and known hosts; the files that
         changed. Accounts come first: the files may include their login principals."""
         accounts = accounts_of(view)
-        added = add_account_entries(self.root, accounts)
-        if added:
-            log.info("accounts added: %s", ", ".join(added))
-        for account in accounts:
-            prepare_home(self.root, account, self.owner_root)
+        if accounts != self.accounts_made:
+            added = add_account_entries(self.root, accounts)
+            if added:
+                log.info("accounts added: %s", ", ".join(added))
+            for account in accounts:
+                prepare_home(self.root, account, self.owner_root)
+            self.accounts_made = accounts
         written = []
         for item in view.get("files") or []:
             path, mode, content = self._file_of(item)
