@@ -79,7 +79,7 @@ def known_hosts(secret: ClusterSecret, trust: Trust) -> str:
 
 
 def cluster_files(
-    secret: ClusterSecret, owner: str, trust: Trust, accounts: Iterable[AccountView] = ()
+    secret: ClusterSecret, owner: str, trust: Trust, accounts: Iterable[AccountView]
 ) -> list[FileItem]:
     """The files every node of the cluster gets alike.
 

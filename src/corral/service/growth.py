@@ -1,5 +1,5 @@
-"""New nodes for a cluster that already runs: the successors of lost nodes (and, later,
-a resize). They are placed, addressed and recorded as a launch's are, with the group's
+"""New nodes for a cluster that already runs: the successors of lost nodes, and a
+resize's. They are placed, addressed and recorded as a launch's are, with the group's
 next indexes, and the engine boots them like any pending node.
 """
 
@@ -65,16 +65,19 @@ def add_nodes(
     last = session.scalar(
         select(func.max(Node.index)).where(Node.cluster_id == cluster.id, Node.group == group_name)
     )
-    first = -1 if last is None else last
-    names = [f"{group_name}-{first + 1 + i}" for i in range(count)]
-    requests = [NodeRequest(n, group_name, pool.name, group.cores, group.memory_mib) for n in names]
+    start = 0 if last is None else last + 1
+    names = {index: f"{group_name}-{index}" for index in range(start, start + count)}
+    requests = [
+        NodeRequest(name, group_name, pool.name, group.cores, group.memory_mib)
+        for name in names.values()
+    ]
     placement = place(requests, host_capacities(session, pool.name))
     digest = session.scalar(
         select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.group == group_name)
     )
     nodes = [
-        pending_node(cluster.id, group, first + 1 + i, placement[name], digest or "", now)
-        for i, name in enumerate(names)
+        pending_node(cluster.id, group, index, placement[name], digest or "", now)
+        for index, name in names.items()
     ]
     session.add_all(nodes)
     session.flush()
