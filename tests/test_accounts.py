@@ -57,21 +57,23 @@ def test_the_service_stores_the_owners_account_and_ssh_logs_in_to_it(make_servic
     assert (view["users"], view["login_user"]) == (["admin"], "admin")
 
 
-def test_a_cluster_launched_before_accounts_keeps_root_as_its_login(make_service):
+def test_a_cluster_launched_before_accounts_keeps_root_as_its_login(make_service, tmp_path):
     """A stored document without `users` (corral 0.3 stored them so) means no accounts:
-    its nodes' agents made none, so ssh logs in as root and the broker lists none."""
-    service = make_service()
-    client = api(service, admin_token(service))
+    its nodes' agents made none, so ssh logs in as root and the broker lists none. The
+    store is rewritten while no service runs, as an upgrade finds it."""
+    data_dir = tmp_path / "upgraded"
+    first = make_service(data_dir=data_dir)
+    client = api(first, admin_token(first))
     cluster_id = client.post("/v1/clusters", json={"document": document()}).json()["id"]
     wait_for(lambda: client.get(f"/v1/clusters/{cluster_id}").json()["state"] == "ready")
-    with service.store.session() as session:
+    first.stop()
+    with first.store.session() as session:
         row = session.get(Cluster, cluster_id)
         row.document = parse_document(document()).to_json()  # as 0.3.0 stored it
         session.commit()
-    service.documents.forget(cluster_id)
-    view = client.get(f"/v1/clusters/{cluster_id}").json()
+    service = make_service(data_dir=data_dir)
+    view = api(service, admin_token(service)).get(f"/v1/clusters/{cluster_id}").json()
     assert (view["users"], view["login_user"]) == ([], "root")
-    service.snapshots.refresh(cluster_id)
     snapshot = service.snapshots.get(cluster_id)
     assert snapshot.accounts == []
     assert not any("/corral_principals/admin" in f.path for f in snapshot.cluster_files)
