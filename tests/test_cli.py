@@ -401,3 +401,34 @@ def test_extend_moves_the_lease_end_an_hour_later(served: ServedCorral) -> None:
     assert abs((after - before).total_seconds() - 3600) < 5
     assert view["lease_left_seconds"] > 3600 + 3000
     assert any(e["kind"] == "lease-extended" for e in view["events"])
+
+
+def test_resize_and_destroy_nodes_change_a_group_from_the_command_line(
+    served: ServedCorral,
+) -> None:
+    env = served.env(add_user(served, "ines"))
+    cluster = launch(env)
+
+    def workers(view: dict[str, Any]) -> list[str]:
+        live = ("pending", "booting", "registered", "configuring", "ready")
+        return sorted(
+            n["name"] for n in view["nodes"] if n["group"] == "worker" and n["state"] in live
+        )
+
+    grown = ok(corral("resize", cluster["id"], "worker=+2", "--json", env=env))
+    assert workers(grown) == ["worker-0", "worker-1", "worker-2", "worker-3"]
+    shrunk = ok(corral("resize", cluster["id"], "worker=-1", "--json", env=env))
+    assert workers(shrunk) == ["worker-0", "worker-1", "worker-2"]
+    text = ok_text(corral("destroy", cluster["id"], "worker-0", "worker-2", env=env))
+    assert "worker has 1 node(s): worker-1" in text
+    assert workers(status(env, cluster["id"])) == ["worker-1"]
+    refused = corral("destroy", cluster["id"], "worker-1", env=env)
+    assert refused.returncode == 1 and "below its minimum of 1" in refused.stderr, refused
+    for change in ("worker", "worker=", "worker=+-1", "worker=1.5", "worker=--1"):
+        bad = corral("resize", cluster["id"], change, env=env)
+        assert bad.returncode == 2, (change, bad.stderr)
+    nameless = corral("resize", cluster["id"], "=2", env=env)
+    assert nameless.returncode == 1 and "group: not a group name" in nameless.stderr
+    whole = corral("destroy", cluster["id"], "--drain-timeout", "1m", "--yes", env=env)
+    assert whole.returncode == 2 and "for removing NODEs" in whole.stderr
+    assert workers(status(env, cluster["id"])) == ["worker-1"]

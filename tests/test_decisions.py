@@ -31,6 +31,7 @@ def node(
     group: str = "worker",
     name: str = "worker-0",
     failure: str | None = None,
+    drain_timeout: int | None = None,
 ) -> NodeRecord:
     return NodeRecord(
         id=f"n-{name}",
@@ -43,6 +44,7 @@ def node(
         failure=failure,
         failure_phase="boot" if failure else None,
         address="10.0.0.2",
+        drain_timeout=drain_timeout,
     )
 
 
@@ -116,6 +118,30 @@ RUNNING = machine(MachineState.RUNNING)
             Move(NodeState.FAILED, "contextualization timed out after 10m (still registered)"),
         ),
         (node(NodeState.READY, registered=timedelta(hours=5)), RUNNING, True, None),
+        # a draining node waits for its agent's word up to its timeout and a minute more
+        (
+            node(NodeState.DRAINING, since=timedelta(seconds=80), drain_timeout=30),
+            RUNNING,
+            True,
+            None,
+        ),
+        (
+            node(NodeState.DRAINING, since=timedelta(seconds=91), drain_timeout=30),
+            RUNNING,
+            True,
+            Move(
+                NodeState.READY,
+                "removal failed: its agent did not report its drain within 1m30s; "
+                "it stays, drained",
+            ),
+        ),
+        # and is lost like any other when its machine goes
+        (
+            node(NodeState.DRAINING, drain_timeout=30),
+            None,
+            True,
+            Move(NodeState.LOST, "the backend no longer has this machine"),
+        ),
     ],
 )
 def test_a_node_reacts_to_its_machine(record, seen, agents, expected):

@@ -242,7 +242,7 @@ def test_a_group_grows_with_the_next_indexes_and_a_refused_resize_changes_nothin
     for body, status, words in [
         ({"group": "worker", "count": 500}, 403, "quota"),
         ({"group": "nobody", "count": 3}, 404, "no group nobody (groups: head, worker)"),
-        ({"group": "worker", "count": 2}, 409, "shrinking it to 2 is not supported yet"),
+        ({"group": "head", "count": 0}, 409, "below its minimum of 1"),
         ({"group": "worker", "count": -1}, 422, "count"),
     ]:
         refused = client.post(f"/v1/clusters/{cluster_id}/resize", json=body)
@@ -252,3 +252,10 @@ def test_a_group_grows_with_the_next_indexes_and_a_refused_resize_changes_nothin
     assert len(service.backend.list_machines()) == 5
     after = client.get(f"/v1/clusters/{cluster_id}").json()
     assert (after["nodes"], after["state"]) == (detail["nodes"], detail["state"])
+
+    # machines that run no agent have nothing to drain: a shrink removes them at once
+    shrunk = client.post(f"/v1/clusters/{cluster_id}/resize", json={"group": "worker", "by": -3})
+    assert shrunk.status_code == 200, shrunk.text
+    wait_for(lambda: len(service.backend.list_machines()) == 2)
+    live = {n for n, w in nodes(client, cluster_id).items() if w["state"] != "terminated"}
+    assert live == {"head-0", "worker-0"}

@@ -377,6 +377,58 @@ def test_a_resized_cluster_runs_jobs_on_its_new_workers(nspawn_service):
     assert jobs.returncode == 0, jobs.stderr
     assert sorted(jobs.stdout.split()) == wanted
 
+    # back to 2: worker-3 runs a job, which its drain lets finish before it goes
+    job = submit(service, grown, "worker-3", "sleep 8")
+    wait_for(lambda: job_state(service, grown, job) == "RUNNING", timeout=30, interval=0.3)
+    shrunk = corral(
+        "resize", cluster["id"], "worker=2", "--json", env=cli_env(service), timeout=300
+    )
+    assert shrunk.returncode == 0, shrunk.stderr
+    states = {n["name"]: n["state"] for n in json.loads(shrunk.stdout)["nodes"]}
+    assert states["worker-2"] == states["worker-3"] == "terminated"
+    assert job_state(service, grown, job) == "COMPLETED"  # it ended in its time, not killed
+    wait_for(
+        lambda: slurm_nodes(service, grown) == ["worker-0", "worker-1"], timeout=60, interval=0.5
+    )
+    reasons = [
+        e["reason"] for e in corral_events(service, cluster["id"]) if "worker-3" in e["subject"]
+    ]
+    assert any("draining it first" in r for r in reasons), reasons
+
+    # a drain whose job outlasts its timeout keeps the node, drained, and says why
+    long_job = submit(service, grown, "worker-1", "sleep 300")
+    wait_for(lambda: job_state(service, grown, long_job) == "RUNNING", timeout=30, interval=0.3)
+    kept = corral(
+        "destroy", cluster["id"], "worker-1", "--drain-timeout", "2s", env=cli_env(service),
+        timeout=300,
+    )  # fmt: skip
+    assert kept.returncode == 10, (kept.stdout, kept.stderr)
+    assert f"job(s) {long_job} still running on worker-1" in kept.stderr
+    assert "worker-1 stays drained in Slurm" in kept.stderr
+    shown = on_node(service, grown, "head-0", "sinfo", "-h", "-n", "worker-1", "-o", "%T")
+    assert shown.stdout.strip() == "draining", shown  # drained, its job still running
+    assert job_state(service, grown, long_job) == "RUNNING"
+    on_node(service, grown, "head-0", "scancel", long_job)
+
+
+def submit(service, cluster: dict, node: str, command: str) -> str:
+    """Submit `command` as a batch job on `node`; its job id."""
+    # ssh joins the arguments into one command line for the node's shell: quoted once
+    argv = ["sbatch", "--parsable", "-w", node, "-o", "/dev/null", f"--wrap='{command}'"]
+    submitted = on_node(service, cluster, "head-0", *argv)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
+
+
+def job_state(service, cluster: dict, job: str) -> str:
+    shown = on_node(service, cluster, "head-0", "scontrol", "show", "job", job, "--oneliner")
+    return next((w[9:] for w in shown.stdout.split() if w.startswith("JobState=")), shown.stderr)
+
+
+def corral_events(service, cluster_id: str) -> list[dict]:
+    client = api(service, admin_token(service))
+    return client.get(f"/v1/clusters/{cluster_id}/events").json()
+
 
 def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_path):
     # the backend's pid is a shell that moves into the container's cgroups and then execs

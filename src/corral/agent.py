@@ -78,6 +78,10 @@ FIRST_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 30.0
 REQUEST_TIMEOUT = 30.0
 IMDS_URL = "http://169.254.169.254"
+MAX_DRAIN_SECONDS = 7 * 24 * 3600
+# a drain hook's own timeout is the drain's and this much more, so that a hook that waits
+# out the drain's timeout still says so itself
+DRAIN_SCRIPT_MARGIN_SECONDS = 30
 
 NOCLOUD_USER_DATA = "/var/lib/cloud/seed/nocloud/user-data"
 BOOTSTRAP_FILE = "/var/lib/corral/bootstrap.json"
@@ -1131,6 +1135,7 @@ class Agent:
         self.lease = LeaseEnd(self.root, lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.state: State | None = None
         self.accounts_made: list[Account] = []  # accounts are fixed at launch: made once
+        self.drained_in: int | None = None  # the view version whose drain was run
 
     def path(self, node_path: str) -> str:
         return under_root(self.root, node_path)
@@ -1323,6 +1328,7 @@ class Agent:
     def _follow(self, view: dict[str, Any], state: State) -> None:
         log.info("following the view from version %d", view["version"])
         self._act_on_membership(view, state)
+        self._drain_if_asked(view)
         version = view["version"]
         while True:
             self.stopper.check()
@@ -1339,6 +1345,7 @@ class Agent:
             else:
                 self._reload_sshd(written)
             self._act_on_membership(new, state)
+            self._drain_if_asked(new)
 
     def _reload_sshd(self, written: list[str]) -> None:
         """sshd reads its host certificate when it starts: after the broker renewed it (the
@@ -1369,8 +1376,45 @@ class Agent:
                     self._run_role_script(role, phase, view)
         state.set_membership(now)
 
-    def _run_role_script(self, role: str, phase: str, view: dict[str, Any]) -> ScriptResult | None:
-        """Run roles/<role>/<phase> and report it; None when the role has no such script."""
+    def _drain_if_asked(self, view: dict[str, Any]) -> None:
+        """The node is to be removed: run each provided role's `drain` hook (each lets the
+        node's work end, waiting at most the view's timeout), then say how the drain
+        ended. The service removes the node once drained; a drain that failed leaves it."""
+        drain = view.get("drain")
+        if not isinstance(drain, dict) or self.drained_in == view["version"]:
+            return
+        self.drained_in = view["version"]
+        timeout = drain.get("timeout_seconds")
+        if not isinstance(timeout, int) or not 0 < timeout <= MAX_DRAIN_SECONDS:
+            raise ViewError(f"broker sent a drain with a bad timeout: {timeout!r}")
+        log.info("asked to drain, waiting at most %d s for the node's work to end", timeout)
+        failed = []
+        for role in view.get("provides") or []:
+            result = self._run_role_script(
+                role,
+                "drain",
+                view,
+                timeout=timeout + DRAIN_SCRIPT_MARGIN_SECONDS,
+                extra_env={"CORRAL_DRAIN_TIMEOUT": str(timeout)},
+            )
+            if result is not None and not result.ok:
+                tail = result.log_tail.strip().splitlines()[-1:] or ["no output"]
+                failed.append(f"drain of role {role} failed: {tail[0]}")
+        if failed:
+            self._report("drain", None, "failed", view, log_tail="; ".join(failed))
+        else:
+            self._report("drain", None, "ok", view)
+
+    def _run_role_script(
+        self,
+        role: str,
+        phase: str,
+        view: dict[str, Any],
+        timeout: float | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> ScriptResult | None:
+        """Run roles/<role>/<phase> and report it; None when the role has no such script.
+        `timeout` (default: the agent's script timeout) and `extra_env` are for this run."""
         node_path = f"{ROLES_DIR}/{role}/{phase}"
         path = self.path(node_path)
         if not os.path.lexists(path):
@@ -1385,11 +1429,12 @@ class Agent:
             CORRAL_ROLE=role,
             CORRAL_ROOT=self.root,
         )
+        env.update(extra_env or {})
         self._report(phase, role, "running", view)
         log.info("role %s: running %s", role, node_path)
         started = time.monotonic()
         result = run_script(
-            path, context.encode("utf-8"), env, self.root, self.options.script_timeout
+            path, context.encode("utf-8"), env, self.root, timeout or self.options.script_timeout
         )
         took = time.monotonic() - started
         if result.ok:

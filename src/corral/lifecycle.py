@@ -17,6 +17,7 @@ class NodeState(StrEnum):
     REGISTERED = "registered"  # its agent registered with the broker
     CONFIGURING = "configuring"  # its requirements are met and its role scripts are running
     READY = "ready"  # running and configured; part of a usable cluster
+    DRAINING = "draining"  # to be removed: its roles' drain hooks let its work end first
     FAILED = "failed"  # boot, contextualization or a role script failed; the cause is recorded
     LOST = "lost"  # the service expected it running but its backend no longer knows it
     TERMINATING = "terminating"  # the backend was asked to remove it
@@ -40,6 +41,8 @@ IN_PROGRESS = frozenset(
 )
 # a node in these states holds its place in its group (what a resize counts)
 IN_GROUP = IN_PROGRESS | {NodeState.READY}
+# a node in these states is on its way out
+LEAVING = frozenset({NodeState.DRAINING, NodeState.TERMINATING})
 
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     NodeState.PENDING: frozenset({NodeState.BOOTING} | _ENDING),
@@ -49,7 +52,10 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     NodeState.REGISTERED: frozenset({NodeState.CONFIGURING, NodeState.READY} | _ENDING),
     NodeState.CONFIGURING: frozenset({NodeState.READY} | _ENDING),
     # a ready node re-configures when membership changes
-    NodeState.READY: frozenset({NodeState.CONFIGURING} | _ENDING),
+    NodeState.READY: frozenset({NodeState.CONFIGURING, NodeState.DRAINING} | _ENDING),
+    # drained, it is removed; a drain that failed leaves it ready (and drained in its
+    # scheduler), saying why
+    NodeState.DRAINING: frozenset({NodeState.READY} | _ENDING),
     NodeState.FAILED: frozenset({NodeState.TERMINATING, NodeState.LOST}),
     NodeState.LOST: frozenset({NodeState.TERMINATING}),
     NodeState.TERMINATING: frozenset({NodeState.TERMINATED, NodeState.FAILED}),

@@ -28,6 +28,7 @@ PHASE_OF: dict[NodeState, str] = {
     NodeState.REGISTERED: "register",
     NodeState.CONFIGURING: "configure",
     NodeState.READY: "run",
+    NodeState.DRAINING: "drain",
     NodeState.FAILED: "run",
     NodeState.LOST: "run",
     NodeState.TERMINATING: "terminate",
@@ -46,6 +47,11 @@ def move_node(session: Session, node: Node, target: NodeState, reason: str) -> N
     if target in failing and current not in failing:  # keep the first cause
         node.failure = reason
         node.failure_phase = PHASE_OF[current]
+    if current is NodeState.DRAINING:
+        node.drain_timeout = None
+        if target is NodeState.READY:  # its removal failed: it stays, saying why
+            node.failure = reason
+            record(session, node.cluster, "removal-failed", f"node {node.name}: {reason}")
     record_node(session, node, current, target, reason)
     bump_context(session, node.cluster, node.id)
     log.debug("node %s/%s: %s -> %s (%s)", node.cluster_id, node.name, current, target, reason)

@@ -235,9 +235,22 @@ async def report(request: Call, broker: BrokerParts) -> Reply:
     known = await _known_node(request, broker)
     reads = [(Node, known.me.id), (Cluster, known.cluster_id)]
     state = await broker.writes.write(partial(_record, body, known.me), reads)
-    if state in (NodeState.READY, NodeState.FAILED):  # what the engine decides on
+    # what the engine decides on
+    if state in (NodeState.READY, NodeState.FAILED, NodeState.TERMINATING):
         broker.node_settled()
     return _ALREADY_RECORDED if state is None else _RECORDED
+
+
+def _apply_drain(session, node: Node, body: ReportBody) -> None:
+    """A draining node's whole drain (a `drain` report with no role) removes it, or,
+    failed, leaves it ready and drained in its scheduler, saying why."""
+    if body.phase != "drain" or body.role:
+        return
+    if body.state == "ok":
+        move_node(session, node, NodeState.TERMINATING, "drained: its work has ended")
+        return
+    last = body.log_tail.strip().splitlines()[-1:] or ["its drain hooks failed"]
+    move_node(session, node, NodeState.READY, f"removal failed: {last[0][:300]}; it stays")
 
 
 _RECORDED = json_reply({"status": "recorded"})
@@ -279,7 +292,12 @@ _INSERT_REPORT = {
 def _apply(session, node: Node, body: ReportBody) -> None:
     """Move the node as its report says (see the protocol's `report`)."""
     state = node.state
+    if state is NodeState.DRAINING:
+        _apply_drain(session, node, body)
+        return
     if state not in (NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY):
+        return
+    if body.phase == "drain":  # late, from a drain the service stopped waiting for
         return
     if body.state == "failed":
         what = f"{body.phase} of role {body.role}" if body.role else f"agent ({body.phase})"

@@ -28,12 +28,17 @@ class Peer:
     ssh_root_key: str | None  # a login node's root key (public), once registered
     cores: int
     memory_mib: int
+    drain_timeout: int | None  # seconds its drain hooks may wait, while it is draining
     ssh_host_keys: tuple[str, ...]
 
     @property
     def seen_as(self) -> tuple:
         """What a peer's view holds of this node and acts on (not its state)."""
         return (self.name, self.address, self.hostname, self.ssh_host_keys)
+
+    @property
+    def draining(self) -> bool:
+        return self.state == NodeState.DRAINING
 
     def member(self) -> Member:
         return Member(
@@ -59,6 +64,7 @@ _PEER_COLUMNS = (
     Node.ssh_root_key,
     Node.cores,
     Node.memory_mib,
+    Node.drain_timeout,
     Node.ssh_host_keys,
 )
 

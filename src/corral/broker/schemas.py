@@ -75,6 +75,13 @@ class RequirementView(BaseModel):
     wait: str
 
 
+class DrainView(BaseModel):
+    """Present in the view of a node that is to be removed: its roles' `drain` hooks let
+    its work end, each waiting at most `timeout_seconds`."""
+
+    timeout_seconds: int
+
+
 class ContextView(BaseModel):
     version: int
     cluster: str
@@ -92,6 +99,7 @@ class ContextView(BaseModel):
     files: list[FileItem] = Field(repr=False)
     ssh_known_hosts: str
     lease_end: str = Field(description="ISO 8601; the node powers itself off once it passes")
+    drain: DrainView | None = None
 
 
 class RegisterReply(BaseModel):
@@ -103,7 +111,8 @@ class RegisterReply(BaseModel):
 class ReportBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    phase: Literal["configure", "join", "leave", "node"]
+    # `drain` with no role: the node's whole drain, `ok` (drained) or `failed`
+    phase: Literal["configure", "join", "leave", "drain", "node"]
     role: str = Field("", max_length=64)
     state: Literal["running", "ok", "failed", "ready"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)

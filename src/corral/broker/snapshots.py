@@ -97,12 +97,19 @@ def _peer_groups(doc: ClusterDocument) -> dict[str, set[str]]:
     return related
 
 
-def _seen(blocked: list[str], peers: list[Peer], hosts: tuple, trust: Trust) -> tuple:
+def _seen(
+    blocked: list[str], peers: list[Peer], hosts: tuple, trust: Trust, draining: tuple
+) -> tuple:
     """What a group's nodes act on: a change of it is what wakes them. Every node acts on
-    the cluster's trust (its lease's end, renewed certificates, nodes that left)."""
+    the cluster's trust (its lease's end, renewed certificates, nodes that left), and a
+    node of the group asked to drain acts on that."""
     if blocked:  # a blocked node acts only on becoming unblocked, and on what ends trust
-        return ("blocked", tuple(blocked), trust.refusals)
-    return (tuple(p.seen_as for p in peers), hosts, trust.key)
+        return ("blocked", tuple(blocked), trust.refusals, draining)
+    return (tuple(p.seen_as for p in peers), hosts, trust.key, draining)
+
+
+def _draining(nodes: list[Peer], group: str) -> tuple:
+    return tuple((p.id, p.drain_timeout) for p in nodes if p.group == group and p.draining)
 
 
 def read_snapshot(
@@ -202,8 +209,15 @@ class Snapshots:
                     previous.trust.lease_end,
                 )
             groups = set()
+            draining = [p for p in snapshot.nodes.values() if p.draining]
             for group, blocked in snapshot.blocked.items():
-                seen = _seen(blocked, snapshot.peers[group], snapshot.hosts, snapshot.trust)
+                seen = _seen(
+                    blocked,
+                    snapshot.peers[group],
+                    snapshot.hosts,
+                    snapshot.trust,
+                    _draining(draining, group),
+                )
                 snapshot.seen[group] = seen
                 if previous is not None and previous.seen.get(group) == seen:
                     snapshot.group_versions[group] = previous.group_versions[group]

@@ -24,7 +24,10 @@ from corral.store.models import ClusterSecret
 
 # nodes in these states have left: nothing issued to them is trusted any more
 GONE = frozenset({NodeState.FAILED, NodeState.LOST, NodeState.TERMINATING, NodeState.TERMINATED})
-REGISTERED = frozenset({NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY})
+# nodes in these states are members: in every view, its hosts and the scheduler's nodes
+REGISTERED = frozenset(
+    {NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY, NodeState.DRAINING}
+)
 
 CA_CERT = "/etc/corral/tls/ca.crt"
 CRL = "/etc/corral/tls/crl.pem"

@@ -15,6 +15,7 @@ from corral.broker.peers import Peer
 from corral.broker.requirements import provider_groups
 from corral.broker.schemas import (
     ContextView,
+    DrainView,
     FileItem,
     HostEntry,
     RequirementView,
@@ -66,7 +67,14 @@ def build_view(
         files=node_files(snapshot, node_secret),
         ssh_known_hosts=snapshot.known_hosts,
         lease_end=snapshot.trust.lease_end.isoformat(),
+        drain=_drain(snapshot.nodes.get(me.id, me)),
     )
+
+
+def _drain(me: Peer) -> DrainView | None:
+    """What the node is asked to drain; `me` as the snapshot read it (a node's cached
+    record is from when it registered)."""
+    return DrainView(timeout_seconds=me.drain_timeout or 0) if me.draining else None
 
 
 def view_json(snapshot: Snapshot, me: Peer, node_secret: NodeSecret | None) -> str:

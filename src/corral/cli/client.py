@@ -165,9 +165,26 @@ class Client:
     def extend(self, ref: str, seconds: float) -> Answer[ClusterDetail]:
         return self._ask(_CLUSTER, "POST", f"/clusters/{ref}/extend", json={"seconds": seconds})
 
-    def resize(self, ref: str, group: str, count: int) -> Answer[ClusterDetail]:
-        body = {"group": group, "count": count}
+    def resize(
+        self,
+        ref: str,
+        group: str,
+        count: int | None = None,
+        by: int | None = None,
+        drain_seconds: float | None = None,
+    ) -> Answer[ClusterDetail]:
+        """Give `group` `count` nodes, or `by` more (negative: fewer)."""
+        body = {"group": group, "count": count, "by": by, "drain_seconds": drain_seconds}
+        body = {k: v for k, v in body.items() if v is not None}
         return self._ask(_CLUSTER, "POST", f"/clusters/{ref}/resize", json=body)
+
+    def remove_nodes(
+        self, ref: str, nodes: list[str], drain_seconds: float | None = None
+    ) -> Answer[ClusterDetail]:
+        body: dict = {"nodes": nodes}
+        if drain_seconds is not None:
+            body["drain_seconds"] = drain_seconds
+        return self._ask(_CLUSTER, "POST", f"/clusters/{ref}/nodes/remove", json=body)
 
     def destroy(self, ref: str) -> Answer[ClusterDetail]:
         return self._ask(_CLUSTER, "DELETE", f"/clusters/{ref}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,11 +23,11 @@ from corral.cli.credentials import (
     ssh_command,
     write_credentials,
 )
-from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Hours, json_option
+from corral.cli.params import ACCOUNT_NAME, CLUSTER_NAME, Duration, Hours, json_option
 from corral.document import load_with_warnings, name_from_file, parse_with_warnings, read_document
 from corral.document.problems import format_warning
 from corral.errors import NotFoundError, Problem
-from corral.lifecycle import IN_GROUP, IN_PROGRESS
+from corral.lifecycle import IN_GROUP, IN_PROGRESS, LEAVING
 from corral.logs import escape_controls
 from corral.service.schemas import ClusterDetail
 from corral.units import format_duration, parse_duration
@@ -276,58 +277,72 @@ def extend(cluster: str, hours: float, as_json: bool) -> None:
     )
 
 
+DRAIN_TIMEOUT = click.option(
+    "--drain-timeout",
+    type=Duration(),
+    help="How long a removed node may take to let its jobs end (default: the document's "
+    "policy.drain_timeout, 10m).",
+)
+
+
 @click.command()
 @click.argument("cluster")
-@click.argument("change", metavar="GROUP=N|+K")
-@click.option("--no-wait", is_flag=True, help="Return once the new nodes are placed.")
+@click.argument("change", metavar="GROUP=N|+K|-K")
+@DRAIN_TIMEOUT
+@click.option("--no-wait", is_flag=True, help="Return once the change has started.")
 @json_option
-def resize(cluster: str, change: str, no_wait: bool, as_json: bool) -> None:
-    """Grow a group of a running cluster: `corral resize C worker=4` or `worker=+2`.
+def resize(
+    cluster: str, change: str, drain_timeout: float | None, no_wait: bool, as_json: bool
+) -> None:
+    """Grow or shrink a group of a running cluster: `worker=4`, `worker=+2`, `worker=-1`.
 
-    New nodes take the group's next indexes and join like the first ones; a resize the
-    quota or the pool cannot take is refused whole. (Shrinking is not supported yet.)
+    New nodes take the group's next indexes and join like the first ones. Removed nodes
+    (those not ready yet first, then the newest) are drained first: their jobs may end
+    within the drain timeout; a node whose drain fails stays, drained, and the reason is
+    shown. A resize the quota, the pool or the group's minimum cannot take is refused
+    whole, changing nothing.
     """
     group, sep, amount = change.partition("=")
-    if not sep or not amount.lstrip("+").isdigit() or len(amount) > 6:
-        raise click.BadParameter(f"{change!r}: write GROUP=N or GROUP=+K", param_hint="CHANGE")
+    if not sep or not re.fullmatch(r"[+-]?[0-9]{1,5}", amount):
+        raise click.BadParameter(
+            f"{change!r}: write GROUP=N, GROUP=+K or GROUP=-K", param_hint="CHANGE"
+        )
     client = connect()
-    if amount.startswith("+"):
-        view = client.cluster(cluster).model
-        running = [n for n in view.nodes if n.group == group and n.state in IN_GROUP]
-        count = len(running) + int(amount[1:])
-    else:
-        count = int(amount)
-    answer = client.resize(cluster, group, count)
-    if not no_wait:
-        answer = _wait(client, answer.model.id, _settled, None)
-    if as_json:
-        render.emit_json(answer.body)
-        return
-    view = answer.model
-    shown = [n.name for n in view.nodes if n.group == group and n.state in IN_GROUP]
-    click.echo(f"{view.id} {view.state}: {group} has {len(shown)} node(s): {', '.join(shown)}")
+    relative = amount[0] in "+-"
+    count, by = (None, int(amount)) if relative else (int(amount), None)
+    answer = client.resize(cluster, group, count, by, drain_timeout)
+    _settle(client, answer, no_wait, as_json, group)
 
 
-def _in_state(*states: str) -> Callable[[ClusterDetail], bool]:
-    return lambda cluster: cluster.state in states
-
-
-def _settled(cluster: ClusterDetail) -> bool:
-    """Whether none of the cluster's nodes is on its way to ready any more."""
-    return not any(n.state in IN_PROGRESS for n in cluster.nodes)
-
-
-@click.command()
+@click.command("destroy")
 @click.argument("cluster")
+@click.argument("nodes", nargs=-1, metavar="[NODE]...")
+@DRAIN_TIMEOUT
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-wait", is_flag=True, help="Return once removal has started.")
 @json_option
-def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
-    """End a cluster now; destroying an ended cluster succeeds and changes nothing.
+def destroy(
+    cluster: str,
+    nodes: tuple[str, ...],
+    drain_timeout: float | None,
+    yes: bool,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """End a cluster now, or remove just the NODEs named.
 
-    Its /home goes with it: `corral cp` out what you want to keep first.
+    A whole cluster's /home goes with it: `corral cp` out what you want to keep first;
+    destroying an ended cluster succeeds and changes nothing. Named nodes are drained
+    first, as a resize's are, and refused whole when one is not there or their group
+    would fall below its minimum.
     """
     client = connect()
+    if nodes:
+        answer = client.remove_nodes(cluster, list(nodes), drain_timeout)
+        _settle(client, answer, no_wait, as_json, None)
+        return
+    if drain_timeout is not None:
+        raise click.UsageError("--drain-timeout is for removing NODEs, not a whole cluster")
     if not yes and sys.stdin.isatty():
         view = client.cluster(cluster).model
         if view.state not in ENDED:
@@ -343,6 +358,37 @@ def destroy(cluster: str, yes: bool, no_wait: bool, as_json: bool) -> None:
         render.emit_json(answer.body)
     else:
         click.echo(f"{answer.model.id} {answer.model.state}")
+
+
+def _settle(
+    client: Client, answer: Answer, no_wait: bool, as_json: bool, group: str | None
+) -> None:
+    """Wait until a resize or removal has settled, then show the group (or every group)
+    and any node whose removal failed; exits non-zero when one did."""
+    if not no_wait:
+        answer = _wait(client, answer.model.id, _settled, None)
+    if as_json:
+        render.emit_json(answer.body)
+    view = answer.model
+    kept = [n for n in view.nodes if n.state == "ready" and n.failure]
+    if not as_json:
+        groups = [group] if group else list(dict.fromkeys(n.group for n in view.nodes))
+        for g in groups:
+            shown = [n.name for n in view.nodes if n.group == g and n.state in IN_GROUP]
+            click.echo(f"{view.id} {view.state}: {g} has {len(shown)} node(s): {', '.join(shown)}")
+        for node in kept:
+            click.echo(f"{node.name}: {node.failure}", err=True)
+    if kept and not no_wait:
+        raise SystemExit(exit_codes.REMOVAL_FAILED)
+
+
+def _in_state(*states: str) -> Callable[[ClusterDetail], bool]:
+    return lambda cluster: cluster.state in states
+
+
+def _settled(cluster: ClusterDetail) -> bool:
+    """Whether none of the cluster's nodes is on its way to ready, or out, any more."""
+    return not any(n.state in IN_PROGRESS or n.state in LEAVING for n in cluster.nodes)
 
 
 @click.command()

@@ -14,6 +14,7 @@ REFUSED = 6  # quota, capacity or lease policy; nothing was created
 CLUSTER_FAILED = 7  # the cluster failed to become ready
 TIMEOUT = 8  # gave up waiting; the cluster is still there
 UNAVAILABLE = 9  # no service could be reached or started
+REMOVAL_FAILED = 10  # a node's drain failed: it stays, drained, and the reason is shown
 
 _BY_ERROR: list[tuple[type[errors.CorralError], int]] = [
     (errors.DocumentError, INVALID_DOCUMENT),

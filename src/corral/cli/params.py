@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from corral import limits, names
+from corral.units import parse_duration
 
 # ctx.meta is shared by a command's context and its group's: main.py reads it on an error
 JSON_REQUESTED = "corral.json"
@@ -52,6 +53,20 @@ class Hours(click.ParamType):
         if not 0 < hours <= self.most:  # also refuses nan
             self.fail(f"must be more than 0 and at most {self.most:g}, got {value!r}", param, ctx)
         return hours
+
+
+class Duration(click.ParamType):
+    """A positive duration (`90s`, `10m`, `1h30m`), in seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            return parse_duration(value).total_seconds()
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 CLUSTER_NAME = NameType(names.CLUSTER)

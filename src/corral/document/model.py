@@ -210,13 +210,18 @@ class Policy(BaseModel):
     mode: Literal["all-or-nothing", "best-effort"] = "all-or-nothing"
     boot_timeout: Duration = timedelta(minutes=5)
     context_timeout: Duration = timedelta(minutes=10)
+    # how long a node being removed may take to let its work end (its roles' drain hooks)
+    drain_timeout: Duration = timedelta(minutes=10)
 
     def to_data(self) -> dict[str, str]:
-        return {
+        data = {
             "mode": self.mode,
             "boot_timeout": format_duration(self.boot_timeout),
             "context_timeout": format_duration(self.context_timeout),
         }
+        if self.drain_timeout != Policy.model_fields["drain_timeout"].default:
+            data["drain_timeout"] = format_duration(self.drain_timeout)
+        return data
 
 
 class Network(BaseModel):

@@ -64,6 +64,7 @@ from corral.service.schemas import (
     NewUserView,
     NodeView,
     PoolView,
+    RemoveNodesBody,
     ReportView,
     ResizeBody,
     UserBody,
@@ -280,12 +281,32 @@ def extend(service: Svc, ref: ClusterRef, body: ExtendBody, db: DB, user: Caller
 
 @router.post("/clusters/{ref}/resize")
 def resize(service: Svc, ref: ClusterRef, body: ResizeBody, db: DB, user: Caller) -> ClusterDetail:
+    """Grow or shrink a group; removed nodes are drained first."""
+    drain = _drain_timeout(body.drain_seconds)
     with service.decisions:
-        cluster = service.clusters.resize(db, user, ref, body.group, body.count)
+        cluster = service.clusters.resize(db, user, ref, body.group, body.count, body.by, drain)
         db.commit()
     service.documents.forget(cluster.id)  # its group's count changed
     service.engine.poke()
     return _detail(service, db, cluster)
+
+
+@router.post("/clusters/{ref}/nodes/remove")
+def remove_nodes(
+    service: Svc, ref: ClusterRef, body: RemoveNodesBody, db: DB, user: Caller
+) -> ClusterDetail:
+    """Remove chosen nodes of a running cluster, drained first."""
+    drain = _drain_timeout(body.drain_seconds)
+    with service.decisions:
+        cluster = service.clusters.remove_nodes(db, user, ref, body.nodes, drain)
+        db.commit()
+    service.documents.forget(cluster.id)
+    service.engine.poke()
+    return _detail(service, db, cluster)
+
+
+def _drain_timeout(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 @router.delete("/clusters/{ref}", status_code=202)

@@ -9,6 +9,7 @@ rest (booting, readiness, leases, teardown).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +22,7 @@ from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
 from corral.errors import CapacityError, ConflictError, LeaseError, NotFoundError, RefusedError
 from corral.lifecycle import IN_GROUP, ClusterState, NodeState
-from corral.service import quotas
+from corral.service import quotas, removal
 from corral.service.addresses import allocate_addresses, allocate_subnet
 from corral.service.config import ServiceConfig
 from corral.service.growth import add_nodes, pending_node
@@ -224,21 +225,26 @@ class Clusters:
         return list(session.scalars(query))
 
     def resize(
-        self, session: Session, user: User, ref: str, group_name: str, count: int
+        self,
+        session: Session,
+        user: User,
+        ref: str,
+        group_name: str,
+        count: int | None = None,
+        by: int | None = None,
+        drain: timedelta | None = None,
     ) -> Cluster:
-        """Grow group `group_name` of a running cluster to `count` nodes; the new ones take
-        the group's next indexes and are contextualized like the first. The stored
-        document's count follows (callers forget their cached copy).
+        """Give group `group_name` of a running cluster `count` nodes, or `by` more (or
+        fewer). New nodes take the group's next indexes and are contextualized like the
+        first; removed ones are drained first, up to `drain` (default: the document's
+        policy), see removal.py. The stored document's count follows (callers forget
+        their cached copy).
 
         Checked like a launch, and refused whole, changing nothing: NotFoundError (group),
-        ConflictError (a cluster not ready or degraded, or fewer nodes: shrinking is not
-        supported yet), QuotaExceededError or CapacityError.
+        ConflictError (a cluster not ready or degraded, or a group below its floor),
+        QuotaExceededError or CapacityError.
         """
-        cluster = self.find(session, user, ref, load_nodes=True)
-        if cluster.state not in (ClusterState.READY, ClusterState.DEGRADED):
-            raise ConflictError(
-                f"cluster {cluster.id} is {cluster.state}; only a running one grows"
-            )
+        cluster = self._running(session, user, ref)
         doc = ClusterDocument.from_json(cluster.document, cluster.id)
         if all(g.group != group_name for g in doc.nodes):
             groups = ", ".join(g.group for g in doc.nodes)
@@ -246,13 +252,12 @@ class Clusters:
                 f"cluster {cluster.id} has no group {group_name} (groups: {groups})", field="group"
             )
         running = [n for n in cluster.nodes if n.group == group_name and n.state in IN_GROUP]
+        count = len(running) + by if count is None else count
         adding = count - len(running)
         if adding < 0:
-            raise ConflictError(
-                f"group {group_name} has {len(running)} node(s); shrinking it to {count} is "
-                "not supported yet",
-                field="count",
-            )
+            removed = removal.choose(running, -adding)
+            why = f"resized by {user.name}: {group_name} {len(running)} -> {count}"
+            return self._remove(session, cluster, doc, removed, drain, why)
         if adding == 0:
             return cluster
         now = utcnow()
@@ -265,6 +270,65 @@ class Clusters:
             add_nodes(session, cluster, doc, pool, group_name, adding, why, now)
         cluster.document = doc.with_count(group_name, count).to_json()
         record(session, cluster, "resized", f"group {group_name}: {len(running)} -> {count}, {why}")
+        session.flush()
+        return cluster
+
+    def remove_nodes(
+        self,
+        session: Session,
+        user: User,
+        ref: str,
+        names: Sequence[str],
+        drain: timedelta | None = None,
+    ) -> Cluster:
+        """Remove the named nodes of a running cluster, drained first (see `resize`).
+
+        Refused whole, changing nothing: NotFoundError (a name that is no node of it),
+        ConflictError (a node already going, or a group below its floor).
+        """
+        cluster = self._running(session, user, ref)
+        doc = ClusterDocument.from_json(cluster.document, cluster.id)
+        live = {n.name: n for n in cluster.nodes if n.state is not NodeState.TERMINATED}
+        unknown = [name for name in names if name not in live]
+        if unknown:
+            raise NotFoundError(
+                f"cluster {cluster.id} has no node {', '.join(unknown)} "
+                f"(nodes: {', '.join(sorted(live))})",
+                node=unknown[0],
+            )
+        going = [name for name in names if live[name].state not in IN_GROUP]
+        if going:
+            states = ", ".join(f"{name} is {live[name].state}" for name in going)
+            raise ConflictError(f"already on its way out: {states}", node=going[0])
+        removed = [live[name] for name in dict.fromkeys(names)]
+        why = f"removed by {user.name}"
+        return self._remove(session, cluster, doc, removed, drain, why)
+
+    def _running(self, session: Session, user: User, ref: str) -> Cluster:
+        cluster = self.find(session, user, ref, load_nodes=True)
+        if cluster.state not in (ClusterState.READY, ClusterState.DEGRADED):
+            raise ConflictError(
+                f"cluster {cluster.id} is {cluster.state}; only a ready or degraded cluster "
+                "changes size"
+            )
+        return cluster
+
+    def _remove(
+        self,
+        session: Session,
+        cluster: Cluster,
+        doc: ClusterDocument,
+        removed: Sequence[Node],
+        drain: timedelta | None,
+        why: str,
+    ) -> Cluster:
+        removal.check_floors(doc, cluster.nodes, removed)
+        cluster.document = removal.counts_after(doc, cluster.nodes, removed).to_json()
+        drains = Capability.RUNS_AGENT in self.pools.get(cluster.pool_name).capabilities
+        seconds = int((drain or doc.policy.drain_timeout).total_seconds()) if drains else None
+        removal.remove(session, removed, seconds, why)
+        names = ", ".join(n.name for n in removed)
+        record(session, cluster, "resized", f"{why}: removing {names}")
         session.flush()
         return cluster
 

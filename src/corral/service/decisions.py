@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from corral.backends.base import Machine, MachineState
 from corral.document import ClusterDocument, Policy
@@ -21,8 +21,17 @@ FAILING = frozenset({NodeState.FAILED, NodeState.LOST})
 GONE = frozenset({NodeState.TERMINATING, NodeState.TERMINATED})
 # a node in these states has a machine its backend should be running
 RUNNING = frozenset(
-    {NodeState.BOOTING, NodeState.REGISTERED, NodeState.CONFIGURING, NodeState.READY}
+    {
+        NodeState.BOOTING,
+        NodeState.REGISTERED,
+        NodeState.CONFIGURING,
+        NodeState.READY,
+        NodeState.DRAINING,
+    }
 )
+# a draining node whose agent has not said how its drain ended by its timeout and this
+# much more is kept, as a drain that failed
+DRAIN_REPORT_GRACE = timedelta(seconds=60)
 
 
 @dataclass
@@ -43,6 +52,7 @@ class NodeRecord:
     failure: str | None
     failure_phase: str | None
     address: str | None
+    drain_timeout: int | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,14 @@ def react_to_machine(
             NodeState.FAILED,
             f"boot timed out after {format_duration(policy.boot_timeout)} waiting for {waited}",
         )
+    if state is NodeState.DRAINING and node.drain_timeout is not None:
+        allowed = timedelta(seconds=node.drain_timeout) + DRAIN_REPORT_GRACE
+        if now - node.state_since > allowed:
+            return Move(
+                NodeState.READY,
+                f"removal failed: its agent did not report its drain within "
+                f"{format_duration(allowed)}; it stays, drained",
+            )
     if (
         state in (NodeState.REGISTERED, NodeState.CONFIGURING)
         and node.registered_at is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral import limits, names
 
@@ -37,13 +37,47 @@ class LaunchBody(BaseModel):
     keep_on_failure: bool = Field(False, description="keep a failed launch's nodes running")
 
 
+DrainSeconds = Field(
+    None,
+    gt=0,
+    le=limits.MAX_DURATION_SECONDS,
+    allow_inf_nan=False,
+    description="how long each removed node may take to let its work end (its roles' "
+    "drain hooks); default: the document's policy.drain_timeout",
+)
+
+
 class ResizeBody(BaseModel):
+    """Give `count` nodes to a group, or `by` more (negative: fewer); exactly one of them."""
+
     model_config = ConfigDict(extra="forbid")
 
     group: names.GROUP.type = Field(description="the group to resize")
-    count: int = Field(
-        ge=0, le=limits.MAX_GROUP_COUNT, description="how many nodes the group should have"
+    count: int | None = Field(
+        None, ge=0, le=limits.MAX_GROUP_COUNT, description="how many nodes the group should have"
     )
+    by: int | None = Field(
+        None,
+        ge=-limits.MAX_GROUP_COUNT,
+        le=limits.MAX_GROUP_COUNT,
+        description="how many nodes to add (negative: to remove)",
+    )
+    drain_seconds: float | None = DrainSeconds
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ResizeBody:
+        if (self.count is None) == (self.by is None):
+            raise ValueError("give exactly one of count and by")
+        return self
+
+
+class RemoveNodesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[names.NODE.type] = Field(
+        min_length=1, max_length=limits.MAX_GROUP_COUNT, description="the nodes to remove"
+    )
+    drain_seconds: float | None = DrainSeconds
 
 
 class ExtendBody(BaseModel):

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -170,11 +171,21 @@ class Node(Base):
     # the public half of the root key the broker made it (login nodes only): revoked when
     # the node leaves
     ssh_root_key: Mapped[str | None] = mapped_column(Text)
+    # while it is draining: how long its roles' drain hooks may wait, in seconds
+    drain_timeout: Mapped[int | None] = mapped_column(Integer)
 
     cluster: Mapped[Cluster] = relationship(back_populates="nodes")
 
     __table_args__ = (
-        UniqueConstraint("cluster_id", "name"),
+        # a name is used again once its node is terminated (autoscaled groups)
+        Index(
+            "ix_nodes_live_name",
+            "cluster_id",
+            "name",
+            unique=True,
+            sqlite_where=text("state != 'terminated'"),
+            postgresql_where=text("state != 'terminated'"),
+        ),
         Index("ix_nodes_state", "state"),
         Index("ix_nodes_host", "host_name", "state"),
     )
