@@ -275,6 +275,11 @@ def heard(ago: timedelta, running_script: bool = False) -> Heard:
             heard(timedelta(seconds=95)),
             Move(NodeState.LOST, "its agent was silent for 1m35s (heartbeat 1m30s)"),
         ),
+        (
+            node(NodeState.READY),
+            heard(timedelta(seconds=90.2)),
+            Move(NodeState.LOST, "its agent was silent for 1m31s (heartbeat 1m30s)"),
+        ),
         # before it is ready, the boot and context timeouts bound a node's silence
         (node(NodeState.BOOTING), heard(timedelta(minutes=4)), None),
         (node(NodeState.REGISTERED), heard(timedelta(minutes=4)), None),

@@ -7,6 +7,7 @@ each rule is tested as a table (tests/test_decisions.py).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ def silent_agent(
         of = f"running a role script; context timeout {format_duration(limit)}"
     if silent <= limit:
         return None
-    return Move(NodeState.LOST, f"its agent was silent for {format_duration(silent)} ({of})")
+    said = format_duration(timedelta(seconds=math.ceil(silent.total_seconds())))  # > limit
+    return Move(NodeState.LOST, f"its agent was silent for {said} ({of})")
 
 
 def reported_address(node: NodeRecord, machine: Machine | None) -> str | None:
