@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from corral.backends.base import Machine, MachineState
+from corral.broker.liveness import Heard
 from corral.document import parse_yaml
 from corral.lifecycle import ClusterState, NodeState
 from corral.service.decisions import (
@@ -16,6 +17,7 @@ from corral.service.decisions import (
     PolicyOutcome,
     apply_policy,
     react_to_machine,
+    silent_agent,
 )
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -281,3 +283,47 @@ LAUNCHING, READY, DEGRADED = ClusterState.LAUNCHING, ClusterState.READY, Cluster
 )
 def test_a_cluster_policy_decides_from_its_nodes(doc, state, nodes, expected):
     assert apply_policy(state, nodes, doc) == expected
+
+
+HEARTBEAT = timedelta(seconds=90)
+
+
+def heard(ago: timedelta, running_script: bool = False) -> Heard:
+    return Heard(NOW - ago, running_script)
+
+
+@pytest.mark.parametrize(
+    ("record", "last", "expected"),
+    [
+        (node(NodeState.READY), heard(timedelta(seconds=90)), None),
+        (
+            node(NodeState.READY),
+            heard(timedelta(seconds=95)),
+            Move(NodeState.LOST, "its agent was silent for 1m35s (heartbeat 1m30s)"),
+        ),
+        (
+            node(NodeState.READY),
+            heard(timedelta(seconds=90.2)),
+            Move(NodeState.LOST, "its agent was silent for 1m31s (heartbeat 1m30s)"),
+        ),
+        # before it is ready, the boot and context timeouts bound a node's silence
+        (node(NodeState.BOOTING), heard(timedelta(minutes=4)), None),
+        (node(NodeState.REGISTERED), heard(timedelta(minutes=4)), None),
+        (node(NodeState.CONFIGURING), heard(timedelta(minutes=4)), None),
+        # lost, failed or leaving nodes are no longer the heartbeat's
+        (node(NodeState.LOST), heard(timedelta(hours=1)), None),
+        (node(NodeState.TERMINATING), heard(timedelta(hours=1)), None),
+        # an agent running a join or leave hook is silent until it ends
+        (node(NodeState.READY), heard(timedelta(minutes=9), running_script=True), None),
+        (
+            node(NodeState.READY),
+            heard(timedelta(minutes=11), running_script=True),
+            Move(
+                NodeState.LOST,
+                "its agent was silent for 11m (running a role script; context timeout 10m)",
+            ),
+        ),
+    ],
+)
+def test_a_ready_node_whose_agent_is_silent_past_the_heartbeat_is_lost(record, last, expected):
+    assert silent_agent(record, last, HEARTBEAT, POLICY, NOW) == expected

@@ -10,10 +10,11 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def nspawn_service(make_service, baked, tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "user"))  # where `ssh` keeps credentials
+    return start_nspawn_service(make_service, baked, tmp_path)
+
+
+def start_nspawn_service(make_service, baked, tmp_path, **settings):
+    """A served service with the nspawn backend and the baked image, with `settings`."""
     cache, digest = baked
     data_dir = tmp_path / "svc"
     data_dir.mkdir()
     (data_dir / "images").symlink_to(cache)
-    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "user"))  # where `ssh` keeps credentials
-    service = make_service(data_dir=data_dir, serve=True, backend_name="nspawn")
+    service = make_service(data_dir=data_dir, serve=True, backend_name="nspawn", **settings)
     with service.store.session() as session:
         session.add(Image(name="debian-12-slurm", digest=digest))
     return service
@@ -317,6 +323,55 @@ def test_a_worker_lost_from_a_ready_cluster_leaves_slurm_and_every_hosts_file(ns
     for node in ("head-0", "worker-0"):
         wait_for(lambda n=node: "worker-1" not in hosts_of(n), timeout=30, interval=0.5)
         assert "worker-0" in hosts_of(node) and "head-0" in hosts_of(node)
+
+
+def agent_pid(node_id: str) -> int:
+    """The host's pid of the context agent in the node's container."""
+    for pid in network.processes_in(network.netns_name(node_id)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        if argv[1:3] == [b"-m", b"agent"]:
+            return pid
+    raise AssertionError(f"no corral agent runs in {node_id}'s container")
+
+
+def test_a_worker_whose_agent_is_frozen_is_lost_and_leaves_slurm_and_the_hosts_files(
+    make_service, baked, tmp_path, monkeypatch
+):
+    """The container runs on, but its agent is stopped (SIGSTOP): silent past the
+    heartbeat, the worker is lost with that cause and leaves every other node's view."""
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "user"))
+    service = start_nspawn_service(make_service, baked, tmp_path, heartbeat=timedelta(seconds=10))
+    cluster = launch_ready(service, document())
+    assert slurm_nodes(service, cluster) == ["worker-0", "worker-1"]
+    frozen = next(n for n in cluster["nodes"] if n["name"] == "worker-1")
+    os.kill(agent_pid(frozen["id"]), signal.SIGSTOP)  # killed with its container later
+
+    client = api(service, admin_token(service))
+
+    def node(name: str) -> dict:
+        nodes = client.get(f"/v1/clusters/{cluster['id']}").json()["nodes"]
+        return next(n for n in nodes if n["name"] == name)
+
+    wait_for(lambda: node("worker-1")["state"] == "terminated", timeout=120, interval=1)
+    lost = node("worker-1")
+    assert lost["failure_phase"] == "run"
+    assert re.fullmatch(r"its agent was silent for \w+ \(heartbeat 10s\)", lost["failure"])
+    detail = client.get(f"/v1/clusters/{cluster['id']}").json()
+    assert detail["state"] == "degraded"
+    assert "going on without node worker-1 lost in phase run: its agent" in detail["failure"]
+    assert node("head-0")["state"] == node("worker-0")["state"] == "ready"  # heard all along
+    wait_for(lambda: slurm_nodes(service, cluster) == ["worker-0"], timeout=60, interval=1)
+
+    def hosts_of(name: str) -> str:
+        return on_node(service, cluster, name, "cat", "/etc/hosts").stdout
+
+    for name in ("head-0", "worker-0"):
+        wait_for(lambda n=name: "worker-1" not in hosts_of(n), timeout=30, interval=0.5)
+        assert "head-0" in hosts_of(name) and "worker-0" in hosts_of(name)
+    assert network.processes_in(network.netns_name(frozen["id"])) == []
 
 
 def test_a_lost_worker_of_a_group_with_replace_has_a_successor_that_joins_slurm(

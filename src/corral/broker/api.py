@@ -37,6 +37,7 @@ from corral.broker.credentials import (
 from corral.broker.http import Call, Reply, json_reply
 from corral.broker.issuance import issue_node_secret
 from corral.broker.known_nodes import KnownNode, KnownNodes
+from corral.broker.liveness import Liveness
 from corral.broker.notifier import ContextNotifier
 from corral.broker.peers import Peer, peer_of
 from corral.broker.schemas import RegisterBody, ReportBody
@@ -74,6 +75,7 @@ class BrokerParts:
     known_nodes: KnownNodes
     notifier: ContextNotifier
     node_settled: Callable[[], None]  # a node reported ready or failed: decide on it now
+    liveness: Liveness  # when each node was last heard, for the engine's heartbeat
 
 
 Endpoint = Callable[[Call, BrokerParts], Awaitable[Reply]]
@@ -157,6 +159,7 @@ async def register(request: Call, broker: BrokerParts) -> Reply:
     registered = await broker.writes.write(partial(_register, body), reads)
     credential, known = registered.credential, registered.known
     broker.known_nodes.remember(credential, known)
+    broker.liveness.heard(known.cluster_id, known.me.id)
     if registered.replaced:
         broker.known_nodes.retire(known.cluster_id, registered.replaced)
     again = " again (its first reply was lost)" if registered.replaced else ""
@@ -212,9 +215,11 @@ def _register(body: RegisterBody, session: Session) -> _Registered:
 
 async def context(request: Call, broker: BrokerParts) -> Reply:
     since = _number(request, "since", int)
-    deadline = time.monotonic() + min(_number(request, "wait", float), MAX_WAIT_SECONDS)
+    wait = min(_number(request, "wait", float), MAX_WAIT_SECONDS, broker.liveness.longest_hold)
+    deadline = time.monotonic() + wait
     known = await _known_node(request, broker)
     me = known.me
+    broker.liveness.heard(known.cluster_id, me.id)
     while True:
         waiters = broker.notifier.waiter(known.cluster_id, me.group)  # before reading
         snapshot = broker.snapshots.latest(known.cluster_id) or await run_in_threadpool(
@@ -233,6 +238,8 @@ async def context(request: Call, broker: BrokerParts) -> Reply:
 async def report(request: Call, broker: BrokerParts) -> Reply:
     body = await _body(request, ReportBody)
     known = await _known_node(request, broker)
+    # until the script it starts ends, the agent is silent
+    broker.liveness.heard(known.cluster_id, known.me.id, running_script=body.state == "running")
     reads = [(Node, known.me.id), (Cluster, known.cluster_id)]
     state = await broker.writes.write(partial(_record, body, known.me), reads)
     # what the engine decides on

@@ -62,6 +62,12 @@ from corral.units import parse_duration
 @click.option("--default-lease", default=None, metavar="DURATION")
 @click.option("--max-lease", default=None, metavar="DURATION")
 @click.option("--tick", "tick_seconds", type=float, default=None, help="Engine interval (s).")
+@click.option(
+    "--heartbeat",
+    default=None,
+    metavar="DURATION",
+    help="A ready node whose agent is silent this long is lost (90s).",
+)
 def serve(
     config_file: Path | None,
     backend: str | None,
@@ -77,6 +83,7 @@ def serve(
     default_lease: str | None,
     max_lease: str | None,
     tick_seconds: float | None,
+    heartbeat: str | None,
 ) -> None:
     """Run the service (API, engine, leases) in the foreground."""
     config = ServiceConfig()
@@ -119,6 +126,8 @@ def serve(
             config.max_lease = parse_duration(max_lease)
         if broker_cert_lifetime:
             config.broker_cert_lifetime = parse_duration(broker_cert_lifetime)
+        if heartbeat:
+            config.heartbeat = parse_duration(heartbeat)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if tick_seconds is not None:

@@ -118,6 +118,8 @@ class ServiceConfig:
     default_max_nodes: int = 64
     default_max_node_hours: float = 1024.0
     tick_seconds: float = 0.5
+    # a ready node whose agent the broker has not heard for this long is lost
+    heartbeat: timedelta = timedelta(seconds=90)
     backend_workers: int = 8
     # one service acts on a store (store/hold.py): it renews its hold this often, and a
     # hold not renewed for hold_ttl may be taken over by another service

@@ -7,12 +7,14 @@ each rule is tested as a table (tests/test_decisions.py).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from corral.backends.base import Machine, MachineState
+from corral.broker.liveness import Heard
 from corral.document import ClusterDocument, Policy
 from corral.lifecycle import IN_PROGRESS, ClusterState, NodeState
 from corral.units import format_duration
@@ -119,6 +121,28 @@ def react_to_machine(
             f"(still {state})",
         )
     return None
+
+
+def silent_agent(
+    node: NodeRecord, heard: Heard, heartbeat: timedelta, policy: Policy, now: datetime
+) -> Move | None:
+    """A ready node whose agent has not been heard for longer than the heartbeat is lost;
+    None while it is heard. An agent that said it runs a role script (a `join` or `leave`
+    hook) is silent until the script ends, so it has the context timeout instead.
+
+    Only ready nodes: before that the boot and context timeouts bound a node's silence.
+    A node whose machine is gone is react_to_machine's to move, first."""
+    if node.state is not NodeState.READY:
+        return None
+    silent = now - heard.at
+    limit, of = heartbeat, f"heartbeat {format_duration(heartbeat)}"
+    if heard.running_script:
+        limit = max(heartbeat, policy.context_timeout)
+        of = f"running a role script; context timeout {format_duration(limit)}"
+    if silent <= limit:
+        return None
+    said = format_duration(timedelta(seconds=math.ceil(silent.total_seconds())))  # > limit
+    return Move(NodeState.LOST, f"its agent was silent for {said} ({of})")
 
 
 def reported_address(node: NodeRecord, machine: Machine | None) -> str | None:

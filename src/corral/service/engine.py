@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from corral.backends.base import Capability, ImageRef, Machine, NodeSpec, Placement
 from corral.broker.bootstrap import BootstrapIssuer
+from corral.broker.liveness import Liveness
 from corral.document import ClusterDocument
 from corral.errors import BackendError, CapacityError
 from corral.images.store import ImageStore
@@ -40,6 +41,7 @@ from corral.service.decisions import (
     apply_policy,
     react_to_machine,
     reported_address,
+    silent_agent,
 )
 from corral.service.documents import DocumentCache
 from corral.service.growth import add_nodes
@@ -73,6 +75,7 @@ class Engine:
         documents: DocumentCache,
         bootstrap: BootstrapIssuer | None = None,
         clock: Callable[[], datetime] = utcnow,
+        liveness: Liveness | None = None,
     ) -> None:
         self.store = store
         self.pools = pools
@@ -87,6 +90,8 @@ class Engine:
         # nodes of a backend that runs agents get a bootstrap document, and are ready
         # when their agent says so rather than when their machine runs (runs_agents)
         self.bootstrap = bootstrap
+        # when the broker last heard each node's agent: one silent too long is lost
+        self.liveness = liveness
         self._jobs = ThreadPoolExecutor(config.backend_workers, thread_name_prefix="corral-job")
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
@@ -193,6 +198,9 @@ class Engine:
             if address := reported_address(node, machine):
                 self._record_address(session, node, address)
             move = react_to_machine(node, machine, doc.policy, now, agents)
+            if move is None and agents and self.liveness is not None:
+                heard = self.liveness.last_heard(cluster.id, node.id)
+                move = silent_agent(node, heard, self.liveness.heartbeat, doc.policy, now)
             if move is not None:
                 self._move(session, node, move.target, move.reason)
         self._apply_policy(session, cluster, members, doc, now)

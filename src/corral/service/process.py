@@ -28,6 +28,7 @@ from corral.backends.base import Backend, Capability
 from corral.broker.api import BrokerApp, BrokerParts
 from corral.broker.bootstrap import BootstrapIssuer
 from corral.broker.known_nodes import KnownNodes
+from corral.broker.liveness import Liveness
 from corral.broker.notifier import ContextNotifier
 from corral.broker.pki import BrokerIdentity, load_or_create_broker_identity
 from corral.broker.snapshots import Snapshots
@@ -100,6 +101,7 @@ class Service:
         self._prepare()
         self.documents = DocumentCache()
         self.known_nodes = KnownNodes(self.store)
+        self.liveness = Liveness(config.heartbeat, clock)
         self.snapshots = Snapshots(self.store, self.documents, self._forget_cluster)
         self.notifier = ContextNotifier(self.snapshots.refresh)
         self.notifier.watch(self.store.sessions)
@@ -120,12 +122,24 @@ class Service:
         )
         self.clusters = Clusters(config, self.pools)
         self.engine = Engine(
-            self.store, self.pools, config, self.writes, self.documents, issuer, clock
+            self.store,
+            self.pools,
+            config,
+            self.writes,
+            self.documents,
+            issuer,
+            clock,
+            self.liveness,
         )
         self.app = create_app(self)
         self.broker_app = BrokerApp(
             BrokerParts(
-                self.writes, self.snapshots, self.known_nodes, self.notifier, self.engine.poke
+                self.writes,
+                self.snapshots,
+                self.known_nodes,
+                self.notifier,
+                self.engine.poke,
+                self.liveness,
             )
         )
         self.metadata_app = create_metadata_app(
@@ -147,6 +161,7 @@ class Service:
     def _forget_cluster(self, cluster_id: str) -> None:
         """The broker found the cluster terminated: let go of what it kept in memory."""
         self.known_nodes.forget_cluster(cluster_id)
+        self.liveness.forget_cluster(cluster_id)
         self.notifier.forget(cluster_id)
 
     def start(self) -> None:
