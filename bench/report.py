@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite BENCHMARKS.md: `python3 -m bench.report [NAME ...]`.
 
-With names (scheduler, status, broker, nspawn), only those run; the other sections are
+With names (scheduler, status, broker, join, nspawn), only those run; the other sections are
 kept from bench/results/, where every run leaves its raw figures as JSON. `--render`
 runs nothing and rewrites BENCHMARKS.md from those results (after editing FINDINGS).
 Paired runs of two commits (`python3 -m bench.paired`) appear as a section of their own.
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BENCHMARKS = {
     "broker": "bench.broker_swarm",
+    "join": "bench.join_one",
     "scheduler": "bench.scheduler",
     "status": "bench.status",
     "nspawn": "bench.nspawn_launch",
