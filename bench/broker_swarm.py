@@ -18,6 +18,7 @@ import ssl
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +41,11 @@ class Tally:
     requests: int = 0  # register, reports and contexts that were not waits
     holds: int = 0  # long-polls sent to wait for a change
     follow_wakes: int = 0  # holds of ready nodes that came back with a new view
+    unchanged: int = 0  # holds of ready nodes that came back with none (timed out)
+    wakes: Counter[str] = field(default_factory=Counter)  # follow wake-ups, per node
+    # per node, each new view while following: when it came, its version, how many hosts
+    # and members it listed, and whether it was satisfied
+    new_views: dict[str, list[tuple[float, int, int, int, bool]]] = field(default_factory=dict)
     first_register: float = float("inf")
     last_registered: float = 0.0
     ready_at: dict[str, float] = field(default_factory=dict)
@@ -96,7 +102,13 @@ async def simulated_agent(boot: dict, tls: ssl.SSLContext, key: str, tally: Tall
             view = await context(version)
             if view["version"] > version:
                 tally.follow_wakes += 1
+                tally.wakes[boot["node"]] += 1
                 version = view["version"]
+                listed = (len(view["hosts"]), len(view["members"]), view["satisfied"])
+                seen = (time.monotonic(), version, *listed)
+                tally.new_views.setdefault(boot["node"], []).append(seen)
+            else:
+                tally.unchanged += 1
 
 
 def _await_boots(service: ServiceProcess, nodes: int, seconds: float = 300) -> list[dict]:
