@@ -1,8 +1,11 @@
 """When a node's requirements are met: which groups provide a role, and who blocks whom.
 
 A requirement is met when every live provider of the role has registered (or, with
-`wait: ready`, is ready). The broker judges it on a snapshot's peers, the API on the
-store's node records, so it is judged on anything with a group and a state.
+`wait: ready`, is ready). Once the cluster runs (ready or degraded), a provider on its
+way (a resize's or a successor) is not waited for until it has registered: the nodes
+that require it go on, and take it in with their `join` then, rather than block
+meanwhile. The broker judges it on a snapshot's peers, the API on the store's node
+records, so it is judged on anything with a group and a state.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from typing import Protocol, TypeVar
 
 from corral.broker.trust import GONE, REGISTERED
 from corral.document import ClusterDocument
-from corral.lifecycle import NodeState
+from corral.lifecycle import ClusterState, NodeState
+
+UNREGISTERED = frozenset({NodeState.PENDING, NodeState.BOOTING})
+RUNNING = frozenset({ClusterState.READY, ClusterState.DEGRADED})
 
 
 class Provider(Protocol):
@@ -34,12 +40,16 @@ def provider_groups(doc: ClusterDocument) -> dict[str, list[str]]:
     return provided_by
 
 
-def live_providers(nodes: Iterable[N], doc: ClusterDocument) -> dict[str, list[N]]:
-    """Each role's providers that may still provide it, in one pass over the nodes."""
+def live_providers(
+    nodes: Iterable[N], doc: ClusterDocument, running: bool = False
+) -> dict[str, list[N]]:
+    """Each role's providers that may still provide it, in one pass over the nodes; of a
+    `running` cluster, only those that have registered."""
     provided_by = provider_groups(doc)
+    ignored = GONE | UNREGISTERED if running else GONE
     by_group: dict[str, list[N]] = {}
     for w in nodes:
-        if w.state not in GONE:  # states are StrEnums: a plain string compares as its state
+        if w.state not in ignored:  # states are StrEnums: a plain string compares as its state
             by_group.setdefault(w.group, []).append(w)
     return {
         role: [w for group in groups for w in by_group.get(group, [])]

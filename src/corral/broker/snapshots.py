@@ -29,7 +29,7 @@ from functools import cached_property
 from sqlalchemy import select
 
 from corral.broker.peers import Peer, read_peers
-from corral.broker.requirements import blocked_by_group, live_providers, provider_groups
+from corral.broker.requirements import RUNNING, blocked_by_group, live_providers, provider_groups
 from corral.broker.schemas import AccountView, FileItem, host_entry_json
 from corral.broker.trust import REGISTERED, Trust, cluster_files, known_hosts, trust_of
 from corral.document import ClusterDocument
@@ -120,9 +120,11 @@ def read_snapshot(
     doc: ClusterDocument,
     secret: ClusterSecret,
     lease_end: datetime,
+    state: ClusterState,
 ) -> Snapshot:
-    """`nodes` are every node of the cluster, by node id."""
-    blocked = blocked_by_group(doc, live_providers(nodes.values(), doc))
+    """`nodes` are every node of the cluster, by node id; `state` the cluster's."""
+    providers = live_providers(nodes.values(), doc, running=state in RUNNING)
+    blocked = blocked_by_group(doc, providers)
     by_group: dict[str, list[Peer]] = {}
     hosts = []
     ordered = sorted(nodes.values(), key=lambda p: p.name)
@@ -192,6 +194,7 @@ class Snapshots:
                     self.documents.of(cluster),
                     session.get(ClusterSecret, cluster_id),
                     cluster.lease_end,
+                    state,
                 )
             else:
                 # a change of the cluster itself (its lease, its secrets) reads it whole
@@ -207,6 +210,7 @@ class Snapshots:
                     previous.doc,
                     previous.secret,
                     previous.trust.lease_end,
+                    state,
                 )
             groups = set()
             draining = [p for p in snapshot.nodes.values() if p.draining]

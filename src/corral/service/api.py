@@ -29,7 +29,7 @@ from corral.backends.base import Backend
 from corral.broker.issuance import issue_user_credentials
 from corral.broker.known_nodes import KnownNodes
 from corral.broker.peers import peer_of
-from corral.broker.requirements import blocked_by_group, live_providers
+from corral.broker.requirements import RUNNING, blocked_by_group, live_providers
 from corral.broker.trust import trust_of
 from corral.document import parse_with_warnings
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
@@ -423,7 +423,8 @@ def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
 
 def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
     doc = service.documents.of(cluster)
-    blocked = blocked_by_group(doc, live_providers(cluster.nodes, doc))
+    running = cluster.state in RUNNING
+    blocked = blocked_by_group(doc, live_providers(cluster.nodes, doc, running))
     nodes = [
         NodeView(
             id=w.id,
