@@ -18,12 +18,12 @@ spell that would catch any later wake-up:
 
 Which existing views change on a join: a worker's view lists every registered host of
 the cluster (its /etc/hosts), and the head's lists the workers as members, since it
-requires slurm-worker; so every existing node should get one new view. The head gets
-two: the new worker, pending, is a live provider of slurm-worker that has not
-registered, so the head is blocked from the resize until the new node registers
-(requirements.py). The new node's agent starts BOOT_SECONDS after its bootstrap
-document, as after a boot; started at once, its registration can fall into the same
-re-read as its pending record and hide that.
+requires slurm-worker; so every existing node should get one new view. (The head used
+to get two: the new worker, pending, blocked its requirement until it registered; a
+running cluster no longer waits for providers on their way, requirements.py.) The new
+node's agent starts BOOT_SECONDS after its bootstrap document, as after a boot; started
+at once, its registration could fall into the same re-read as its pending record and
+hide such a second wake-up.
 """
 
 from __future__ import annotations
