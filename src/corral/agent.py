@@ -1386,7 +1386,10 @@ class Agent:
         self.drained_in = view["version"]
         timeout = drain.get("timeout_seconds")
         if not isinstance(timeout, int) or not 0 < timeout <= MAX_DRAIN_SECONDS:
-            raise ViewError(f"broker sent a drain with a bad timeout: {timeout!r}")
+            why = f"broker sent a drain with a bad timeout: {timeout!r}"
+            log.error("%s", why)
+            self._report("drain", None, "failed", view, log_tail=why)
+            return
         log.info("asked to drain, waiting at most %d s for the node's work to end", timeout)
         failed = []
         for role in view.get("provides") or []:

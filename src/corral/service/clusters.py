@@ -8,6 +8,7 @@ rest (booting, readiness, leases, teardown).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -325,7 +326,8 @@ class Clusters:
         removal.check_floors(doc, cluster.nodes, removed)
         cluster.document = removal.counts_after(doc, cluster.nodes, removed).to_json()
         drains = Capability.RUNS_AGENT in self.pools.get(cluster.pool_name).capabilities
-        seconds = int((drain or doc.policy.drain_timeout).total_seconds()) if drains else None
+        timeout = (drain or doc.policy.drain_timeout).total_seconds()
+        seconds = max(1, math.ceil(timeout)) if drains else None  # the agent counts seconds
         removal.remove(session, removed, seconds, why)
         names = ", ".join(n.name for n in removed)
         record(session, cluster, "resized", f"{why}: removing {names}")
