@@ -16,6 +16,8 @@ import pytest
 from inprocess import api, wait_for
 from test_contextualization import launch_ready, make_image, node_roots
 
+from corral.cli import render
+from corral.service.schemas import ClusterDetail
 from corral.store.models import Cluster
 
 CLUSTER = """
@@ -151,6 +153,10 @@ def test_a_drain_that_fails_keeps_the_node_and_says_why(draining_service):
         node["failure"] or ""
     ), node
     assert node["id"] in machines(service)
+    detail = client.get(f"/v1/clusters/{cluster_id}").json()
+    shown = render.cluster_status(ClusterDetail.model_validate(detail))
+    row = next(line for line in shown.splitlines() if line.startswith("worker-2"))
+    assert row.split()[1] == "ready" and row.rstrip().endswith("it stays"), row
     assert live(client, cluster_id) == ["head-0", "worker-0", "worker-1", "worker-2"]
     assert cluster(client, cluster_id)["state"] == "ready"
 

@@ -91,8 +91,10 @@ def cluster_status(cluster: ClusterDetail) -> str:
 
 
 def _note(node: NodeView) -> str:
-    if node.failure:
+    if node.failure and node.failure_phase:
         return f"{node.failure_phase}: {node.failure}"
+    if node.failure:  # a ready node whose removal failed
+        return node.failure
     if node.blocked_on:
         return "waiting for " + ", ".join(node.blocked_on)
     return ""
