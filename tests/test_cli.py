@@ -403,10 +403,12 @@ def test_extend_moves_the_lease_end_an_hour_later(served: ServedCorral) -> None:
     assert any(e["kind"] == "lease-extended" for e in view["events"])
 
 
-def test_resize_and_destroy_nodes_change_a_group_from_the_command_line(
-    served: ServedCorral,
-) -> None:
-    env = served.env(add_user(served, "ines"))
+def test_resize_and_destroy_nodes_change_a_group_from_the_command_line(tmp_path: Path) -> None:
+    with ServedCorral(tmp_path) as own:  # the shared service's capacity is others' to use
+        _resize_and_destroy_nodes(own.env(add_user(own, "ines")))
+
+
+def _resize_and_destroy_nodes(env: dict[str, str]) -> None:
     cluster = launch(env)
 
     def workers(view: dict[str, Any]) -> list[str]:
