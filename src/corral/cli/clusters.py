@@ -365,12 +365,13 @@ def _settle(
 ) -> None:
     """Wait until a resize or removal has settled, then show the group (or every group)
     and any node whose removal failed; exits non-zero when one did."""
+    draining = {n.id for n in answer.model.nodes if n.state == "draining"}
     if not no_wait:
         answer = _wait(client, answer.model.id, _settled, None)
     if as_json:
         render.emit_json(answer.body)
     view = answer.model
-    kept = [n for n in view.nodes if n.state == "ready" and n.failure]
+    kept = [n for n in view.nodes if n.id in draining and n.state == "ready"]
     if not as_json:
         groups = [group] if group else list(dict.fromkeys(n.group for n in view.nodes))
         for g in groups:

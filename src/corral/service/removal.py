@@ -62,6 +62,7 @@ def remove(session: Session, nodes: Sequence[Node], drain_seconds: int | None, w
     for node in nodes:
         if node.state is NodeState.READY and drain_seconds is not None:
             node.drain_timeout = drain_seconds
+            node.failure = None  # an earlier removal's that failed
             move_node(session, node, NodeState.DRAINING, f"{why}; draining it first")
         else:
             move_node(session, node, NodeState.TERMINATING, why)
