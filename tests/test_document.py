@@ -117,7 +117,7 @@ def test_wrong_types_point_at_their_lines():
         "    cores: many\n"  # 5
         "    login: perhaps\n"  # 6
         "  - group: c\n"  # 7
-        "    count: 0\n"  # 8
+        "    count: -1\n"  # 8
     )
     by_field = {p.field: p for p in problems_of(text)}
     assert set(by_field) == {"nodes[1].cores", "nodes[1].login", "nodes[2].count"}
@@ -125,7 +125,41 @@ def test_wrong_types_point_at_their_lines():
     assert "whole number" in by_field["nodes[1].cores"].message
     assert by_field["nodes[1].login"].line == 6
     assert by_field["nodes[2].count"].line == 8
-    assert "at least 1" in by_field["nodes[2].count"].message
+    assert "at least 0" in by_field["nodes[2].count"].message
+
+
+AUTOSCALED = """\
+image: i
+nodes:
+  - {group: head, provides: [ctl], requires: [w]}
+  - {group: worker, count: 0, provides: [w], requires: [ctl]}
+autoscale: {group: worker, max: 4, idle: 2m}
+"""
+
+
+def test_an_autoscaled_group_may_start_empty_and_its_roles_need_no_provider():
+    doc = parse_yaml(AUTOSCALED)
+    assert doc.autoscale.node_names() == ["worker-0", "worker-1", "worker-2", "worker-3"]
+    assert doc.elastic_roles() == {"w"}
+    assert ClusterDocument.from_json(doc.to_json()) == doc
+    assert doc.to_dict()["autoscale"] == {"group": "worker", "min": 0, "max": 4, "idle": "2m"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("autoscale: {group: worker, max: 4, idle: 2m}", ""), "nodes[1].count", "at least 1"),
+        (("group: worker, max", "group: nobody, max"), "autoscale.group", "no group 'nobody'"),
+        (("max: 4", "min: 5, max: 4"), "autoscale.min", "larger than max"),
+        (("count: 0", "count: 5"), "autoscale", "outside autoscale's min 0 and max 4"),
+        (("count: 0,", "count: 1, min: 1,"), "autoscale.group", "autoscale's is its floor"),
+        (("max: 4", "max: 0"), "autoscale.max", "at least 1"),
+    ],
+)
+def test_autoscale_is_checked_against_its_group(change, field, words):
+    problems = {p.field: p.message for p in problems_of(AUTOSCALED.replace(*change))}
+    assert field in problems, problems
+    assert words in problems[field], problems
 
 
 def test_problems_come_in_line_order():

@@ -416,6 +416,7 @@ def test_a_lost_worker_of_a_group_with_replace_has_a_successor_that_joins_slurm(
 def test_a_resized_cluster_runs_jobs_on_its_new_workers(nspawn_service):
     service = nspawn_service
     cluster = launch_ready(service, document())
+    assert on_node(service, cluster, "worker-0", "true").returncode == 0  # credentials cached
     resized = corral(
         "resize", cluster["id"], "worker=+2", "--json", env=cli_env(service), timeout=300
     )
@@ -426,6 +427,9 @@ def test_a_resized_cluster_runs_jobs_on_its_new_workers(nspawn_service):
         "worker-2": "ready", "worker-3": "ready",
     }  # fmt: skip
     assert grown["state"] == "ready"
+    # the new node's address was not in the cached known_hosts: fetched again, still strict
+    reached = on_node(service, grown, "worker-3", "hostname")
+    assert reached.stdout.strip() == "worker-3", reached.stderr
     wanted = ["worker-0", "worker-1", "worker-2", "worker-3"]
     wait_for(lambda: slurm_nodes(service, grown) == wanted, timeout=60, interval=0.5)
     jobs = on_node(service, grown, "head-0", "srun", "-N4", "hostname")
@@ -464,6 +468,43 @@ def test_a_resized_cluster_runs_jobs_on_its_new_workers(nspawn_service):
     assert shown.stdout.strip() == "draining", shown  # drained, its job still running
     assert job_state(service, grown, long_job) == "RUNNING"
     on_node(service, grown, "head-0", "scancel", long_job)
+
+
+def test_an_autoscaled_cluster_grows_with_its_queue_and_gives_idle_workers_back(nspawn_service):
+    """No worker until a job waits: Slurm's ResumeProgram asks corral (as the head) for
+    the two workers a `-N2` job needs, the job runs on them, and once they have idled for
+    `idle` the SuspendProgram gives them back."""
+    service = nspawn_service
+    text = document().replace("count: 2\n    min: 1", "count: 0")
+    text += "autoscale: {group: worker, min: 0, max: 2, idle: 15s}\n"
+    cluster = launch_ready(service, text)
+    assert [n["name"] for n in cluster["nodes"]] == ["head-0"]
+    workers = ["worker-0", "worker-1"]
+    assert slurm_nodes(service, cluster) == workers  # known to Slurm, powered down
+
+    argv = ["sbatch", "--parsable", "-N2", "-o", "out-%j", "--wrap='srun hostname'"]
+    submitted = on_node(service, cluster, "head-0", *argv)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    wait_for(lambda: job_state(service, cluster, job) == "COMPLETED", timeout=240, interval=1)
+    ran = on_node(service, cluster, "head-0", "cat", f"out-{job}")  # in the shared /home
+    assert sorted(ran.stdout.split()) == workers, ran
+    reasons = [e["reason"] for e in corral_events(service, cluster["id"])]
+    assert any("autoscale: resume asked by head-0" in r for r in reasons), reasons
+
+    client = api(service, admin_token(service))
+
+    def live_workers() -> list[str]:
+        nodes = client.get(f"/v1/clusters/{cluster['id']}").json()["nodes"]
+        return [n["name"] for n in nodes if n["group"] == "worker" and n["state"] != "terminated"]
+
+    wait_for(lambda: live_workers() == [], timeout=180, interval=1)
+    reasons = [e["reason"] for e in corral_events(service, cluster["id"])]
+    assert any("autoscale: suspend asked by head-0" in r for r in reasons), reasons
+    states = on_node(service, cluster, "head-0", "sinfo", "-h", "--Node", "-o", "'%N %T'")
+    # powering down (%), then powered down (~): Slurm may ask for them again
+    assert [line.split()[1][-1] in "%~" for line in states.stdout.splitlines()] == [True, True]
+    assert client.get(f"/v1/clusters/{cluster['id']}").json()["state"] == "ready"
 
 
 def submit(service, cluster: dict, node: str, command: str) -> str:

@@ -67,3 +67,43 @@ def test_a_view_from_an_older_broker_without_sizes_still_makes_a_configuration(r
     old = {"name": "worker-0", "group": "worker", "address": "10.9.0.3"}
     conf = roles.slurm_conf(view_with(old), confined=False)
     assert "NodeName=worker-0 NodeAddr=10.9.0.3 CPUs=1 RealMemory=896 State=UNKNOWN" in conf
+
+
+AUTOSCALE = {
+    "group": "worker",
+    "provides": ["slurm-worker"],
+    "nodes": ["worker-0", "worker-1", "worker-2"],
+    "min": 0,
+    "max": 3,
+    "idle_seconds": 600,
+    "cores": 2,
+    "memory_mib": 2048,
+}
+
+
+def test_an_autoscaled_group_is_every_name_it_may_have_as_cloud_nodes(roles):
+    view = view_with(member("worker-1", "10.9.0.4", 2, 2048), member("gpu-0", "10.9.0.5"))
+    view["autoscale"] = AUTOSCALE
+    lines = roles.slurm_conf(view, confined=True).splitlines()
+    # a worker of the group that is there now is listed as the others are: by name only,
+    # so that the file does not change as they come and go
+    cloud = [line for line in lines if line.endswith("State=CLOUD")]
+    assert cloud == [f"NodeName=worker-{i} CPUs=2 RealMemory=1920 State=CLOUD" for i in range(3)]
+    assert "NodeName=gpu-0 NodeAddr=10.9.0.5 CPUs=1 RealMemory=896 State=UNKNOWN" in lines
+    assert not any(line.startswith("NodeName=worker-1 NodeAddr") for line in lines)
+    partition = next(line for line in lines if line.startswith("PartitionName="))
+    assert "Nodes=gpu-0,worker-0,worker-1,worker-2 " in partition
+    assert f"ResumeProgram={roles.ROLES}/slurm-controller/resume" in lines
+    assert f"SuspendProgram={roles.ROLES}/slurm-controller/suspend" in lines
+    assert "SuspendTime=600" in lines
+    assert "SlurmUser=root" in lines  # the programs ask as the node, with root's credential
+    assert "SlurmctldParameters=enable_configless,cloud_reg_addrs,idle_on_node_suspend" in lines
+    without = view_with(member("gpu-0", "10.9.0.5"))  # worker-1 left: nothing to reconfigure
+    without["autoscale"] = AUTOSCALE
+    assert roles.slurm_conf(view, confined=True) == roles.slurm_conf(without, confined=True)
+
+
+def test_without_autoscale_nothing_powers_down(roles):
+    lines = roles.slurm_conf(view_with(member("worker-0", "10.9.0.3")), confined=True)
+    assert "ResumeProgram" not in lines and "State=CLOUD" not in lines
+    assert "SlurmUser=slurm" in lines.splitlines()

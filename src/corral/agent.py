@@ -1159,6 +1159,16 @@ class Agent:
         )
         state = State.load(self.path(STATE_FILE), bootstrap.cluster, bootstrap.node)
         self.state = state
+        # where the broker is, for `corral-agent scale` (the cluster's scheduler asking
+        # for nodes), which has no bootstrap document to read once the node registered
+        broker = {
+            "url": bootstrap.broker,
+            "fingerprint": bootstrap.fingerprint,
+            "key_fingerprint": bootstrap.key_fingerprint,
+        }
+        if state.data.get("broker") != broker:
+            state.data["broker"] = broker
+            state.save()
         self.lease.set(state.data.get("lease_end"))  # also while the broker is away
         self.credential = self._credential(bootstrap, state)
         view = self._wait_until_satisfied()
@@ -1517,8 +1527,39 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
+def scale(argv: Sequence[str]) -> int:
+    """`corral-agent scale [--root R] resume|suspend NODE...`: as the node, ask the broker
+    for nodes of the cluster's autoscaled group, or give them back (run by the Slurm
+    controller's ResumeProgram and SuspendProgram, as root). Prints the nodes acted on."""
+    parser = argparse.ArgumentParser(prog="corral-agent scale")
+    parser.add_argument("--root", default="/", help="directory every path is under (/)")
+    parser.add_argument("action", choices=("resume", "suspend"))
+    parser.add_argument("nodes", nargs="+", metavar="NODE")
+    args = parser.parse_args(argv)
+    try:
+        with open(under_root(args.root, STATE_FILE), encoding="utf-8") as fh:
+            where = json.load(fh).get("broker") or {}
+        credential = _read_text(under_root(args.root, CREDENTIAL_FILE)).strip()
+        if not where.get("url") or not credential:
+            raise AgentError("this node has not registered: no broker or credential yet")
+        broker = Broker(
+            where["url"], where["fingerprint"], 60.0, key_fingerprint=where["key_fingerprint"]
+        )
+        answer = broker.request(
+            "POST", "/scale", {"action": args.action, "nodes": args.nodes}, credential=credential
+        )
+    except (OSError, ValueError, KeyError, AgentError) as exc:
+        print(f"corral-agent scale: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.action}: {' '.join(answer.get('nodes') or []) or 'nothing to do'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent with command line `argv`; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scale"]:
+        return scale(argv[1:])
     try:
         options = parse_args(argv)
     except SystemExit as exc:

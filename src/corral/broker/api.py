@@ -40,7 +40,7 @@ from corral.broker.known_nodes import KnownNode, KnownNodes
 from corral.broker.liveness import Liveness
 from corral.broker.notifier import ContextNotifier
 from corral.broker.peers import Peer, peer_of
-from corral.broker.schemas import RegisterBody, ReportBody
+from corral.broker.schemas import RegisterBody, ReportBody, ScaleBody
 from corral.broker.snapshots import Snapshots
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
@@ -76,6 +76,9 @@ class BrokerParts:
     notifier: ContextNotifier
     node_settled: Callable[[], None]  # a node reported ready or failed: decide on it now
     liveness: Liveness  # when each node was last heard, for the engine's heartbeat
+    # (cluster id, asking node's id, action, names) -> the names acted on; raises
+    # CorralError when refused (the service's autoscaling, which the broker only carries)
+    scale: Callable[[str, str, str, list[str]], list[str]]
 
 
 Endpoint = Callable[[Call, BrokerParts], Awaitable[Reply]]
@@ -90,6 +93,7 @@ class BrokerApp:
             PREFIX + "/register": ("POST", register),
             PREFIX + "/context": ("GET", context),
             PREFIX + "/report": ("POST", report),
+            PREFIX + "/scale": ("POST", scale),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,6 +262,19 @@ def _apply_drain(session, node: Node, body: ReportBody) -> None:
         return
     last = body.log_tail.strip().splitlines()[-1:] or ["its drain hooks failed"]
     move_node(session, node, NodeState.READY, f"removal failed: {last[0][:300]}; it stays")
+
+
+async def scale(request: Call, broker: BrokerParts) -> Reply:
+    """The cluster's scheduler, on its node, asks for nodes or gives them back."""
+    body = await _body(request, ScaleBody)
+    known = await _known_node(request, broker)
+    broker.liveness.heard(known.cluster_id, known.me.id)
+    done = await run_in_threadpool(
+        broker.scale, known.cluster_id, known.me.id, body.action, body.nodes
+    )
+    if done:
+        broker.node_settled()  # the engine boots or removes them now
+    return json_reply({"action": body.action, "nodes": done})
 
 
 _RECORDED = json_reply({"status": "recorded"})

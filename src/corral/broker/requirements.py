@@ -61,6 +61,7 @@ def blocked_by_group(doc: ClusterDocument, providers: dict[str, list[N]]) -> dic
     """For each group, the required roles whose providers are not far enough yet."""
     met: dict[tuple[str, str], bool] = {}
     blocked: dict[str, list[str]] = {}
+    elastic = doc.elastic_roles()  # the autoscaled group may have no node at all
     for g in doc.nodes:
         blocked[g.group] = []
         for need in g.requires:
@@ -68,7 +69,10 @@ def blocked_by_group(doc: ClusterDocument, providers: dict[str, list[N]]) -> dic
             if key not in met:
                 enough = {NodeState.READY} if need.wait == "ready" else REGISTERED
                 role_providers = providers.get(need.role, [])
-                met[key] = bool(role_providers) and all(w.state in enough for w in role_providers)
+                if not role_providers:
+                    met[key] = need.role in elastic
+                else:
+                    met[key] = all(w.state in enough for w in role_providers)
             if not met[key]:
                 blocked[g.group].append(need.role)
     return blocked

@@ -82,6 +82,21 @@ class DrainView(BaseModel):
     timeout_seconds: int
 
 
+class AutoscaleView(BaseModel):
+    """The cluster's autoscaled group, for its scheduler: every name a node of it may
+    have (`nodes`), each node's size, and how long a node may idle before it is given
+    back."""
+
+    group: str
+    provides: list[str]
+    nodes: list[str]
+    min: int
+    max: int
+    idle_seconds: int
+    cores: int
+    memory_mib: int
+
+
 class ContextView(BaseModel):
     version: int
     cluster: str
@@ -100,12 +115,23 @@ class ContextView(BaseModel):
     ssh_known_hosts: str
     lease_end: str = Field(description="ISO 8601; the node powers itself off once it passes")
     drain: DrainView | None = None
+    autoscale: AutoscaleView | None = None
 
 
 class RegisterReply(BaseModel):
     credential: str
     version: int
     view: ContextView | None = None  # the node's first view; older brokers sent none
+
+
+class ScaleBody(BaseModel):
+    """The cluster's scheduler asks for nodes of the autoscaled group (`resume`) or gives
+    idle ones back (`suspend`), by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["resume", "suspend"]
+    nodes: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=10_000)
 
 
 class ReportBody(BaseModel):

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from corral.broker.peers import Peer, read_peers
 from corral.broker.requirements import RUNNING, blocked_by_group, live_providers, provider_groups
-from corral.broker.schemas import AccountView, FileItem, host_entry_json
+from corral.broker.schemas import AccountView, AutoscaleView, FileItem, host_entry_json
 from corral.broker.trust import REGISTERED, Trust, cluster_files, known_hosts, trust_of
 from corral.document import ClusterDocument
 from corral.lifecycle import ClusterState
@@ -61,6 +61,24 @@ class Snapshot:
     def cluster_files(self) -> list[FileItem]:
         """The files every node gets alike, made once for all their views."""
         return cluster_files(self.secret, self.owner, self.trust, self.accounts)
+
+    @cached_property
+    def autoscale(self) -> AutoscaleView | None:
+        """The autoscaled group, as its scheduler's view tells it."""
+        scaled = self.doc.autoscale
+        if scaled is None:
+            return None
+        group = next(g for g in self.doc.nodes if g.group == scaled.group)
+        return AutoscaleView(
+            group=scaled.group,
+            provides=list(group.provides),
+            nodes=scaled.node_names(),
+            min=scaled.min,
+            max=scaled.max,
+            idle_seconds=int(scaled.idle.total_seconds()),
+            cores=group.cores,
+            memory_mib=group.memory_mib,
+        )
 
     @cached_property
     def accounts(self) -> list[AccountView]:

@@ -68,6 +68,7 @@ def build_view(
         ssh_known_hosts=snapshot.known_hosts,
         lease_end=snapshot.trust.lease_end.isoformat(),
         drain=_drain(snapshot.nodes.get(me.id, me)),
+        autoscale=snapshot.autoscale,
     )
 
 

@@ -49,11 +49,25 @@ def write_credentials(issued: CredentialsView, directory: Path) -> list[Path]:
 
 def cached_credentials(client: Client, cluster: ClusterDetail) -> Path:
     """The cluster's credentials in the user's data directory, fetched again when they end
-    before the cluster's lease does (it was extended) or have ended."""
+    before the cluster's lease does (it was extended) or have ended, or when their
+    known_hosts does not name every node (a resize or autoscaling added some)."""
     directory = default_data_dir() / "credentials" / cluster.id
-    if not _last_the_lease(directory / "valid_until", cluster.lease_end):
+    if not _last_the_lease(directory / "valid_until", cluster.lease_end) or not _names_every_node(
+        directory / "known_hosts", cluster
+    ):
         write_credentials(client.credentials(cluster.id).model, directory)
     return directory
+
+
+def _names_every_node(known_hosts: Path, cluster: ClusterDetail) -> bool:
+    """Whether the @cert-authority line's host patterns hold every live node's address."""
+    try:
+        first = known_hosts.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return False
+    patterns = set(first[1].split(",")) if len(first) > 2 else set()
+    live = {n.address for n in cluster.nodes if n.address and n.state != "terminated"}
+    return live <= patterns
 
 
 def _last_the_lease(valid_until: Path, lease_end: datetime) -> bool:
@@ -80,7 +94,9 @@ def node_of(cluster: ClusterDetail, node: str | None) -> NodeView:
     nodes = cluster.nodes
     if node is None:
         return next((n for n in nodes if n.login), nodes[0])
-    target = next((n for n in nodes if n.name == node), None)
+    # an autoscaled group's names come back: the live node of a name first
+    named = sorted((n for n in nodes if n.name == node), key=lambda n: n.state == "terminated")
+    target = named[0] if named else None
     if target is None:
         names = ", ".join(n.name for n in nodes)
         raise NotFoundError(f"cluster {cluster.id} has no node {node} (nodes: {names})")

@@ -91,6 +91,8 @@ def _data_bytes(value: dict[str, str]) -> dict[str, str]:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Role = names.ROLE.type
 Count = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_GROUP_COUNT)]
+# a group's count: none at all only for the group `autoscale` grows from nothing
+GroupCount = Annotated[int, Strict(), Field(ge=0, le=limits.MAX_GROUP_COUNT)]
 # data reaches nodes' views: bounded in items before its names are checked, in bytes after
 # (and the document's and every group's together, in bytes, by the cross checks)
 Data = Annotated[
@@ -251,7 +253,7 @@ class NodeGroup(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     group: names.GROUP.type
-    count: Count = 1
+    count: GroupCount = 1
     min: Count | None = None
     image: names.IMAGE.type | None = None
     cores: Annotated[int, Strict(), Field(ge=1, le=limits.MAX_CORES)] = 1
@@ -300,6 +302,31 @@ class NodeGroup(BaseModel):
         return data
 
 
+class Autoscale(BaseModel):
+    """A group that grows with the scheduler's queue and shrinks when idle: the cluster's
+    scheduler asks for nodes (by name: `<group>-0` ... `<group>-<max-1>`) when jobs wait,
+    and gives back nodes idle for `idle`, keeping between `min` and `max`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: names.GROUP.type
+    min: GroupCount = 0
+    max: Count
+    idle: Duration = timedelta(minutes=10)
+
+    def node_names(self) -> list[str]:
+        """Every name a node of the group may have: the scheduler knows them all."""
+        return [f"{self.group}-{i}" for i in range(self.max)]
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "min": self.min,
+            "max": self.max,
+            "idle": format_duration(self.idle),
+        }
+
+
 class ClusterDocument(BaseModel):
     """A whole cluster request; every group's `image` is resolved after validation.
 
@@ -318,6 +345,7 @@ class ClusterDocument(BaseModel):
     data: Data = {}
     users: Annotated[list[User], Field(max_length=limits.MAX_USERS)] = []
     nodes: list[NodeGroup] = Field(min_length=1)
+    autoscale: Autoscale | None = None
 
     @model_validator(mode="after")
     def _resolve_and_check(self, info: ValidationInfo) -> ClusterDocument:
@@ -365,6 +393,17 @@ class ClusterDocument(BaseModel):
         yield from _check_data_bytes(self.data, self.nodes)
         yield from _check_roles(self.nodes)
         yield from _check_ready_cycles(self.nodes)
+        yield from _check_autoscale(self.autoscale, self.nodes)
+
+    def elastic_roles(self) -> frozenset[str]:
+        """Roles only the autoscaled group provides: met with no provider at all (the
+        group may have no node until jobs wait)."""
+        if self.autoscale is None:
+            return frozenset()
+        scaled = self.autoscale.group
+        others = {r for g in self.nodes if g.group != scaled for r in g.provides}
+        group = next((g for g in self.nodes if g.group == scaled), None)
+        return frozenset(set(group.provides if group else ()) - others)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical document as JSON-safe data (durations and sizes as text).
@@ -388,6 +427,8 @@ class ClusterDocument(BaseModel):
         if self.users:
             data["users"] = [u.to_data() for u in self.users]
         data["nodes"] = [g.to_data() for g in self.nodes]
+        if self.autoscale is not None:
+            data["autoscale"] = self.autoscale.to_data()
         return data
 
     def to_json(self) -> str:
@@ -465,6 +506,31 @@ def _check_data_bytes(data: dict[str, str], groups: list[NodeGroup]) -> Iterator
                 f"more than the limit of {limits.MAX_DATA_BYTES}",
             )
             return
+
+
+def _check_autoscale(
+    autoscale: Autoscale | None, groups: list[NodeGroup]
+) -> Iterator[tuple[Loc, str]]:
+    for i, group in enumerate(groups):
+        if group.count == 0 and (autoscale is None or autoscale.group != group.group):
+            yield ("nodes", i, "count"), "must be at least 1 (0 only for the autoscaled group)"
+    if autoscale is None:
+        return
+    found = next((g for g in groups if g.group == autoscale.group), None)
+    if found is None:
+        known = ", ".join(g.group for g in groups)
+        yield ("autoscale", "group"), f"no group {autoscale.group!r} (groups: {known})"
+        return
+    if autoscale.min > autoscale.max:
+        yield ("autoscale", "min"), f"min ({autoscale.min}) is larger than max ({autoscale.max})"
+    if not autoscale.min <= found.count <= autoscale.max:
+        yield (
+            ("autoscale",),
+            f"group {found.group!r} starts with count {found.count}, outside autoscale's "
+            f"min {autoscale.min} and max {autoscale.max}",
+        )
+    if found.min is not None:
+        yield ("autoscale", "group"), f"group {found.group!r} has a min; autoscale's is its floor"
 
 
 def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:

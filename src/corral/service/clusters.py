@@ -305,6 +305,61 @@ class Clusters:
         why = f"removed by {user.name}"
         return self._remove(session, cluster, doc, removed, drain, why)
 
+    def scale(
+        self, session: Session, cluster_id: str, asker_id: str, action: str, names: Sequence[str]
+    ) -> list[str]:
+        """The cluster's scheduler, on node `asker_id`, asks to `resume` (add) or `suspend`
+        (remove at once: its scheduler found them idle) nodes of the autoscaled group, by
+        name; the names acted on (a resumed name that is there already is not).
+
+        Bounded like a resize (the document's autoscale min and max, the owner's quota,
+        the pool) and refused whole: ConflictError (no autoscale, a cluster not running,
+        a node that may not ask, a floor), NotFoundError (a name outside the group's),
+        QuotaExceededError or CapacityError.
+        """
+        cluster = session.get(Cluster, cluster_id, options=[selectinload(Cluster.nodes)])
+        if cluster.state not in (ClusterState.READY, ClusterState.DEGRADED):
+            raise ConflictError(f"cluster {cluster.id} is {cluster.state}; it does not scale now")
+        doc = ClusterDocument.from_json(cluster.document, cluster.id)
+        autoscale = doc.autoscale
+        if autoscale is None:
+            raise ConflictError(f"cluster {cluster.id} has no autoscale in its document")
+        asker = next(n for n in cluster.nodes if n.id == asker_id)
+        _check_may_scale(doc, asker)
+        allowed = set(autoscale.node_names())
+        outside = [name for name in names if name not in allowed]
+        if outside:
+            raise NotFoundError(
+                f"{', '.join(outside)}: not a node autoscale may have "
+                f"({autoscale.group}-0 to {autoscale.group}-{autoscale.max - 1})",
+                node=outside[0],
+            )
+        live = {n.name: n for n in cluster.nodes if n.state is not NodeState.TERMINATED}
+        wanted = list(dict.fromkeys(names))
+        why = f"autoscale: {action} asked by {asker.name}"
+        if action == "suspend":
+            removed = [live[n] for n in wanted if n in live and live[n].state in IN_GROUP]
+            if removed:
+                self._remove(session, cluster, doc, removed, None, why, drain_first=False)
+            return [n.name for n in removed]
+        adding = [n for n in wanted if n not in live]
+        if not adding:
+            return []
+        now = utcnow()
+        owner = session.get(User, cluster.owner_id)
+        hours = quotas.node_hours(len(adding), cluster.lease_end - now)
+        quotas.check_quota(session, owner, self.config, now, len(adding), hours)
+        pool = self.pools.get(cluster.pool_name)
+        indexes = [int(n.rsplit("-", 1)[1]) for n in adding]
+        held = sum(1 for n in cluster.nodes if n.group == autoscale.group and n.state in IN_GROUP)
+        with self._placement_lock:
+            _check_pool_limit(session, pool, len(adding))
+            add_nodes(session, cluster, doc, pool, autoscale.group, len(adding), why, now, indexes)
+        cluster.document = doc.with_count(autoscale.group, held + len(adding)).to_json()
+        record(session, cluster, "resized", f"{why}: adding {', '.join(adding)}")
+        session.flush()
+        return adding
+
     def _running(self, session: Session, user: User, ref: str) -> Cluster:
         cluster = self.find(session, user, ref, load_nodes=True)
         if cluster.state not in (ClusterState.READY, ClusterState.DEGRADED):
@@ -322,10 +377,14 @@ class Clusters:
         removed: Sequence[Node],
         drain: timedelta | None,
         why: str,
+        drain_first: bool = True,
     ) -> Cluster:
+        """Remove `removed`, drained first (up to `drain`, or the document's timeout)
+        unless `drain_first` is false or their machines run no agent to drain them."""
         removal.check_floors(doc, cluster.nodes, removed)
         cluster.document = removal.counts_after(doc, cluster.nodes, removed).to_json()
-        drains = Capability.RUNS_AGENT in self.pools.get(cluster.pool_name).capabilities
+        agents = Capability.RUNS_AGENT in self.pools.get(cluster.pool_name).capabilities
+        drains = drain_first and agents
         timeout = (drain or doc.policy.drain_timeout).total_seconds()
         seconds = max(1, math.ceil(timeout)) if drains else None  # the agent counts seconds
         removal.remove(session, removed, seconds, why)
@@ -385,6 +444,21 @@ def _check_outbound(doc: ClusterDocument, pool: Pool) -> None:
             "(its site forbids it); launch without it, or in another pool",
             field="network.outbound",
             pool=pool.name,
+        )
+
+
+def _check_may_scale(doc: ClusterDocument, asker: Node) -> None:
+    """Raises ConflictError unless `asker` is a ready node of a group that requires a role
+    the autoscaled group provides: the cluster's scheduler, not one of its workers."""
+    scaled = next(g for g in doc.nodes if g.group == doc.autoscale.group)
+    group = next(g for g in doc.nodes if g.group == asker.group)
+    if asker.state is not NodeState.READY or not {r.role for r in group.requires} & set(
+        scaled.provides
+    ):
+        raise ConflictError(
+            f"node {asker.name} may not scale group {scaled.group}: only a ready node "
+            f"requiring {', '.join(scaled.provides) or 'its roles'} may",
+            node=asker.name,
         )
 
 

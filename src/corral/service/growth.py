@@ -18,7 +18,7 @@ from corral.service.ids import new_id
 from corral.service.inventory import host_capacities
 from corral.service.pools import Pool
 from corral.service.scheduler import NodeRequest, place
-from corral.store.models import Cluster, Node
+from corral.store.models import Cluster, Image, Node
 from corral.store.models import Pool as PoolRow
 from corral.transitions import record_node
 
@@ -54,27 +54,35 @@ def add_nodes(
     count: int,
     reason: str,
     now: datetime,
+    indexes: list[int] | None = None,
 ) -> list[Node]:
-    """Add `count` pending nodes to `group_name` of `cluster`; they keep the image digest
-    the cluster was launched with.
+    """Add `count` pending nodes to `group_name` of `cluster`, with the group's next
+    indexes, or with `indexes` (an autoscaled group's names come back); they keep the
+    image digest the cluster was launched with.
 
     Raises CapacityError when the pool's hosts or addresses cannot take them (nothing is
     added then).
     """
     group = next(g for g in doc.nodes if g.group == group_name)
-    last = session.scalar(
-        select(func.max(Node.index)).where(Node.cluster_id == cluster.id, Node.group == group_name)
-    )
-    start = 0 if last is None else last + 1
-    names = {index: f"{group_name}-{index}" for index in range(start, start + count)}
+    if indexes is None:
+        last = session.scalar(
+            select(func.max(Node.index)).where(
+                Node.cluster_id == cluster.id, Node.group == group_name
+            )
+        )
+        start = 0 if last is None else last + 1
+        indexes = list(range(start, start + count))
+    names = {index: f"{group_name}-{index}" for index in indexes}
     requests = [
         NodeRequest(name, group_name, pool.name, group.cores, group.memory_mib)
         for name in names.values()
     ]
     placement = place(requests, host_capacities(session, pool.name))
+    # the digest the cluster was launched with; an autoscaled group that started with no
+    # node takes its image's from the cluster's other nodes, or the image's now
     digest = session.scalar(
-        select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.group == group_name)
-    )
+        select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.image == group.image)
+    ) or session.scalar(select(Image.digest).where(Image.name == group.image))
     nodes = [
         pending_node(cluster.id, group, index, placement[name], digest or "", now)
         for index, name in names.items()

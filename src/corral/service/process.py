@@ -140,6 +140,7 @@ class Service:
                 self.notifier,
                 self.engine.poke,
                 self.liveness,
+                self._scale,
             )
         )
         self.metadata_app = create_metadata_app(
@@ -157,6 +158,15 @@ class Service:
             self.config.broker_cert_lifetime,
         )
         return self.broker_identity
+
+    def _scale(self, cluster_id: str, asker_id: str, action: str, names: list[str]) -> list[str]:
+        """A cluster's scheduler scales its autoscaled group (the broker's /scale)."""
+        with self.decisions, self.store.session() as session:
+            done = self.clusters.scale(session, cluster_id, asker_id, action, names)
+            session.commit()
+        if done:
+            self.documents.forget(cluster_id)  # its group's count changed
+        return done
 
     def _forget_cluster(self, cluster_id: str) -> None:
         """The broker found the cluster terminated: let go of what it kept in memory."""

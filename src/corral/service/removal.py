@@ -23,8 +23,11 @@ from corral.transitions import move_node
 
 
 def floor_of(doc: ClusterDocument, group: str) -> int:
-    """The fewest nodes a group may be left with: its `min`, or else one when another
-    group requires a role it provides, and none when nothing needs it."""
+    """The fewest nodes a group may be left with: its `min` (autoscale's for the
+    autoscaled group), or else one when another group requires a role it provides, and
+    none when nothing needs it."""
+    if doc.autoscale is not None and doc.autoscale.group == group:
+        return doc.autoscale.min
     of_group = next(g for g in doc.nodes if g.group == group)
     if of_group.min is not None:
         return of_group.min

@@ -182,18 +182,43 @@ def cgroup_conf() -> str:
     )
 
 
+ROLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# how long a resumed node may take to boot, join and register its slurmd
+RESUME_TIMEOUT_SECONDS = 300
+
+
+def autoscaled(view: dict) -> dict | None:
+    """The cluster's autoscaled group when it provides slurm-worker: Slurm powers its
+    nodes up and down (its power saving), by names fixed in slurm.conf."""
+    scaled = view.get("autoscale")
+    return scaled if scaled and "slurm-worker" in scaled["provides"] else None
+
+
 def slurm_conf(view: dict, confined: bool) -> str:
     """slurm.conf for a cluster whose controller is this node; workers from the view,
-    each with the cores and memory it was placed with (less SYSTEM_MEMORY_MIB)."""
+    each with the cores and memory it was placed with (less SYSTEM_MEMORY_MIB).
+
+    An autoscaled worker group is listed whole, by every name its nodes may have, as
+    CLOUD nodes: Slurm asks corral for them when jobs wait (ResumeProgram) and gives them
+    back once idle (SuspendProgram); they come and go without changing this file."""
+    scaled = autoscaled(view)
     workers = sorted(view["roles"].get("slurm-worker", []), key=lambda m: m["name"])
+    if scaled:
+        workers = [w for w in workers if w["name"] not in scaled["nodes"]]
     me = next(m for m in view["members"] if m["name"] == view["node"])
+    parameters = (
+        "enable_configless,cloud_reg_addrs,idle_on_node_suspend"
+        if scaled
+        else ("enable_configless")
+    )
     lines = [
         "# written by corral from the cluster's membership; do not edit",
         f"ClusterName={view['cluster'].replace('-', '')}",
         f"SlurmctldHost={me['name']}({me['address']})",
-        "SlurmctldParameters=enable_configless",
+        f"SlurmctldParameters={parameters}",
         "AuthType=auth/munge",
-        "SlurmUser=slurm",
+        # the power-saving programs ask corral as this node, whose credential is root's
+        "SlurmUser=root" if scaled else "SlurmUser=slurm",
         "StateSaveLocation=/var/lib/slurm/slurmctld",
         "SlurmdSpoolDir=/var/lib/slurm/slurmd",
         "ProctrackType=proctrack/cgroup" if confined else "ProctrackType=proctrack/linuxproc",
@@ -213,12 +238,30 @@ def slurm_conf(view: dict, confined: bool) -> str:
         f"RealMemory={job_memory_mib(w.get('memory_mib', 1024))} State=UNKNOWN"
         for w in workers
     ]
-    if workers:
-        names = ",".join(w["name"] for w in workers)
+    sizes = [(w.get("cores", 1), w.get("memory_mib", 1024)) for w in workers]
+    names = [w["name"] for w in workers]
+    if scaled:
+        sizes.append((scaled["cores"], scaled["memory_mib"]))
+        names += scaled["nodes"]
+        lines += [
+            f"SuspendProgram={ROLES}/slurm-controller/suspend",
+            f"ResumeProgram={ROLES}/slurm-controller/resume",
+            f"SuspendTime={max(scaled['idle_seconds'], 1)}",
+            "SuspendTimeout=30",
+            f"ResumeTimeout={RESUME_TIMEOUT_SECONDS}",
+            # a cloud node may be powered down: nothing is forwarded through nodes
+            "TreeWidth=65533",
+            "PrivateData=cloud",
+        ]
+        lines += [
+            f"NodeName={name} CPUs={scaled['cores']} "
+            f"RealMemory={job_memory_mib(scaled['memory_mib'])} State=CLOUD"
+            for name in scaled["nodes"]
+        ]
+    if names:
         # a job that does not say how much memory it wants gets its cores' share
-        per_cpu = min(
-            job_memory_mib(w.get("memory_mib", 1024)) // w.get("cores", 1) for w in workers
-        )
+        per_cpu = min(job_memory_mib(memory) // cores for cores, memory in sizes)
+        names = ",".join(names)
         lines.append(
             f"PartitionName=main Nodes={names} Default=YES MaxTime=INFINITE State=UP "
             f"DefMemPerCPU={per_cpu}"
