@@ -1176,3 +1176,13 @@ def test_a_bad_bootstrap_document_is_an_error(tmp_path: Path) -> None:
         agent.find_bootstrap(str(tmp_path), str(given))
     bootstrap = agent.parse_bootstrap(json.dumps(doc).encode(), "x")
     assert bootstrap is not None and "bt_secret" not in repr(bootstrap)
+
+
+def test_scale_before_the_node_registered_says_so_and_fails(tmp_path, capsys):
+    assert agent.scale(["--root", str(tmp_path), "resume", "worker-0"]) == 1
+    assert "corral-agent scale:" in capsys.readouterr().err
+    (tmp_path / "var/lib/corral").mkdir(parents=True)
+    (tmp_path / "var/lib/corral/state.json").write_text('{"cluster": "c-1", "node": "head-0"}')
+    assert agent.scale(["--root", str(tmp_path), "suspend", "worker-0"]) == 1
+    assert "this node has not registered" in capsys.readouterr().err
+    assert agent.main(["scale", "--root", str(tmp_path), "sideways", "worker-0"]) == 2

@@ -1535,7 +1535,10 @@ def scale(argv: Sequence[str]) -> int:
     parser.add_argument("--root", default="/", help="directory every path is under (/)")
     parser.add_argument("action", choices=("resume", "suspend"))
     parser.add_argument("nodes", nargs="+", metavar="NODE")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad command line: argparse said why
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with open(under_root(args.root, STATE_FILE), encoding="utf-8") as fh:
             where = json.load(fh).get("broker") or {}
