@@ -261,15 +261,8 @@ class Clusters:
             return self._remove(session, cluster, doc, removed, drain, why)
         if adding == 0:
             return cluster
-        now = utcnow()
-        hours = quotas.node_hours(adding, cluster.lease_end - now)
-        quotas.check_quota(session, user, self.config, now, adding, hours)
-        pool = self.pools.get(cluster.pool_name)
         why = f"resized by {user.name}"
-        with self._placement_lock:
-            _check_pool_limit(session, pool, adding)
-            add_nodes(session, cluster, doc, pool, group_name, adding, why, now)
-        cluster.document = doc.with_count(group_name, count).to_json()
+        self._add(session, user, cluster, doc, group_name, adding, why)
         record(session, cluster, "resized", f"group {group_name}: {len(running)} -> {count}, {why}")
         session.flush()
         return cluster
@@ -345,20 +338,36 @@ class Clusters:
         adding = [n for n in wanted if n not in live]
         if not adding:
             return []
-        now = utcnow()
         owner = session.get(User, cluster.owner_id)
-        hours = quotas.node_hours(len(adding), cluster.lease_end - now)
-        quotas.check_quota(session, owner, self.config, now, len(adding), hours)
-        pool = self.pools.get(cluster.pool_name)
         indexes = [int(n.rsplit("-", 1)[1]) for n in adding]
-        held = sum(1 for n in cluster.nodes if n.group == autoscale.group and n.state in IN_GROUP)
-        with self._placement_lock:
-            _check_pool_limit(session, pool, len(adding))
-            add_nodes(session, cluster, doc, pool, autoscale.group, len(adding), why, now, indexes)
-        cluster.document = doc.with_count(autoscale.group, held + len(adding)).to_json()
+        self._add(session, owner, cluster, doc, autoscale.group, len(adding), why, indexes)
         record(session, cluster, "resized", f"{why}: adding {', '.join(adding)}")
         session.flush()
         return adding
+
+    def _add(
+        self,
+        session: Session,
+        user: User,
+        cluster: Cluster,
+        doc: ClusterDocument,
+        group: str,
+        how_many: int,
+        why: str,
+        indexes: list[int] | None = None,
+    ) -> None:
+        """Add `how_many` nodes to `group` (with `indexes`, or its next ones), checked like
+        a launch: `user`'s quota for the lease that is left, the pool's limit and hosts.
+        The stored document's count follows."""
+        now = utcnow()
+        hours = quotas.node_hours(how_many, cluster.lease_end - now)
+        quotas.check_quota(session, user, self.config, now, how_many, hours)
+        pool = self.pools.get(cluster.pool_name)
+        held = sum(1 for n in cluster.nodes if n.group == group and n.state in IN_GROUP)
+        with self._placement_lock:
+            _check_pool_limit(session, pool, how_many)
+            add_nodes(session, cluster, doc, pool, group, how_many, why, now, indexes)
+        cluster.document = doc.with_count(group, held + how_many).to_json()
 
     def _running(self, session: Session, user: User, ref: str) -> Cluster:
         cluster = self.find(session, user, ref, load_nodes=True)
