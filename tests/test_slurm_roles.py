@@ -72,7 +72,6 @@ def test_a_view_from_an_older_broker_without_sizes_still_makes_a_configuration(r
 AUTOSCALE = {
     "group": "worker",
     "provides": ["slurm-worker"],
-    "nodes": ["worker-0", "worker-1", "worker-2"],
     "min": 0,
     "max": 3,
     "idle_seconds": 600,

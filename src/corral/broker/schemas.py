@@ -83,13 +83,12 @@ class DrainView(BaseModel):
 
 
 class AutoscaleView(BaseModel):
-    """The cluster's autoscaled group, for its scheduler: every name a node of it may
-    have (`nodes`), each node's size, and how long a node may idle before it is given
-    back."""
+    """The cluster's autoscaled group, for its scheduler: its nodes are named
+    `<group>-0` to `<group>-<max-1>`; each node's size, and how long a node may idle
+    before it is given back."""
 
     group: str
     provides: list[str]
-    nodes: list[str]
     min: int
     max: int
     idle_seconds: int

@@ -72,7 +72,6 @@ class Snapshot:
         return AutoscaleView(
             group=scaled.group,
             provides=list(group.provides),
-            nodes=scaled.node_names(),
             min=scaled.min,
             max=scaled.max,
             idle_seconds=int(scaled.idle.total_seconds()),

@@ -194,6 +194,11 @@ def autoscaled(view: dict) -> dict | None:
     return scaled if scaled and "slurm-worker" in scaled["provides"] else None
 
 
+def scaled_names(scaled: dict) -> list[str]:
+    """Every name a node of the autoscaled group may have: `<group>-0` to `<group>-<max-1>`."""
+    return [f"{scaled['group']}-{i}" for i in range(scaled["max"])]
+
+
 def slurm_conf(view: dict, confined: bool) -> str:
     """slurm.conf for a cluster whose controller is this node; workers from the view,
     each with the cores and memory it was placed with (less SYSTEM_MEMORY_MIB).
@@ -203,8 +208,9 @@ def slurm_conf(view: dict, confined: bool) -> str:
     back once idle (SuspendProgram); they come and go without changing this file."""
     scaled = autoscaled(view)
     workers = sorted(view["roles"].get("slurm-worker", []), key=lambda m: m["name"])
+    scaled_nodes = scaled_names(scaled) if scaled else []
     if scaled:
-        workers = [w for w in workers if w["name"] not in scaled["nodes"]]
+        workers = [w for w in workers if w["group"] != scaled["group"]]
     me = next(m for m in view["members"] if m["name"] == view["node"])
     parameters = (
         "enable_configless,cloud_reg_addrs,idle_on_node_suspend"
@@ -242,7 +248,7 @@ def slurm_conf(view: dict, confined: bool) -> str:
     names = [w["name"] for w in workers]
     if scaled:
         sizes.append((scaled["cores"], scaled["memory_mib"]))
-        names += scaled["nodes"]
+        names += scaled_nodes
         lines += [
             f"SuspendProgram={ROLES}/slurm-controller/suspend",
             f"ResumeProgram={ROLES}/slurm-controller/resume",
@@ -256,7 +262,7 @@ def slurm_conf(view: dict, confined: bool) -> str:
         lines += [
             f"NodeName={name} CPUs={scaled['cores']} "
             f"RealMemory={job_memory_mib(scaled['memory_mib'])} State=CLOUD"
-            for name in scaled["nodes"]
+            for name in scaled_nodes
         ]
     if names:
         # a job that does not say how much memory it wants gets its cores' share
