@@ -154,6 +154,7 @@ def test_an_autoscaled_group_may_start_empty_and_its_roles_need_no_provider():
         (("count: 0", "count: 5"), "autoscale", "outside autoscale's min 0 and max 4"),
         (("count: 0,", "count: 1, min: 1,"), "autoscale.group", "autoscale's is its floor"),
         (("max: 4", "max: 0"), "autoscale.max", "at least 1"),
+        (("max: 4", "max: 10000"), "autoscale.max", "more than the limit of 10000 nodes"),
     ],
 )
 def test_autoscale_is_checked_against_its_group(change, field, words):

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from inprocess import api, wait_for
+from inprocess import admin_token, api, document, wait_for
 from test_contextualization import launch_ready, make_image, node_roots
 
 from corral.cli import render
@@ -210,3 +210,20 @@ def test_another_users_cluster_cannot_be_shrunk(draining_service):
     refused = mallory.post(f"/v1/clusters/{cluster_id}/nodes/remove", json={"nodes": ["worker-0"]})
     assert refused.status_code == 404, refused.text
     assert live(client, cluster_id) == ["head-0", "worker-0", "worker-1", "worker-2"]
+
+
+def test_a_resize_past_the_clusters_node_limit_is_refused_whatever_the_quota(make_service):
+    service = make_service(default_max_nodes=100_000, default_max_node_hours=1e9)
+    client = api(service, admin_token(service))
+    created = client.post("/v1/clusters", json={"document": document()})
+    assert created.status_code == 201, created.text
+    cluster_id = created.json()["id"]
+    wait_for(lambda: cluster(client, cluster_id)["state"] == "ready")
+    before = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    refused = client.post(
+        f"/v1/clusters/{cluster_id}/resize", json={"group": "worker", "count": 10_000}
+    )
+    assert refused.status_code == 409, refused.text
+    assert "would give the cluster 10001, more than the limit of 10000" in refused.text
+    assert client.get(f"/v1/clusters/{cluster_id}/events").json() == before
+    assert len(live(client, cluster_id)) == 3

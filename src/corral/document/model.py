@@ -521,6 +521,13 @@ def _check_autoscale(
         known = ", ".join(g.group for g in groups)
         yield ("autoscale", "group"), f"no group {autoscale.group!r} (groups: {known})"
         return
+    others = sum(g.count for g in groups if g.group != found.group)
+    if others + autoscale.max > limits.MAX_CLUSTER_NODES:
+        yield (
+            ("autoscale", "max"),
+            f"{others} other node(s) and max {autoscale.max} would be more than the limit of "
+            f"{limits.MAX_CLUSTER_NODES} nodes for one cluster",
+        )
     if autoscale.min > autoscale.max:
         yield ("autoscale", "min"), f"min ({autoscale.min}) is larger than max ({autoscale.max})"
     if not autoscale.min <= found.count <= autoscale.max:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from corral import names
+from corral import limits, names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
@@ -357,17 +357,24 @@ class Clusters:
         indexes: list[int] | None = None,
     ) -> None:
         """Add `how_many` nodes to `group` (with `indexes`, or its next ones), checked like
-        a launch: `user`'s quota for the lease that is left, the pool's limit and hosts.
-        The stored document's count follows."""
+        a launch: the cluster's node limit, `user`'s quota for the lease that is left, the
+        pool's limit and hosts. The stored document's count follows."""
+        held = sum(1 for n in cluster.nodes if n.group == group and n.state in IN_GROUP)
+        grown = doc.with_count(group, held + how_many)
+        if grown.total_nodes > limits.MAX_CLUSTER_NODES:
+            raise RefusedError(
+                f"count: group {group} with {held + how_many} node(s) would give the cluster "
+                f"{grown.total_nodes}, more than the limit of {limits.MAX_CLUSTER_NODES}",
+                field="count",
+            )
         now = utcnow()
         hours = quotas.node_hours(how_many, cluster.lease_end - now)
         quotas.check_quota(session, user, self.config, now, how_many, hours)
         pool = self.pools.get(cluster.pool_name)
-        held = sum(1 for n in cluster.nodes if n.group == group and n.state in IN_GROUP)
         with self._placement_lock:
             _check_pool_limit(session, pool, how_many)
             add_nodes(session, cluster, doc, pool, group, how_many, why, now, indexes)
-        cluster.document = doc.with_count(group, held + how_many).to_json()
+        cluster.document = grown.to_json()
 
     def _running(self, session: Session, user: User, ref: str) -> Cluster:
         cluster = self.find(session, user, ref, load_nodes=True)
