@@ -95,3 +95,31 @@ def test_reports_with_numbers_the_store_cannot_hold_are_refused_naming_the_field
             answer = client.post("/report", json=body, headers={"Authorization": "Bearer nc_x"})
             assert answer.status_code == 422, answer.text
             assert answer.json()["message"].startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"action": "explode", "nodes": ["worker-0"]}, "action"),
+        ({"action": "resume", "nodes": []}, "nodes"),
+        ({"action": "resume", "nodes": ["w" * 65]}, "nodes.0"),
+        ({"action": "resume", "nodes": ["worker-0"] * 10_001}, "nodes"),
+        ({"action": "resume", "nodes": ["worker-0"], "as": "admin"}, "as"),
+        ({"action": "resume", "nodes": [7]}, "nodes.0"),
+    ],
+)
+def test_scale_requests_out_of_shape_are_refused_naming_the_field(broker, body, field):
+    service, _ = broker
+    with broker_client(service) as client:
+        answer = client.post("/scale", json=body, headers={"Authorization": "Bearer nc_x"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["details"]["problems"][0]["field"] == field
+
+
+def test_scale_without_a_node_credential_is_refused(broker):
+    service, _ = broker
+    body = {"action": "resume", "nodes": ["worker-0"]}
+    with broker_client(service) as client:
+        for headers in ({}, {"Authorization": "Bearer nc_forged"}, {"Authorization": "x"}):
+            answer = client.post("/scale", json=body, headers=headers)
+            assert answer.status_code == 401, answer.text
