@@ -28,6 +28,8 @@ MAX_SSH_KEY_CHARS = 16 * KIB  # one public key line (an RSA 16384 key is ~2.8 Ki
 MAX_GROUP_COUNT = 10_000
 MAX_CLUSTER_NODES = 10_000  # all groups of one cluster together
 MAX_CORES = 4096
+MAX_POOLS = 16  # pools one document may list
+MAX_HOURLY_PRICE = 10_000.0  # per node-hour, in a pool's currency
 MAX_MEMORY_MIB = 64 * MIB  # 64 TiB
 
 # what an admin registers: a host's capacity, a user's quota, an image's size

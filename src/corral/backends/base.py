@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
+
+from corral.errors import BackendError
 
 
 class MachineState(StrEnum):
@@ -39,6 +42,9 @@ class Capability(StrEnum):
     # every node of a cluster mounts one /home, which goes with the cluster's last node
     SHARED_HOME = "shared-home"
     LIMITS_RESOURCES = "limits-resources"  # a node cannot use more cores or memory than its own
+    # boots a group's nodes in one call (`boot_group`), all with one user-data: the
+    # group's bootstrap document, from which each node finds its own by its launch index
+    LAUNCHES_GROUPS = "launches-groups"
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,10 @@ class NodeSpec:
     # a way out: NAT to the networks beyond the node's host, and its DNS resolvers, where
     # the backend's machines have none otherwise (`network: {outbound: true}`)
     outbound: bool = False
+    # where a cloud sells spare capacity cheaper ("spot"), its nodes may be taken back;
+    # backends without such a market run every node "on-demand"
+    market: str = "on-demand"
+    max_price: float | None = None  # per hour, for a spot node; None: up to the on-demand price
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Machine:
     host: str
     address: str = ""
     detail: str = ""
+    machine_id: str = ""  # the backend's own name for it (an EC2 instance id), where it has one
 
 
 class Backend(abc.ABC):
@@ -133,6 +144,29 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list_machines(self) -> list[Machine]:
         """Every machine this backend runs, also those the service has no record of."""
+
+    def boot_group(
+        self, specs: Sequence[NodeSpec], placement: Placement, min_count: int
+    ) -> list[Machine | BackendError]:
+        """Boot nodes of one group of one cluster together, each spec carrying the same
+        user-data; at least `min_count` of them or none. Returns, in the order of `specs`
+        (which is each node's launch index), each node's Machine or why it did not boot.
+
+        Only called on a backend with Capability.LAUNCHES_GROUPS; raises BackendError when
+        none booted.
+        """
+        raise NotImplementedError(f"backend {self.name} boots one node at a time")
+
+    def clean_up(self, cluster_id: str) -> list[str]:
+        """Remove what the backend made for a cluster besides its machines (a cloud's
+        security group), once every machine of it is gone; what is still left of the
+        cluster, each as one line (empty: nothing). Called again until nothing is left."""
+        return []
+
+    def default_capacity(self) -> tuple[int, int] | None:
+        """(cores, memory MiB) a pool of this backend offers when its site lists no hosts;
+        None: this machine's (the default, for backends that run nodes here)."""
+        return None
 
     def service_address(self, placement: Placement) -> str | None:
         """The address at which a node placed so reaches the service (its broker), or None

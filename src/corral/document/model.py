@@ -260,6 +260,11 @@ class NodeGroup(BaseModel):
     memory_mib: Annotated[int, BeforeValidator(_size_mib)] = Field(1024, alias="memory")
     login: bool = False
     replace: bool = False  # a node lost once the cluster was ready gets a successor
+    # on a cloud that sells spare capacity ("spot"), cheaper nodes it may take back;
+    # elsewhere every node runs on demand
+    market: Literal["on-demand", "spot"] = "on-demand"
+    # the most a spot node may cost per hour, in the pool's currency; None: on-demand's
+    max_price: Annotated[float, Field(gt=0, le=limits.MAX_HOURLY_PRICE)] | None = None
     provides: list[Role] = []
     requires: list[Requirement] = []
     data: Data = {}
@@ -299,6 +304,10 @@ class NodeGroup(BaseModel):
             data["data"] = dict(self.data)
         if self.replace:
             data["replace"] = True
+        if self.market != "on-demand":
+            data["market"] = self.market
+        if self.max_price is not None:
+            data["max_price"] = self.max_price
         return data
 
 
@@ -340,6 +349,10 @@ class ClusterDocument(BaseModel):
     lease: Duration | None = None
     image: names.IMAGE.type | None = None
     pool: names.ACCOUNT.type | None = None
+    # where it may run, in order: a cluster that does not fit in one goes to the next
+    pools: (
+        Annotated[list[names.ACCOUNT.type], Field(min_length=1, max_length=limits.MAX_POOLS)] | None
+    ) = None
     policy: Policy = Policy()
     network: Network = Network()
     data: Data = {}
@@ -359,6 +372,11 @@ class ClusterDocument(BaseModel):
             if problems:
                 raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def pool_order(self) -> list[str]:
+        """The pools it asks for, in order (`pools`, or the one `pool`); empty: any."""
+        return list(self.pools or ([self.pool] if self.pool else []))
 
     @property
     def total_nodes(self) -> int:
@@ -394,6 +412,11 @@ class ClusterDocument(BaseModel):
         yield from _check_roles(self.nodes)
         yield from _check_ready_cycles(self.nodes)
         yield from _check_autoscale(self.autoscale, self.nodes)
+        yield from _check_markets(self.nodes)
+        if self.pool is not None and self.pools is not None:
+            yield ("pools",), "give `pool` or `pools`, not both"
+        for index in _repeats(list(self.pools or ())):
+            yield ("pools", index), f"pool {self.pools[index]} is listed twice"
 
     def elastic_roles(self) -> frozenset[str]:
         """Roles only the autoscaled group provides: met with no provider at all (the
@@ -419,6 +442,8 @@ class ClusterDocument(BaseModel):
             data["image"] = self.image
         if self.pool is not None:
             data["pool"] = self.pool
+        if self.pools is not None:
+            data["pools"] = list(self.pools)
         data["policy"] = self.policy.to_data()
         if self.network != Network():
             data["network"] = self.network.to_data()
@@ -538,6 +563,17 @@ def _check_autoscale(
         )
     if found.min is not None:
         yield ("autoscale", "group"), f"group {found.group!r} has a min; autoscale's is its floor"
+
+
+def _check_markets(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:
+    for i, group in enumerate(groups):
+        if group.market == "spot" and group.login:
+            yield (
+                ("nodes", i, "market"),
+                "a login group stays on demand (a spot node may be taken back)",
+            )
+        if group.max_price is not None and group.market != "spot":
+            yield ("nodes", i, "max_price"), "max_price is for `market: spot` groups"
 
 
 def _check_roles(groups: list[NodeGroup]) -> Iterator[tuple[Loc, str]]:

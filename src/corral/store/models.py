@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -173,6 +174,10 @@ class Node(Base):
     ssh_root_key: Mapped[str | None] = mapped_column(Text)
     # while it is draining: how long its roles' drain hooks may wait, in seconds
     drain_timeout: Mapped[int | None] = mapped_column(Integer)
+    # the backend's own name for its machine (an EC2 instance id); empty where it has none
+    machine_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # what an hour of it costs in its pool's price table at launch; None: no prices there
+    hourly_price: Mapped[float | None] = mapped_column(Float)
 
     cluster: Mapped[Cluster] = relationship(back_populates="nodes")
 
