@@ -1111,6 +1111,7 @@ class Options:
     script_timeout: float = 600.0
     poll_wait: int = 30
     log_file: str | None = None
+    imds_url: str = IMDS_URL  # EC2's instance metadata; a test's own server otherwise
 
 
 class Agent:
@@ -1120,13 +1121,13 @@ class Agent:
         self,
         options: Options,
         stopper: Stopper | None = None,
-        imds_url: str = IMDS_URL,
+        imds_url: str | None = None,
         retry_budget: float = RETRY_BUDGET_SECONDS,
     ) -> None:
         self.options = options
         self.root = options.root
         self.stopper = stopper or Stopper()
-        self.imds_url = imds_url
+        self.imds_url = imds_url or options.imds_url
         self.retry_budget = retry_budget
         self.owner_root = is_system_root(self.root) and os.geteuid() == 0
         self.broker: Broker
@@ -1506,6 +1507,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--bootstrap", metavar="FILE", help="the bootstrap document")
     parser.add_argument("--metadata-url", metavar="URL", help="fetch the document from URL")
     parser.add_argument("--ec2", action="store_true", help="fetch it from EC2 IMDSv2")
+    parser.add_argument("--imds-url", default=IMDS_URL, help=argparse.SUPPRESS)  # tests
     parser.add_argument("--once", action="store_true", help="exit once the node is ready")
     parser.add_argument("--script-timeout", type=float, default=600.0, metavar="SECONDS")
     parser.add_argument("--poll-wait", type=int, default=30, metavar="SECONDS")
@@ -1524,6 +1526,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         script_timeout=args.script_timeout,
         poll_wait=args.poll_wait,
         log_file=args.log_file,
+        imds_url=args.imds_url,
     )
 
 

@@ -163,6 +163,11 @@ class Backend(abc.ABC):
         cluster, each as one line (empty: nothing). Called again until nothing is left."""
         return []
 
+    def hourly_price(self, spec: NodeSpec) -> float | None:
+        """What an hour of a node of this size and market costs in this pool (its site's
+        price table), or None where the pool has no prices (the default)."""
+        return None
+
     def default_capacity(self) -> tuple[int, int] | None:
         """(cores, memory MiB) a pool of this backend offers when its site lists no hosts;
         None: this machine's (the default, for backends that run nodes here)."""
