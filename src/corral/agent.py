@@ -78,6 +78,13 @@ FIRST_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 30.0
 REQUEST_TIMEOUT = 30.0
 IMDS_URL = "http://169.254.169.254"
+# on a cloud, a group's nodes share one user-data: a script whose line of its own
+# carries the group's bootstrap document (backends/cloud_init.py)
+BOOTSTRAP_LINE = "# corral-bootstrap: "
+AGENT_PATH = "/agent.py"  # where the broker serves this program, under its URL
+# how often a node on EC2 looks for a spot interruption notice in its metadata
+INTERRUPTION_CHECK_SECONDS = 5.0
+EC2_SOURCE = "EC2 user-data"
 MAX_DRAIN_SECONDS = 7 * 24 * 3600
 # a drain hook's own timeout is the drain's and this much more, so that a hook that waits
 # out the drain's timeout still says so itself
@@ -154,19 +161,22 @@ class Bootstrap:
 _FINGERPRINT = re.compile(r"^sha256:([0-9a-f]{64})$", re.IGNORECASE)
 
 
-def parse_bootstrap(raw: bytes, source: str) -> Bootstrap | None:
-    """The corral document in `raw`, or None when `raw` holds no corral document at all.
+def parse_bootstrap(raw: bytes, source: str, launch_index: int | None = None) -> Bootstrap | None:
+    """The corral document in `raw` (JSON, or a user-data script with the document on its
+    BOOTSTRAP_LINE), or None when `raw` holds no corral document at all. A group's
+    document names this node by its `launch_index` (its place in the group's launch).
 
     Raises BootstrapError when `raw` is a corral document with a bad field.
     """
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    doc = _bootstrap_json(raw)
     if not isinstance(doc, dict) or "corral" not in doc:
         return None
     if doc["corral"] != PROTOCOL_VERSION:
         raise BootstrapError(f"{source}: unsupported bootstrap version {doc['corral']!r}")
+    if "launch" in doc:  # a group's document: the node is the one at its launch index
+        if launch_index is None:
+            raise BootstrapError(f"{source}: a group's document, but no launch index to read")
+        doc = dict(doc, **_node_of_launch(doc["launch"], launch_index, source))
     for key in ("broker", "fingerprint", "cluster", "node", "token"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise BootstrapError(f"{source}: `{key}` missing or not a string")
@@ -195,6 +205,48 @@ def parse_bootstrap(raw: bytes, source: str) -> Bootstrap | None:
     )
 
 
+def _bootstrap_json(raw: bytes) -> object:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("#!"):
+        lines = [line for line in text.splitlines() if line.startswith(BOOTSTRAP_LINE)]
+        if len(lines) != 1:
+            return None
+        text = lines[0][len(BOOTSTRAP_LINE) :]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def launch_token(key: str, node: str) -> str:
+    """The bootstrap token of `node` in a group's launch whose key is `key`: the service
+    records it as the node's token, and the node derives it from its group's document."""
+    digest = hmac.new(key.encode(), node.encode(), hashlib.sha256).digest()
+    return "bt_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _node_of_launch(launch: object, index: int, source: str) -> dict[str, str]:
+    """The name and token of the node at `index` of a group's launch."""
+    if not isinstance(launch, dict):
+        raise BootstrapError(f"{source}: `launch` must be an object")
+    key, group, ranges = launch.get("key"), launch.get("group"), launch.get("indexes")
+    if not (isinstance(key, str) and key and isinstance(group, str) and group):
+        raise BootstrapError(f"{source}: `launch` needs a key and a group")
+    if not isinstance(ranges, list) or not all(
+        isinstance(r, list) and len(r) == 2 and all(type(i) is int for i in r) for r in ranges
+    ):
+        raise BootstrapError(f"{source}: `launch.indexes` must be a list of [first, last]")
+    for first, last in ranges:
+        if index <= last - first:
+            node = f"{group}-{first + index}"
+            return {"node": node, "token": launch_token(key, node)}
+        index -= last - first + 1
+    raise BootstrapError(f"{source}: launch index past the group's {len(ranges)} range(s)")
+
+
 def _direct_opener() -> urllib.request.OpenerDirector:
     # Metadata services are link-local; a proxy from the environment must not see them.
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -218,27 +270,63 @@ def fetch_metadata_url(url: str, attempts: int = 3, delay: float = 2.0) -> bytes
     return None
 
 
-def fetch_ec2_user_data(imds_url: str = IMDS_URL) -> bytes | None:
-    """EC2 user-data through IMDSv2 (a session token first), or None if there is none."""
-    opener = _direct_opener()
+class Imds:
+    """EC2's instance metadata, through IMDSv2: a session token first, then reads."""
+
+    def __init__(self, url: str = IMDS_URL) -> None:
+        self.url = url
+        self._opener = _direct_opener()
+        self._token = ""
+
+    def get(self, path: str) -> bytes | None:
+        """The value at `path` (under /latest/), or None where there is none (404).
+        Raises OSError when the metadata service cannot be reached."""
+        if not self._token:
+            request = urllib.request.Request(
+                self.url + "/latest/api/token",
+                method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+            )
+            with self._opener.open(request, timeout=5) as response:
+                self._token = response.read().decode("ascii").strip()
+        request = urllib.request.Request(
+            f"{self.url}/latest/{path}", headers={"X-aws-ec2-metadata-token": self._token}
+        )
+        try:
+            with self._opener.open(request, timeout=5) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # the session ended: a new one next time
+                self._token = ""
+            if exc.code in (401, 404):
+                return None
+            raise
+
+    def interruption(self) -> str | None:
+        """EC2's notice that it takes this spot instance back, as text, or None."""
+        raw = self.get("meta-data/spot/instance-action")
+        if raw is None:
+            return None
+        try:
+            notice = json.loads(raw)
+            return f"spot instance-action {notice['action']} at {notice['time']}"
+        except (ValueError, KeyError, TypeError):
+            return "spot instance-action: " + raw.decode("utf-8", "replace")[:200]
+
+
+def fetch_ec2_bootstrap(imds_url: str = IMDS_URL) -> Bootstrap | None:
+    """The bootstrap document in EC2 user-data, for this node's launch index, or None."""
+    imds = Imds(imds_url)
     try:
-        request = urllib.request.Request(
-            imds_url + "/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"},
-        )
-        with opener.open(request, timeout=5) as response:
-            session = response.read().decode("ascii").strip()
-        request = urllib.request.Request(
-            imds_url + "/latest/user-data", headers={"X-aws-ec2-metadata-token": session}
-        )
-        with opener.open(request, timeout=5) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        log.warning("EC2 instance metadata answered %s", exc.code)
+        raw = imds.get("user-data")
+        if raw is None:
+            return None
+        index = imds.get("meta-data/ami-launch-index")
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("EC2 instance metadata unreachable: %s", exc)
-    return None
+        return None
+    launch_index = int(index) if index is not None and index.strip().isdigit() else None
+    return parse_bootstrap(raw, EC2_SOURCE, launch_index)
 
 
 def find_bootstrap(
@@ -276,17 +364,17 @@ def find_bootstrap(
         if found is not None:
             return found
         log.info("%s holds no corral bootstrap document; skipped", path)
-    fetched = []
     if metadata_url:
-        fetched.append((metadata_url, lambda: fetch_metadata_url(metadata_url)))
-    if ec2:
-        fetched.append(("EC2 user-data", lambda: fetch_ec2_user_data(imds_url)))
-    for source, fetch in fetched:
-        raw = fetch()
-        found = parse_bootstrap(raw, source) if raw is not None else None
+        raw = fetch_metadata_url(metadata_url)
+        found = parse_bootstrap(raw, metadata_url) if raw is not None else None
         if found is not None:
             return found
-        log.info("%s holds no corral bootstrap document; skipped", source)
+        log.info("%s holds no corral bootstrap document; skipped", metadata_url)
+    if ec2:
+        found = fetch_ec2_bootstrap(imds_url)
+        if found is not None:
+            return found
+        log.info("EC2 user-data holds no corral bootstrap document; skipped")
     raise BootstrapError(
         "no bootstrap document: none given with --bootstrap, none in "
         f"{under_root(root, NOCLOUD_USER_DATA)} or {under_root(root, BOOTSTRAP_FILE)}, "
@@ -1172,6 +1260,8 @@ class Agent:
             state.save()
         self.lease.set(state.data.get("lease_end"))  # also while the broker is away
         self.credential = self._credential(bootstrap, state)
+        if bootstrap.source == EC2_SOURCE:
+            self._watch_for_interruption(bootstrap)
         view = self._wait_until_satisfied()
         try:
             self._apply(view)
@@ -1487,6 +1577,39 @@ class Agent:
             body["log_tail"] = log_tail
         self.broker.request("POST", "/report", body, credential=self.credential)
         log.info("reported %s%s: %s", phase, f"/{role}" if role else "", state)
+
+    def _watch_for_interruption(self, bootstrap: Bootstrap) -> None:
+        """Look for EC2's notice that it takes this (spot) instance back, and pass it on
+        to the broker at once: the service then counts the node lost, two minutes before
+        it is gone, rather than once it stops answering."""
+        imds = Imds(self.imds_url)
+        # its own connection: the main one may be held by a long poll
+        broker = Broker(
+            bootstrap.broker,
+            bootstrap.fingerprint,
+            self.retry_budget,
+            time.sleep,
+            key_fingerprint=bootstrap.key_fingerprint,
+        )
+
+        def watch() -> None:
+            while True:
+                time.sleep(INTERRUPTION_CHECK_SECONDS)
+                try:
+                    notice = imds.interruption()
+                except OSError:
+                    continue  # the metadata service is away for a moment
+                if notice is None:
+                    continue
+                log.warning("EC2 takes this instance back: %s", notice)
+                body = {"phase": "interruption", "state": "failed", "log_tail": notice}
+                try:
+                    broker.request("POST", "/report", body, credential=self.credential)
+                except AgentError as exc:
+                    log.error("could not report the interruption: %s", exc)
+                return
+
+        threading.Thread(target=watch, name="interruption", daemon=True).start()
 
     def _sleep(self, seconds: float) -> None:
         # The attempt before this sleep failed, so nothing is in flight: safe to stop here.

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 
-# the line that carries the document; the agent looks for this prefix
-BOOTSTRAP_LINE = "# corral-bootstrap: "
-# where the broker serves the agent, under its URL
-AGENT_PATH = "/agent.py"
+from corral.agent import AGENT_PATH, BOOTSTRAP_LINE
 
 _LAUNCHER = r"""#!/bin/sh
 # A node of a corral cluster: this installs and starts its context agent, unless its

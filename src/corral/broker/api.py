@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from corral import agent
+from corral.agent import AGENT_PATH
 from corral.broker.credentials import (
     issue_credential,
     refuse_ended,
@@ -45,7 +48,7 @@ from corral.broker.snapshots import Snapshots
 from corral.broker.views import view_json
 from corral.errors import BadRequestError, ConflictError, CorralError, NotFoundError
 from corral.http_status import status_for
-from corral.lifecycle import NodeState
+from corral.lifecycle import IN_PROGRESS, NodeState
 from corral.limits import MAX_BROKER_BODY_BYTES
 from corral.store.group_commit import GroupCommit
 from corral.store.models import (
@@ -94,6 +97,7 @@ class BrokerApp:
             PREFIX + "/context": ("GET", context),
             PREFIX + "/report": ("POST", report),
             PREFIX + "/scale": ("POST", scale),
+            PREFIX + AGENT_PATH: ("GET", agent_program),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -247,7 +251,7 @@ async def report(request: Call, broker: BrokerParts) -> Reply:
     reads = [(Node, known.me.id), (Cluster, known.cluster_id)]
     state = await broker.writes.write(partial(_record, body, known.me), reads)
     # what the engine decides on
-    if state in (NodeState.READY, NodeState.FAILED, NodeState.TERMINATING):
+    if state in (NodeState.READY, NodeState.FAILED, NodeState.LOST, NodeState.TERMINATING):
         broker.node_settled()
     return _ALREADY_RECORDED if state is None else _RECORDED
 
@@ -262,6 +266,15 @@ def _apply_drain(session, node: Node, body: ReportBody) -> None:
         return
     last = body.log_tail.strip().splitlines()[-1:] or ["its drain hooks failed"]
     move_node(session, node, NodeState.READY, f"removal failed: {last[0][:300]}; it stays")
+
+
+async def agent_program(request: Call, broker: BrokerParts) -> Reply:
+    """The one-file agent, for a node of a stock image to install (backends/cloud_init.py);
+    public, as it holds no secret: the node checks the broker's certificate it comes over."""
+    return _AGENT_PROGRAM
+
+
+_AGENT_PROGRAM = Reply(Path(agent.__file__).read_bytes(), content_type=b"text/x-python")
 
 
 async def scale(request: Call, broker: BrokerParts) -> Reply:
@@ -316,6 +329,11 @@ _INSERT_REPORT = {
 def _apply(session, node: Node, body: ReportBody) -> None:
     """Move the node as its report says (see the protocol's `report`)."""
     state = node.state
+    if body.phase == "interruption":
+        if state in (*IN_PROGRESS, NodeState.READY, NodeState.DRAINING):
+            notice = body.log_tail.strip()[:300] or "its cloud takes the machine back"
+            move_node(session, node, NodeState.LOST, f"interrupted: {notice}")
+        return
     if state is NodeState.DRAINING:
         _apply_drain(session, node, body)
         return

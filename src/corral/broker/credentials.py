@@ -38,10 +38,11 @@ def secret_digest(secret: str) -> str:
 
 
 def issue_bootstrap_token(
-    session: Session, node_id: str, now: datetime, lifetime: timedelta
+    session: Session, node_id: str, now: datetime, lifetime: timedelta, token: str | None = None
 ) -> str:
-    """A new single-use token for one node; its lifetime is capped at ten minutes."""
-    token = "bt_" + secrets.token_urlsafe(32)
+    """A new single-use token for one node (`token`, derived by its caller, or a random
+    one); its lifetime is capped at ten minutes."""
+    token = token or "bt_" + secrets.token_urlsafe(32)
     session.add(
         BootstrapToken(
             token_hash=secret_digest(token),

@@ -78,15 +78,16 @@ def _too_large(limit: int, what: str, declared: int | None = None) -> PayloadToo
 
 @dataclass(frozen=True)
 class Reply:
-    """A JSON answer: its body already serialized."""
+    """An answer (JSON unless it says otherwise): its body already serialized."""
 
     body: bytes
     status: int = 200
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    content_type: bytes = b"application/json"
 
     async def send(self, send: Send) -> None:
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", self.content_type),
             (b"content-length", str(len(self.body)).encode()),
             *self.headers,
         ]

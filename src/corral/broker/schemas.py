@@ -136,8 +136,9 @@ class ScaleBody(BaseModel):
 class ReportBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # `drain` with no role: the node's whole drain, `ok` (drained) or `failed`
-    phase: Literal["configure", "join", "leave", "drain", "node"]
+    # `drain` with no role: the node's whole drain, `ok` (drained) or `failed`;
+    # `interruption`: its cloud takes the machine back (a spot notice), said in log_tail
+    phase: Literal["configure", "join", "leave", "drain", "node", "interruption"]
     role: str = Field("", max_length=64)
     state: Literal["running", "ok", "failed", "ready"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)

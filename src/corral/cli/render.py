@@ -74,11 +74,14 @@ def cluster_status(cluster: ClusterDetail) -> str:
     ]
     if cluster.failure:
         head.append(f"  failure: {escape_controls(cluster.failure)}")
+    # a cloud names its machines itself (instance ids): shown where any node has one
+    machines = any(n.machine_id for n in cluster.nodes)
     rows = [
         [
             n.name,
             n.state,
             n.host,
+            *([n.machine_id] if machines else []),
             n.address,
             f"{n.cores}c/{describe_size_mib(n.memory_mib)}",
             ago(n.state_since),
@@ -86,7 +89,8 @@ def cluster_status(cluster: ClusterDetail) -> str:
         ]
         for n in cluster.nodes
     ]
-    nodes = table(["node", "state", "host", "address", "size", "since", "note"], rows)
+    columns = ["node", "state", "host", *(["machine"] if machines else []), "address"]
+    nodes = table([*columns, "size", "since", "note"], rows)
     return "\n".join(head) + "\n\n" + nodes
 
 

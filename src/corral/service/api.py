@@ -434,6 +434,7 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
             state_since=w.state_since,
             host=w.host_name,
             address=w.address,
+            machine_id=w.machine_id,
             image=w.image,
             cores=w.cores,
             memory_mib=w.memory_mib,

@@ -204,12 +204,38 @@ class Engine:
             if move is not None:
                 self._move(session, node, move.target, move.reason)
         self._apply_policy(session, cluster, members, doc, now)
+        pending = [n for n in nodes if n.state == NodeState.PENDING]
+        if pending and cluster.state in BOOTS_PENDING:
+            self._boot(session, cluster, doc, pending, agents)
         for node in nodes:
-            if node.state == NodeState.PENDING and cluster.state in BOOTS_PENDING:
-                boot = self._boot_order(cluster, session.get(Node, node.id))
-                self._submit(node.id, self._boot_job, boot)
-            elif node.state == NodeState.TERMINATING:
-                self._submit(node.id, self._terminate_job, (cluster.pool_name, node.id))
+            if node.state == NodeState.TERMINATING:
+                self._submit([node.id], self._terminate_job, (cluster.pool_name, node.id))
+
+    def _boot(
+        self,
+        session: Session,
+        cluster: Cluster,
+        doc: ClusterDocument,
+        pending: list[NodeRecord],
+        agents: bool,
+    ) -> None:
+        """Boot pending nodes: a group's together where the backend launches groups (one
+        call for them all), one by one otherwise."""
+        orders = [self._boot_order(cluster, session.get(Node, n.id)) for n in pending]
+        pool = self.pools.get(cluster.pool_name)
+        if not (agents and Capability.LAUNCHES_GROUPS in pool.capabilities):
+            for order in orders:
+                self._submit([order[0].node_id], self._boot_job, order)
+            return
+        by_group: dict[str, list[tuple[NodeSpec, Placement]]] = {}
+        for node, order in zip(pending, orders, strict=True):
+            by_group.setdefault(node.group, []).append(order)
+        launching = cluster.state is ClusterState.LAUNCHING
+        for group in by_group.values():
+            # all-or-nothing: a launch has every node of a group or none of them
+            whole = launching and doc.policy.mode == "all-or-nothing"
+            ids = [spec.node_id for spec, _ in group]
+            self._submit(ids, self._group_boot_job, (group, len(group) if whole else 1))
 
     def _apply_policy(
         self,
@@ -295,7 +321,7 @@ class Engine:
                 continue
             if state is not NodeState.TERMINATING:
                 self._move(session, node, NodeState.TERMINATING, "cluster is terminating")
-            self._submit(node.id, self._terminate_job, (pool, node.id))
+            self._submit([node.id], self._terminate_job, (pool, node.id))
         ids = {n.id for n in members}
         if any(n.state != NodeState.TERMINATED for n in members) or busy & ids:
             return
@@ -304,7 +330,11 @@ class Engine:
         leftovers = ids & observation.machines.keys()
         if leftovers:  # the backend still runs something of ours: remove it again
             for node_id in leftovers:
-                self._submit(node_id, self._terminate_job, (pool, node_id))
+                self._submit([node_id], self._terminate_job, (pool, node_id))
+            return
+        leftovers_elsewhere = self.pools.get(pool).backend.clean_up(cluster.id)
+        if leftovers_elsewhere:
+            log.info("%s: still left of it: %s", cluster.id, "; ".join(leftovers_elsewhere))
             return
         release_subnet(session, cluster.id)
         move_cluster(
@@ -320,7 +350,7 @@ class Engine:
     ) -> None:
         for node_id in machines.keys() - live_ids - busy:
             log.warning("pool %s runs %s, which no live record owns; removing it", pool, node_id)
-            self._submit(node_id, self._terminate_job, (pool, node_id))
+            self._submit([node_id], self._terminate_job, (pool, node_id))
 
     def _record_address(self, session: Session, node: NodeRecord, address: str) -> None:
         """Keep the address a backend gave a node (it placed the machine itself); the
@@ -339,22 +369,23 @@ class Engine:
 
     # -- jobs --------------------------------------------------------------------------
 
-    def _submit(self, node_id: str, job: Callable, arg: object) -> None:
+    def _submit(self, node_ids: list[str], job: Callable, arg: object) -> None:
+        """Run `job(arg)` on a worker thread, unless one of its nodes has a job already."""
         with self._busy_lock:
-            if node_id in self._busy:
+            if not self._busy.isdisjoint(node_ids):
                 return
-            self._busy.add(node_id)
+            self._busy.update(node_ids)
 
         def run() -> None:
             try:
                 job(arg)
             except Exception:
-                log.exception("job for %s failed; the next tick retries", node_id)
+                log.exception("job for %s failed; the next tick retries", ", ".join(node_ids))
             finally:
                 # the job's writes are committed before it leaves the busy set, so a tick
                 # that did not see it busy also sees its result
                 with self._busy_lock:
-                    self._busy.discard(node_id)
+                    self._busy.difference_update(node_ids)
                     self._futures.discard(future)
 
         with self._busy_lock:
@@ -374,18 +405,67 @@ class Engine:
         try:
             machine = self.pools.get(placement.pool).backend.boot(spec, placement)
         except BackendError as exc:
-            self._set_node(spec.node_id, NodeState.PENDING, NodeState.FAILED, exc.message)
+            self._fail_boot(spec.node_id, exc.message)
             return
-        where = placement.host or f"pool {placement.pool}"
-        # a backend that places machines itself may know the address already
-        address = machine.address if not placement.address else None
-        self._set_node(
-            spec.node_id,
-            NodeState.PENDING,
-            NodeState.BOOTING,
-            f"boot requested on {where}",
-            address or None,
+        self._set_booting([(spec, placement, machine)])
+
+    def _group_boot_job(self, launch: tuple[list[tuple[NodeSpec, Placement]], int]) -> None:
+        """Boot a group's pending nodes in one backend call, with one user-data."""
+        orders, min_count = launch
+        ids = [spec.node_id for spec, _ in orders]
+        user_data = self.writes.write_from_thread(
+            partial(self._pending_group_user_data, ids), [(Node, i) for i in ids]
         )
+        if user_data is None:
+            return
+        booting, data = user_data
+        orders = [(replace(s, user_data=data), p) for s, p in orders if s.node_id in booting]
+        placement = orders[0][1]
+        backend = self.pools.get(placement.pool).backend
+        try:
+            results = backend.boot_group(
+                [s for s, _ in orders], placement, min(min_count, len(orders))
+            )
+        except BackendError as exc:
+            results = [exc] * len(orders)
+        booted = []
+        for (spec, placement), result in zip(orders, results, strict=True):
+            if isinstance(result, BackendError):
+                self._fail_boot(spec.node_id, result.message)
+            else:
+                booted.append((spec, placement, result))
+        self._set_booting(booted)
+
+    def _set_booting(self, booted: list[tuple[NodeSpec, Placement, Machine]]) -> None:
+        """Move nodes whose machines the backend is booting to booting, in one write."""
+
+        def move(session: Session) -> None:
+            for spec, placement, machine in booted:
+                node = session.get(Node, spec.node_id)
+                if node is None or node.state != NodeState.PENDING:
+                    continue  # its agent registered already, or it was removed meanwhile
+                # a backend that places machines itself may know the address already
+                if machine.address and not placement.address and not node.address:
+                    node.address = machine.address
+                node.machine_id = machine.machine_id or node.machine_id
+                where = placement.host or f"pool {placement.pool}"
+                named = f" as {machine.machine_id}" if machine.machine_id else ""
+                move_node(session, node, NodeState.BOOTING, f"boot requested on {where}{named}")
+
+        if booted:
+            self.writes.write_from_thread(move, [(Node, s.node_id) for s, _, _ in booted])
+            self.poke()
+
+    def _pending_group_user_data(
+        self, node_ids: list[str], session: Session
+    ) -> tuple[set[str], bytes] | None:
+        """The nodes still pending, and their group's bootstrap document with new tokens;
+        None if none is."""
+        nodes = [session.get(Node, i) for i in node_ids]
+        nodes = [n for n in nodes if n is not None and n.state == NodeState.PENDING]
+        if not nodes:
+            return None
+        return {n.id for n in nodes}, self.bootstrap.group_user_data(session, nodes, self.clock())
 
     def _pending_user_data(self, node_id: str, session: Session) -> bytes | None:
         """The node's bootstrap document, with a new token; None if it no longer boots."""
@@ -408,22 +488,13 @@ class Engine:
         self.writes.write_from_thread(record, [(Node, node_id)])
         self.poke()
 
-    def _set_node(
-        self,
-        node_id: str,
-        expect: NodeState,
-        target: NodeState,
-        reason: str,
-        address: str | None = None,
-    ) -> None:
-        # under the decision lock: a node's agent may register (booting -> registered)
+    def _fail_boot(self, node_id: str, reason: str) -> None:
+        # under the decision lock: a node's agent may register (pending -> registered)
         # between this read and this write, which would then undo its registration
         def move(session: Session) -> None:
             node = session.get(Node, node_id)
-            if node is not None and node.state == expect:
-                if address and not node.address:
-                    node.address = address
-                move_node(session, node, target, reason)
+            if node is not None and node.state == NodeState.PENDING:
+                move_node(session, node, NodeState.FAILED, reason)
 
         self.writes.write_from_thread(move, [(Node, node_id)])
         self.poke()
@@ -435,6 +506,8 @@ class Engine:
         it runs."""
         digest = node.image_digest
         rootfs = self.images.path(digest) if digest and self.images.has(digest) else None
+        doc = self.documents.of(cluster)
+        group = next((g for g in doc.nodes if g.group == node.group), None)
         spec = NodeSpec(
             node_id=node.id,
             cluster_id=cluster.id,
@@ -442,7 +515,9 @@ class Engine:
             image=ImageRef(node.image, digest, rootfs),
             cores=node.cores,
             memory_mib=node.memory_mib,
-            outbound=self.documents.of(cluster).network.outbound,
+            outbound=doc.network.outbound,
+            market=group.market if group else "on-demand",
+            max_price=group.max_price if group else None,
         )
         return spec, placement_of(node)
 

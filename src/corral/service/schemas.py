@@ -132,6 +132,9 @@ class NodeView(BaseModel):
     state_since: datetime
     host: str
     address: str | None
+    machine_id: str = Field(
+        "", description="the backend's own name for the node's machine (an EC2 instance id)"
+    )
     image: str
     cores: int
     memory_mib: int
