@@ -63,10 +63,12 @@ from corral.service.schemas import (
     LaunchedCluster,
     NewUserView,
     NodeView,
+    PlacementView,
     PoolView,
     RemoveNodesBody,
     ReportView,
     ResizeBody,
+    SkippedPoolView,
     UserBody,
     UserView,
 )
@@ -204,11 +206,20 @@ def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> LaunchedClus
         keep_on_failure=body.keep_on_failure,
     )
     with service.decisions:
-        cluster = service.clusters.launch(db, user, request)
+        launched = service.clusters.launch(db, user, request)
         db.commit()
     service.engine.poke()
+    cluster, choice = launched.cluster, launched.choice
     warnings = [DocumentWarningView(**asdict(w)) for w in parsed.warnings]
-    return LaunchedCluster(**_detail(service, db, cluster).model_dump(), warnings=warnings)
+    placement = PlacementView(
+        pool=choice.pool.name,
+        skipped=[SkippedPoolView(pool=s.pool, reason=s.reason) for s in choice.skipped],
+    )
+    return LaunchedCluster(
+        **_detail(service, db, cluster).model_dump(),
+        warnings=warnings,
+        placement=placement,
+    )
 
 
 @router.get("/clusters")

@@ -26,7 +26,9 @@ class LaunchBody(BaseModel):
         description="the file name, for error messages",
     )
     name: names.CLUSTER.type | None = Field(None, description="overrides the document's name")
-    pool: names.ACCOUNT.type | None = Field(None, description="overrides the document's pool")
+    pool: names.ACCOUNT.type | None = Field(
+        None, description="the one pool to run in; overrides the document's and the site's order"
+    )
     lease_seconds: float | None = Field(
         None,
         gt=0,
@@ -177,11 +179,28 @@ class DocumentWarningView(BaseModel):
     line: int | None = None
 
 
+class SkippedPoolView(BaseModel):
+    pool: str
+    reason: str = Field(description="why the pool could not take the cluster")
+
+
+class PlacementView(BaseModel):
+    pool: str = Field(description="the pool the cluster went to")
+    skipped: list[SkippedPoolView] = Field(
+        default_factory=list,
+        description="the pools before it in the cluster's order, each with why it could not "
+        "take the cluster",
+    )
+
+
 class LaunchedCluster(ClusterDetail):
     warnings: list[DocumentWarningView] = Field(
         default_factory=list,
         description="what reading the document accepted but dropped or ignored "
         "(Nimbus cluster.xml constructs), each with its line",
+    )
+    placement: PlacementView | None = Field(
+        None, description="the pool the cluster went to, and the pools passed over"
     )
 
 
