@@ -2,7 +2,7 @@
 
 A launch is checked whole before anything is written: the document, the lease, the quota,
 and a pool that takes the whole cluster (pool_choice.py: images, limits, a placement of
-every node with an address). Only then are the cluster, its nodes,
+every node with an address). Only then are the cluster, its nodes (each with its price),
 allocations and first events written, in one transaction. The engine does the rest
 (booting, readiness, leases, teardown).
 """
@@ -24,7 +24,7 @@ from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
 from corral.errors import ConflictError, LeaseError, NotFoundError, RefusedError
 from corral.lifecycle import IN_GROUP, ClusterState, NodeState
-from corral.service import quotas, removal
+from corral.service import costs, quotas, removal
 from corral.service.addresses import allocate_addresses, reserve_subnet
 from corral.service.config import ServiceConfig
 from corral.service.growth import add_nodes, pending_node
@@ -130,6 +130,7 @@ class Clusters:
             cluster.subnet = choice.subnet
             reserve_subnet(session, pool_row, choice.subnet, cluster.id)
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
+        prices = {g.group: costs.hourly_price(pool.backend, g) for g in doc.nodes}
         nodes = [
             pending_node(
                 cluster.id,
@@ -138,6 +139,7 @@ class Clusters:
                 choice.hosts[name],
                 digests.get(group.image, ""),
                 now,
+                prices[group.group],
             )
             for group in doc.nodes
             for index, name in enumerate(group.node_names())

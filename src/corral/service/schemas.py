@@ -158,6 +158,17 @@ class ClusterSummary(BaseModel):
     created_at: datetime
     failure: str | None = None
     pool: str = Field(description="the pool the cluster runs in")
+    cost_so_far: float | None = Field(
+        None,
+        description="what its nodes have cost so far, by its pool's prices: each node's "
+        "hourly price from its creation until it was terminated, or now; null where its "
+        "pool has no prices",
+    )
+    hourly_cost: float | None = Field(
+        None,
+        description="what its nodes that are not terminated cost per hour now; null where "
+        "its pool has no prices",
+    )
 
 
 class ClusterDetail(ClusterSummary):
@@ -193,6 +204,11 @@ class PlacementView(BaseModel):
     )
 
 
+class CostEstimateView(BaseModel):
+    per_hour: float = Field(description="what the cluster's nodes cost per hour")
+    lease: float = Field(description="what they cost over the whole lease")
+
+
 class LaunchedCluster(ClusterDetail):
     warnings: list[DocumentWarningView] = Field(
         default_factory=list,
@@ -201,6 +217,9 @@ class LaunchedCluster(ClusterDetail):
     )
     placement: PlacementView | None = Field(
         None, description="the pool the cluster went to, and the pools passed over"
+    )
+    estimated_cost: CostEstimateView | None = Field(
+        None, description="by its pool's prices; null where its pool has no prices"
     )
 
 
