@@ -80,6 +80,19 @@ def test_a_cluster_too_big_for_the_first_pool_goes_to_the_next_and_says_why(serv
     assert service.pools.get("local").backend.list_machines() == []
 
 
+def test_a_cluster_asking_for_a_way_out_passes_over_a_pool_that_forbids_it(make_service):
+    closed = PoolConfig("local", "fake", FAST, "10.190.0.0/16", allow_outbound=False)
+    service = make_service(pools=(closed, CLOUD), backends=backends())
+    client = api(service, admin_token(service))
+
+    cluster = launched(client, "pools: [local, cloud]\nnetwork: {outbound: true}\n" + SMALL)
+
+    assert cluster["placement"] == {
+        "pool": "cloud",
+        "skipped": [{"pool": "local", "reason": "pool local does not allow outbound access"}],
+    }
+
+
 def test_a_cluster_that_fits_in_the_first_pool_stays_there(service):
     client = api(service, admin_token(service))
 
