@@ -56,6 +56,7 @@ OWN_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
 # what the agent leaves under a machine's root when it powers the machine off (agent.py)
 POWER_OFF_MARK = "run/corral/powered-off"
+PRICE_OPTIONS = ("price_per_core_hour", "spot_price_per_core_hour")
 
 
 @dataclass
@@ -74,6 +75,8 @@ class FakeBackend(Backend):
     """In-process machines with a boot delay and failure injection.
 
     `fail` maps node-name glob patterns (`worker-1`, `worker-*`) to a failure mode.
+    With `price_per_core_hour` its pool has prices: a node costs that per core and hour,
+    or `spot_price_per_core_hour` on the spot market (default: the same).
     """
 
     name = "fake"
@@ -89,6 +92,8 @@ class FakeBackend(Backend):
         roots: Path | None = None,
         bootstrap_dir: Path | None = None,
         places_itself: bool = False,
+        price_per_core_hour: float | None = None,
+        spot_price_per_core_hour: float | None = None,
     ) -> None:
         for pattern, mode in (fail or {}).items():
             if mode not in FAILURE_MODES:
@@ -115,6 +120,10 @@ class FakeBackend(Backend):
             self.capabilities = self.capabilities | {Capability.RUNS_AGENT}
         if places_itself:  # as a cloud does: it gives each machine an address of its own
             self.capabilities = self.capabilities | {Capability.PLACES_ITSELF}
+        if spot_price_per_core_hour is not None and price_per_core_hour is None:
+            raise ValueError("fake backend: spot_price_per_core_hour needs price_per_core_hour")
+        self.price_per_core_hour = price_per_core_hour
+        self.spot_price_per_core_hour = spot_price_per_core_hour
         self._clock = clock
         self._lock = threading.Lock()
         self._machines: dict[str, _FakeMachine] = self._load()
@@ -127,7 +136,8 @@ class FakeBackend(Backend):
         agent_image=DIR (run the agent on a copy of DIR per machine), bootstrap_dir=DIR
         (write each machine's bootstrap document there for agents run elsewhere),
         places_itself=true (choose each machine's address, from OWN_ADDRESSES, as a cloud
-        does, rather than take the one the service gives).
+        does, rather than take the one the service gives), price_per_core_hour=PRICE and
+        spot_price_per_core_hour=PRICE (give the pool prices).
 
         Machines are kept in `data_dir`/fake-machines.json unless state_file says otherwise.
         """
@@ -148,11 +158,12 @@ class FakeBackend(Backend):
         places_itself = options.pop("places_itself", "false")
         if places_itself not in ("true", "false"):
             raise ValueError("fake backend: places_itself must be true or false")
+        prices = [_price_option(options, key) for key in PRICE_OPTIONS]
         if options:
             raise ValueError(
                 f"fake backend: unknown option(s) {', '.join(sorted(options))} "
                 "(known: boot_delay, fail, state_file, agent_image, bootstrap_dir, "
-                "places_itself)"
+                f"places_itself, {', '.join(PRICE_OPTIONS)})"
             )
         return cls(
             boot_delay,
@@ -162,7 +173,15 @@ class FakeBackend(Backend):
             roots=data_dir / "fake-roots",
             bootstrap_dir=Path(bootstrap_dir) if bootstrap_dir else None,
             places_itself=places_itself == "true",
+            price_per_core_hour=prices[0],
+            spot_price_per_core_hour=prices[1],
         )
+
+    def hourly_price(self, spec: NodeSpec) -> float | None:
+        rate = self.price_per_core_hour
+        if spec.market == "spot" and self.spot_price_per_core_hour is not None:
+            rate = self.spot_price_per_core_hour
+        return None if rate is None else rate * spec.cores
 
     def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
         mode = self._failure_for(spec.name)
@@ -353,3 +372,17 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     os.replace(tmp, path)
+
+
+def _price_option(options: dict[str, str], key: str) -> float | None:
+    """Take option `key`, a price per core and hour, out of `options`; None if absent."""
+    text = options.pop(key, None)
+    if text is None:
+        return None
+    try:
+        price = float(text)
+    except ValueError:
+        price = -1.0
+    if not 0 <= price < float("inf"):
+        raise ValueError(f"fake backend: {key} must be a price of 0 or more, not {text!r}")
+    return price

@@ -29,6 +29,7 @@ from corral.service.schemas import (
     HostView,
     ImageRemovedView,
     ImageView,
+    LaunchedCluster,
     NewUserView,
     ReportView,
     UserView,
@@ -39,6 +40,7 @@ T = TypeVar("T")
 
 _HEALTH = TypeAdapter(HealthView)
 _CLUSTER = TypeAdapter(ClusterDetail)
+_LAUNCHED = TypeAdapter(LaunchedCluster)
 _CLUSTERS = TypeAdapter(list[ClusterSummary])
 _EVENTS = TypeAdapter(list[EventView])
 _REPORTS = TypeAdapter(list[ReportView])
@@ -135,7 +137,7 @@ class Client:
         pool: str | None = None,
         lease_seconds: float | None = None,
         keep_on_failure: bool = False,
-    ) -> Answer[ClusterDetail]:
+    ) -> Answer[LaunchedCluster]:
         body: dict[str, object] = {
             "document": document,
             "source": source,
@@ -145,7 +147,7 @@ class Client:
         }
         if pool is not None:
             body["pool"] = pool
-        return self._ask(_CLUSTER, "POST", "/clusters", json=body)
+        return self._ask(_LAUNCHED, "POST", "/clusters", json=body)
 
     def clusters(self, everyone: bool = False) -> Answer[list[ClusterSummary]]:
         return self._ask(_CLUSTERS, "GET", "/clusters", params={"all": everyone})

@@ -116,9 +116,13 @@ def run(
             f"lease until {render.when(cluster.lease_end)}",
             err=True,
         )
+        for line in render.launch_notes(cluster):
+            click.echo(line, err=True)
     if no_wait:
         _print_launched(answer, as_json)
         return
+    # what only the launch's answer says stays in the JSON printed after waiting
+    launch_only = {k: answer.body.get(k) for k in ("placement", "estimated_cost")}
     try:
         until = _in_state("ready", "degraded", "failed", "terminating", *ENDED)
         answer = _wait(client, cluster.id, until, wait_limit)
@@ -131,7 +135,7 @@ def run(
         sys.exit(130)
     cluster = answer.model
     if cluster.state in ("ready", "degraded"):  # degraded: it was ready, then lost nodes
-        _print_launched(answer, as_json)
+        _print_launched(answer, as_json, launch_only)
         known_hosts = cached_credentials(client, cluster) / "known_hosts"
         if not as_json:
             click.echo(
@@ -141,7 +145,7 @@ def run(
             )
         return
     if cluster.state == "launching":
-        _print_launched(answer, as_json)
+        _print_launched(answer, as_json, launch_only)
         click.echo(
             f"corral: still launching after {timeout}; `corral status {cluster.id}`", err=True
         )
@@ -152,7 +156,7 @@ def run(
         click.echo("launch failed; removing its nodes", err=True)
         answer = _wait(client, cluster.id, _in_state(*ENDED), None, goal="terminated")
         cluster = answer.model
-    _print_launched(answer, as_json)
+    _print_launched(answer, as_json, launch_only)
     click.echo(
         f"corral: cluster {cluster.name} ({cluster.id}) failed: "
         f"{escape_controls(cluster.failure or 'it ended before it was ready')}",
@@ -192,9 +196,13 @@ def _wait(
         progress.done()
 
 
-def _print_launched(answer: Answer[ClusterDetail], as_json: bool) -> None:
+def _print_launched(
+    answer: Answer[ClusterDetail], as_json: bool, launch_only: dict[str, object] | None = None
+) -> None:
+    """The cluster's last state: its JSON (with `launch_only`, what the launch's answer
+    alone carried), or one line."""
     if as_json:
-        render.emit_json(answer.body)
+        render.emit_json(answer.body, **(launch_only or {}))
         return
     cluster = answer.model
     login = [n for n in cluster.nodes if n.login] or cluster.nodes[:1]

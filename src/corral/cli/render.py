@@ -12,7 +12,13 @@ from pydantic import TypeAdapter
 
 from corral.cli.client import JSON
 from corral.logs import escape_controls
-from corral.service.schemas import ClusterDetail, ClusterSummary, EventView, NodeView
+from corral.service.schemas import (
+    ClusterDetail,
+    ClusterSummary,
+    EventView,
+    LaunchedCluster,
+    NodeView,
+)
 from corral.units import describe_size_mib, format_duration
 
 _MOMENT = TypeAdapter(datetime)
@@ -49,6 +55,29 @@ def ago(then: datetime) -> str:
     return format_duration(datetime.now(UTC) - then) + " ago"
 
 
+def money(amount: float, per_hour: bool = False) -> str:
+    """An amount in the pool's prices: cents, or a hundredth of a cent for an hourly rate
+    (a small node costs fractions of a cent an hour)."""
+    return f"${amount:.4f}/h" if per_hour else f"${amount:.2f}"
+
+
+def launch_notes(cluster: LaunchedCluster) -> list[str]:
+    """What `run` says of a launch before it waits: where the cluster went when pools were
+    passed over, and what it is estimated to cost."""
+    notes = []
+    placement = cluster.placement
+    if placement is not None and placement.skipped:
+        reasons = "; ".join(s.reason for s in placement.skipped)
+        notes.append(f"cluster {cluster.name} goes to pool {placement.pool}: {reasons}")
+    if cluster.estimated_cost is not None:
+        lease = format_duration(cluster.lease_end - cluster.lease_start)
+        notes.append(
+            f"estimated cost: {money(cluster.estimated_cost.per_hour, per_hour=True)}, "
+            f"{money(cluster.estimated_cost.lease)} for the {lease} lease"
+        )
+    return [escape_controls(note) for note in notes]
+
+
 def cluster_table(clusters: list[ClusterSummary]) -> str:
     rows = [
         [
@@ -59,10 +88,12 @@ def cluster_table(clusters: list[ClusterSummary]) -> str:
             c.pool,
             f"{c.ready_count}/{c.node_count}",
             left(c.lease_left_seconds) if c.state != "terminated" else "-",
+            money(c.cost_so_far) if c.cost_so_far is not None else None,
         ]
         for c in clusters
     ]
-    return table(["id", "name", "owner", "state", "pool", "ready", "lease left"], rows)
+    headers = ["id", "name", "owner", "state", "pool", "ready", "lease left", "cost"]
+    return table(headers, rows)
 
 
 def cluster_status(cluster: ClusterDetail) -> str:
@@ -72,6 +103,9 @@ def cluster_status(cluster: ClusterDetail) -> str:
         f"subnet {cluster.subnet or '-'}",
         f"  lease ends {when(cluster.lease_end)} ({left(cluster.lease_left_seconds)} left)",
     ]
+    if cluster.cost_so_far is not None:
+        now = money(cluster.hourly_cost or 0.0, per_hour=True)
+        head.append(f"  cost so far {money(cluster.cost_so_far)} (now {now})")
     if cluster.failure:
         head.append(f"  failure: {escape_controls(cluster.failure)}")
     # a cloud names its machines itself (instance ids): shown where any node has one

@@ -17,14 +17,10 @@ from corral.errors import CapacityError
 from corral.store.models import AddressAllocation, Pool, SubnetAllocation
 
 
-def allocate_subnet(
-    session: Session,
-    pool: Pool,
-    cluster_id: str,
-    in_use: Sequence[ipaddress.IPv4Network] = (),
-) -> str:
-    """Reserve a free subnet of the pool for a cluster, one that overlaps none of `in_use`
-    (what the backend's hosts route already); raises CapacityError when none is left."""
+def free_subnet(session: Session, pool: Pool, in_use: Sequence[ipaddress.IPv4Network] = ()) -> str:
+    """A subnet of the pool no cluster holds and that overlaps none of `in_use` (what the
+    backend's hosts route already), reserving nothing; raises CapacityError when none is
+    left."""
     taken = set(
         session.scalars(
             select(SubnetAllocation.subnet).where(SubnetAllocation.pool_name == pool.name)
@@ -32,15 +28,41 @@ def allocate_subnet(
     )
     for subnet in ipaddress.ip_network(pool.address_range).subnets(new_prefix=pool.subnet_prefix):
         if str(subnet) not in taken and not any(subnet.overlaps(n) for n in in_use):
-            session.add(
-                SubnetAllocation(pool_name=pool.name, subnet=str(subnet), cluster_id=cluster_id)
-            )
             return str(subnet)
     raise CapacityError(
         f"pool {pool.name}: every /{pool.subnet_prefix} subnet of {pool.address_range} is in use "
         "(by its clusters, or routed on its hosts already)",
         pool=pool.name,
     )
+
+
+def allocate_subnet(
+    session: Session,
+    pool: Pool,
+    cluster_id: str,
+    in_use: Sequence[ipaddress.IPv4Network] = (),
+) -> str:
+    """Reserve a free subnet of the pool for a cluster (see `free_subnet`)."""
+    subnet = free_subnet(session, pool, in_use)
+    reserve_subnet(session, pool, subnet, cluster_id)
+    return subnet
+
+
+def reserve_subnet(session: Session, pool: Pool, subnet: str, cluster_id: str) -> None:
+    """Hand `subnet`, found free by `free_subnet`, to a cluster."""
+    session.add(SubnetAllocation(pool_name=pool.name, subnet=subnet, cluster_id=cluster_id))
+
+
+def check_room_for(pool: Pool, subnet: str, nodes: int) -> None:
+    """Raises CapacityError when a new cluster's subnet has fewer addresses than `nodes`
+    (its first is the cluster's gateway)."""
+    room = ipaddress.ip_network(subnet).num_addresses - 3  # network, broadcast, gateway
+    if nodes > room:
+        raise CapacityError(
+            f"pool {pool.name} gives a cluster {room} addresses (/{pool.subnet_prefix}); "
+            f"{nodes} nodes do not fit",
+            pool=pool.name,
+        )
 
 
 def allocate_addresses(

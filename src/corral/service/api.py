@@ -10,8 +10,8 @@ an operation can answer is in its description.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
-from datetime import timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from threading import Lock
 from typing import Annotated, Protocol
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
@@ -37,7 +37,7 @@ from corral.http_status import status_for
 from corral.images import records as image_records
 from corral.images.store import ImageStore
 from corral.lifecycle import ClusterState, NodeState
-from corral.service import inventory, quotas
+from corral.service import costs, inventory, quotas
 from corral.service.auth import authenticate, require_admin
 from corral.service.body_limit import BodyLimit
 from corral.service.clusters import Clusters, LaunchRequest
@@ -48,6 +48,7 @@ from corral.service.http_errors import bad_request
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
+    CostEstimateView,
     CredentialsView,
     DocumentWarningView,
     ErrorView,
@@ -63,10 +64,12 @@ from corral.service.schemas import (
     LaunchedCluster,
     NewUserView,
     NodeView,
+    PlacementView,
     PoolView,
     RemoveNodesBody,
     ReportView,
     ResizeBody,
+    SkippedPoolView,
     UserBody,
     UserView,
 )
@@ -204,18 +207,31 @@ def launch(service: Svc, body: LaunchBody, db: DB, user: Caller) -> LaunchedClus
         keep_on_failure=body.keep_on_failure,
     )
     with service.decisions:
-        cluster = service.clusters.launch(db, user, request)
+        launched = service.clusters.launch(db, user, request)
         db.commit()
     service.engine.poke()
+    cluster, choice = launched.cluster, launched.choice
     warnings = [DocumentWarningView(**asdict(w)) for w in parsed.warnings]
-    return LaunchedCluster(**_detail(service, db, cluster).model_dump(), warnings=warnings)
+    placement = PlacementView(
+        pool=choice.pool.name,
+        skipped=[SkippedPoolView(pool=s.pool, reason=s.reason) for s in choice.skipped],
+    )
+    estimate = costs.estimate(
+        [n.hourly_price for n in cluster.nodes], cluster.lease_end - cluster.lease_start
+    )
+    return LaunchedCluster(
+        **_detail(service, db, cluster).model_dump(),
+        warnings=warnings,
+        placement=placement,
+        estimated_cost=CostEstimateView(**asdict(estimate)) if estimate else None,
+    )
 
 
 @router.get("/clusters")
 def list_clusters(service: Svc, db: DB, user: Caller, all: bool = False) -> list[ClusterSummary]:
     clusters = service.clusters.list(db, user, everyone=all)
-    counts = _node_counts(db, [c.id for c in clusters])
-    return [_summary(c, *counts.get(c.id, (0, 0))) for c in clusters]
+    tallies = _node_tallies(db, [c.id for c in clusters])
+    return [_summary(c, tallies.get(c.id, _NodeTally())) for c in clusters]
 
 
 @router.get("/clusters/{ref}")
@@ -393,31 +409,51 @@ def remove_image(service: Svc, name: ImageName, db: DB, _admin: Admin) -> ImageR
     return view
 
 
-def _node_counts(db: Session, cluster_ids: list[str]) -> dict[str, tuple[int, int]]:
-    """(live or all nodes, ready nodes) per cluster, in one query."""
-    counts: dict[str, list[int]] = {}
-    rows = db.execute(select(Node.cluster_id, Node.state).where(Node.cluster_id.in_(cluster_ids)))
-    for cluster_id, state in rows:
-        entry = counts.setdefault(cluster_id, [0, 0])
-        entry[0] += 1
-        entry[1] += state == NodeState.READY
-    return {k: (v[0], v[1]) for k, v in counts.items()}
+@dataclass
+class _NodeTally:
+    """A cluster's nodes in a list: how many, how many ready, and what they cost."""
+
+    nodes: int = 0
+    ready: int = 0
+    cost: costs.Tally = field(default_factory=costs.Tally)
+
+    def add(self, node: Node | Row, now: datetime) -> None:
+        self.nodes += 1
+        self.ready += node.state == NodeState.READY
+        self.cost.add(node.hourly_price, node.created_at, node.state, node.state_since, now)
 
 
-def _summary(cluster: Cluster, nodes: int, ready: int) -> ClusterSummary:
+def _node_tallies(db: Session, cluster_ids: list[str]) -> dict[str, _NodeTally]:
+    """Each cluster's node tally (live or all nodes), in one query."""
+    tallies: dict[str, _NodeTally] = {}
+    now = utcnow()
+    rows = db.execute(
+        select(
+            Node.cluster_id, Node.state, Node.hourly_price, Node.created_at, Node.state_since
+        ).where(Node.cluster_id.in_(cluster_ids))
+    )
+    for row in rows:
+        tallies.setdefault(row.cluster_id, _NodeTally()).add(row, now)
+    return tallies
+
+
+def _summary(cluster: Cluster, tally: _NodeTally) -> ClusterSummary:
+    cost = tally.cost.rounded()
     return ClusterSummary(
         id=cluster.id,
         name=cluster.name,
         owner=cluster.owner.name,
         state=cluster.state,
-        node_count=nodes,
-        ready_count=ready,
+        node_count=tally.nodes,
+        ready_count=tally.ready,
         lease_start=cluster.lease_start,
         lease_end=cluster.lease_end,
         lease_left_seconds=max(0.0, (cluster.lease_end - utcnow()).total_seconds()),
         created_at=cluster.created_at,
         failure=cluster.failure,
         pool=cluster.pool_name,
+        cost_so_far=cost.cost_so_far,
+        hourly_cost=cost.hourly_cost,
     )
 
 
@@ -445,8 +481,11 @@ def _detail(service: Service, db: Session, cluster: Cluster) -> ClusterDetail:
         )
         for w in cluster.nodes
     ]
-    ready = sum(1 for n in nodes if n.state == NodeState.READY)
-    summary = _summary(cluster, len(nodes), ready)
+    tally = _NodeTally()
+    now = utcnow()
+    for node in cluster.nodes:
+        tally.add(node, now)
+    summary = _summary(cluster, tally)
     accounts = [a.name for a in doc.accounts()]
     return ClusterDetail(
         **summary.model_dump(),

@@ -1,9 +1,10 @@
 """What users do to clusters: launch, look up, extend, destroy.
 
-A launch is checked whole before anything is written: the document, the lease, the image,
-the quota, and a placement of every node with an address. Only then are the cluster, its
-nodes, allocations and first events written, in one transaction. The engine does the
-rest (booting, readiness, leases, teardown).
+A launch is checked whole before anything is written: the document, the lease, the quota,
+and a pool that takes the whole cluster (pool_choice.py: images, limits, a placement of
+every node with an address). Only then are the cluster, its nodes (each with its price),
+allocations and first events written, in one transaction. The engine does the rest
+(booting, readiness, leases, teardown).
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from corral import limits, names
 from corral.backends.base import Capability
 from corral.broker.issuance import create_cluster_secret, renew_credentials
 from corral.document import ClusterDocument
-from corral.errors import CapacityError, ConflictError, LeaseError, NotFoundError, RefusedError
+from corral.errors import ConflictError, LeaseError, NotFoundError, RefusedError
 from corral.lifecycle import IN_GROUP, ClusterState, NodeState
-from corral.service import quotas, removal
-from corral.service.addresses import allocate_addresses, allocate_subnet
+from corral.service import costs, quotas, removal
+from corral.service.addresses import allocate_addresses, reserve_subnet
 from corral.service.config import ServiceConfig
 from corral.service.growth import add_nodes, pending_node
 from corral.service.ids import new_id
-from corral.service.inventory import host_capacities
-from corral.service.pools import Pool, Pools
-from corral.service.scheduler import NodeRequest, place
+from corral.service.pool_choice import PoolChoice, check_pool_limit, choose_pool, pool_order
+from corral.service.pools import Pools
 from corral.store.models import Cluster, Image, Node, User, utcnow
 from corral.store.models import Pool as PoolRow
 from corral.transitions import bump_context, move_cluster, record, record_node
@@ -46,9 +46,17 @@ class LaunchRequest:
 
     document: ClusterDocument
     name: str | None = None  # follows names.CLUSTER
-    pool: str | None = None  # overrides the document's pool
+    pool: str | None = None  # overrides the document's pools and the site's order
     lease: timedelta | None = None
     keep_on_failure: bool = False
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A launched cluster and where it went."""
+
+    cluster: Cluster
+    choice: PoolChoice
 
 
 class Clusters:
@@ -64,18 +72,18 @@ class Clusters:
         # one launch places at a time, so two launches cannot take the same free capacity
         self._placement_lock = threading.Lock()
 
-    def launch(self, session: Session, user: User, request: LaunchRequest) -> Cluster:
-        """Create a cluster and its nodes, or raise and create nothing.
+    def launch(self, session: Session, user: User, request: LaunchRequest) -> Launched:
+        """Create a cluster and its nodes in the first of its pools that takes it whole,
+        or raise and create nothing.
 
-        Raises LeaseError, NotFoundError (pool or image), RefusedError (outbound access
-        where the pool forbids it), QuotaExceededError or CapacityError (the pool's hosts,
-        addresses or limit).
+        Raises LeaseError, QuotaExceededError, NotFoundError (a pool, or the image of its
+        one pool), RefusedError (outbound access where its one pool forbids it) or
+        CapacityError (its pool's hosts, addresses or limit; with several pools, each
+        pool's reason).
         """
         doc = request.document.with_owner_account(user.name)
         lease = self._lease_for(request.lease or doc.lease)
-        pool = self.pools.get(request.pool or doc.pool or self.config.default_pool_name)
-        _check_outbound(doc, pool)
-        self._check_images(session, doc, pool)
+        order = pool_order(request.pool, doc, self.config.default_pool_order)
         now = utcnow()
         quotas.check_quota(
             session,
@@ -86,10 +94,10 @@ class Clusters:
             quotas.node_hours(doc.total_nodes, lease),
         )
         with self._placement_lock:
-            _check_pool_limit(session, pool, doc.total_nodes)
-            cluster = self._create(session, user, doc, request, pool, lease, now)
+            choice = choose_pool(session, self.pools, order, doc)
+            cluster = self._create(session, user, doc, request, choice, lease, now)
             session.flush()
-        return cluster
+        return Launched(cluster, choice)
 
     def _create(
         self,
@@ -97,16 +105,11 @@ class Clusters:
         user: User,
         doc: ClusterDocument,
         request: LaunchRequest,
-        pool: Pool,
+        choice: PoolChoice,
         lease: timedelta,
         now: datetime,
     ) -> Cluster:
-        requests = [
-            NodeRequest(node, group.group, pool.name, group.cores, group.memory_mib)
-            for group in doc.nodes
-            for node in group.node_names()
-        ]
-        placement = place(requests, host_capacities(session, pool.name))
+        pool = choice.pool
         pool_row = session.get(PoolRow, pool.name)
         digests = self._image_digests(session, doc)
         cluster = Cluster(
@@ -123,15 +126,20 @@ class Clusters:
         )
         session.add(cluster)
         session.flush()
-        # a backend that places its machines itself gives them their addresses
-        gives_addresses = Capability.PLACES_ITSELF not in pool.capabilities
-        if gives_addresses:
-            in_use = pool.networks_in_use()
-            cluster.subnet = allocate_subnet(session, pool_row, cluster.id, in_use)
+        if choice.subnet is not None:
+            cluster.subnet = choice.subnet
+            reserve_subnet(session, pool_row, choice.subnet, cluster.id)
         session.add(create_cluster_secret(cluster.id, cluster.lease_end))
+        prices = {g.group: costs.hourly_price(pool.backend, g) for g in doc.nodes}
         nodes = [
             pending_node(
-                cluster.id, group, index, placement[name], digests.get(group.image, ""), now
+                cluster.id,
+                group,
+                index,
+                choice.hosts[name],
+                digests.get(group.image, ""),
+                now,
+                prices[group.group],
             )
             for group in doc.nodes
             for index, name in enumerate(group.node_names())
@@ -140,7 +148,7 @@ class Clusters:
         session.flush()
         addresses = (
             allocate_addresses(session, pool_row, cluster.subnet, [w.id for w in nodes])
-            if gives_addresses
+            if choice.subnet is not None
             else {}
         )
         for ws in nodes:
@@ -155,6 +163,8 @@ class Clusters:
             None,
             ClusterState.LAUNCHING,
         )
+        if choice.skipped:
+            record(session, cluster, "placed", f"placed in pool {pool.name}: {choice.reasons()}")
         return cluster
 
     def _lease_for(self, lease: timedelta | None) -> timedelta:
@@ -167,18 +177,6 @@ class Clusters:
                 maximum_seconds=self.config.max_lease.total_seconds(),
             )
         return lease
-
-    def _check_images(self, session: Session, doc: ClusterDocument, pool: Pool) -> None:
-        if Capability.ANY_IMAGE in pool.capabilities:
-            return
-        for i, group in enumerate(doc.nodes):
-            if session.get(Image, group.image) is None:
-                raise NotFoundError(
-                    f"nodes[{i}].image: no image {group.image!r} "
-                    "(see `corral image list`; bake or import it first)",
-                    field=f"nodes[{i}].image",
-                    image=group.image,
-                )
 
     def _image_digests(self, session: Session, doc: ClusterDocument) -> dict[str, str]:
         """The digest each image name means now; a cluster keeps it for its whole life."""
@@ -372,7 +370,7 @@ class Clusters:
         quotas.check_quota(session, user, self.config, now, how_many, hours)
         pool = self.pools.get(cluster.pool_name)
         with self._placement_lock:
-            _check_pool_limit(session, pool, how_many)
+            check_pool_limit(session, pool, how_many)
             add_nodes(session, cluster, doc, pool, group, how_many, why, now, indexes)
         cluster.document = grown.to_json()
 
@@ -451,18 +449,6 @@ class Clusters:
         return cluster
 
 
-def _check_outbound(doc: ClusterDocument, pool: Pool) -> None:
-    """Raises RefusedError when the document asks for a way out that the pool's site
-    forbids (`allow_outbound: false`)."""
-    if doc.network.outbound and not pool.config.allow_outbound:
-        raise RefusedError(
-            f"network.outbound: pool {pool.name} does not allow outbound access "
-            "(its site forbids it); launch without it, or in another pool",
-            field="network.outbound",
-            pool=pool.name,
-        )
-
-
 def _check_may_scale(doc: ClusterDocument, asker: Node) -> None:
     """Raises ConflictError unless `asker` is a ready node of a group that requires a role
     the autoscaled group provides: the cluster's scheduler, not one of its workers."""
@@ -475,21 +461,4 @@ def _check_may_scale(doc: ClusterDocument, asker: Node) -> None:
             f"node {asker.name} may not scale group {scaled.group}: only a ready node "
             f"requiring {', '.join(scaled.provides) or 'its roles'} may",
             node=asker.name,
-        )
-
-
-def _check_pool_limit(session: Session, pool: Pool, adding: int) -> None:
-    """Raises CapacityError when `adding` nodes would take the pool past its limit."""
-    limit = pool.config.max_nodes
-    if limit is None:
-        return
-    live = session.scalar(
-        select(func.count(Node.id))
-        .join(Cluster)
-        .where(Cluster.pool_name == pool.name, Node.state != NodeState.TERMINATED)
-    )
-    if live + adding > limit:
-        raise CapacityError(
-            f"pool {pool.name} runs {live} of its {limit} nodes; {adding} more do not fit",
-            pool=pool.name,
         )

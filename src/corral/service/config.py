@@ -104,6 +104,9 @@ class ServiceConfig:
     # shorthand below, as `corral serve --backend ... --backend-option ...` gives it
     pools: tuple[PoolConfig, ...] = ()
     default_pool: str | None = None  # None: the first pool
+    # where clusters whose document names no pool may run, in order (overflow); empty:
+    # the default pool alone
+    overflow: tuple[str, ...] = ()
     backend: str = field(default_factory=lambda: default_backend())
     backend_options: dict[str, str] = field(default_factory=dict, repr=False)
     pool: str = "local"
@@ -151,6 +154,11 @@ class ServiceConfig:
     @property
     def default_pool_name(self) -> str:
         return self.default_pool or self.pool_configs()[0].name
+
+    @property
+    def default_pool_order(self) -> list[str]:
+        """The pools a cluster that names none may run in, in order."""
+        return list(self.overflow) or [self.default_pool_name]
 
     @property
     def database_url(self) -> str:

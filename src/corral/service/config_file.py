@@ -1,8 +1,9 @@
-"""The service's configuration file: its pools, and which one clusters go to by default.
+"""The service's configuration file: its pools, and where clusters go by default.
 
 `corral serve --config FILE` reads it; docs/configuration.md describes it. Example:
 
     default_pool: local
+    overflow: [local, scale]    # a cluster that fits in no pool before goes to the next
     pools:
       - name: local
         backend: nspawn
@@ -99,6 +100,7 @@ class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_pool: names.ACCOUNT.type | None = None
+    overflow: list[names.ACCOUNT.type] = Field(default_factory=list, max_length=256)
     pools: list[_Pool] = Field(min_length=1, max_length=256)
 
 
@@ -129,8 +131,14 @@ def read_config_file(path: Path, config: ServiceConfig) -> None:
         raise ValueError(f"{path}: pools: two pools have the same name")
     if checked.default_pool is not None and checked.default_pool not in seen:
         raise ValueError(f"{path}: default_pool: no pool named {checked.default_pool}")
+    for index, name in enumerate(checked.overflow):
+        if name not in seen:
+            raise ValueError(f"{path}: overflow.{index}: no pool named {name}")
+        if name in checked.overflow[:index]:
+            raise ValueError(f"{path}: overflow.{index}: pool {name} is listed twice")
     config.pools = pools
     config.default_pool = checked.default_pool
+    config.overflow = tuple(checked.overflow)
 
 
 def _pool_config(pool: _Pool) -> PoolConfig:

@@ -1,6 +1,7 @@
 """New nodes for a cluster that already runs: the successors of lost nodes, and a
-resize's. They are placed, addressed and recorded as a launch's are, with the group's
-next indexes, and the engine boots them like any pending node.
+resize's. They are placed, addressed, priced and recorded as a launch's are, in the
+cluster's own pool, with the group's next indexes, and the engine boots them like any
+pending node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from corral.backends.base import Capability
 from corral.document import ClusterDocument, NodeGroup
 from corral.lifecycle import NodeState
+from corral.service import costs
 from corral.service.addresses import allocate_addresses
 from corral.service.ids import new_id
 from corral.service.inventory import host_capacities
@@ -24,9 +26,16 @@ from corral.transitions import record_node
 
 
 def pending_node(
-    cluster_id: str, group: NodeGroup, index: int, host: str, digest: str, now: datetime
+    cluster_id: str,
+    group: NodeGroup,
+    index: int,
+    host: str,
+    digest: str,
+    now: datetime,
+    hourly_price: float | None = None,
 ) -> Node:
-    """A new node record of `group`, placed on `host`, waiting to boot."""
+    """A new node record of `group`, placed on `host`, waiting to boot, costing
+    `hourly_price` (None: its pool has no prices)."""
     return Node(
         id=new_id("w", 5),
         cluster_id=cluster_id,
@@ -42,6 +51,7 @@ def pending_node(
         state=NodeState.PENDING,
         state_since=now,
         created_at=now,
+        hourly_price=hourly_price,
     )
 
 
@@ -83,8 +93,9 @@ def add_nodes(
     digest = session.scalar(
         select(Node.image_digest).where(Node.cluster_id == cluster.id, Node.image == group.image)
     ) or session.scalar(select(Image.digest).where(Image.name == group.image))
+    price = costs.hourly_price(pool.backend, group)  # what the pool charges now
     nodes = [
-        pending_node(cluster.id, group, index, placement[name], digest or "", now)
+        pending_node(cluster.id, group, index, placement[name], digest or "", now, price)
         for index, name in names.items()
     ]
     session.add_all(nodes)

@@ -59,7 +59,7 @@ class Pools:
         """Build each pool's backend, or take the one `given` for it (tests inject fakes).
 
         Raises ValueError naming the pool whose backend or options are wrong, or a default
-        pool that is not configured.
+        or overflow pool that is not configured.
         """
         self.config = config
         self._pools: dict[str, Pool] = {}
@@ -77,12 +77,14 @@ class Pools:
         except BaseException:
             self.close()
             raise
-        if config.default_pool_name not in self._pools:
-            self.close()
-            raise ValueError(
-                f"default pool {config.default_pool_name} is not configured "
-                f"(pools: {', '.join(self.names())})"
-            )
+        named = [("default pool", config.default_pool_name)]
+        named += [(f"overflow.{i}: pool", name) for i, name in enumerate(config.overflow)]
+        for where, name in named:
+            if name not in self._pools:
+                self.close()
+                raise ValueError(
+                    f"{where} {name} is not configured (pools: {', '.join(self.names())})"
+                )
 
     def __iter__(self) -> Iterator[Pool]:
         return iter(self._pools.values())
@@ -116,7 +118,8 @@ class Pools:
 
     def ensure_in_store(self, session: Session) -> None:
         """Record each pool (its backend and addresses) and give a pool without hosts the
-        ones its configuration lists, or this machine.
+        ones its configuration lists, else one with its backend's default capacity (a
+        cloud's), else this machine.
 
         Raises ConflictError when a pool that runs live clusters changed its backend, or is
         no longer configured (the engine could not reach their machines).
@@ -159,9 +162,17 @@ class Pools:
             )
             if has_hosts:
                 continue
-            hosts = cfg.hosts or (_this_machine(cfg.name, self.config.cpu_overcommit),)
+            hosts = cfg.hosts or (self._default_host(pool),)
             for host in hosts:
                 inventory.add_host(session, host.name, cfg.name, host.cores, host.memory_mib)
+
+    def _default_host(self, pool: Pool) -> HostConfig:
+        """One host named after the pool: what its backend offers (a cloud is not limited
+        by this machine), else this machine."""
+        capacity = pool.backend.default_capacity()
+        if capacity is not None:
+            return HostConfig(pool.name, *capacity)
+        return _this_machine(pool.name, self.config.cpu_overcommit)
 
     def describe(self) -> list[str]:
         """One line per pool for the log, secret options hidden."""

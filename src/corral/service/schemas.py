@@ -26,7 +26,9 @@ class LaunchBody(BaseModel):
         description="the file name, for error messages",
     )
     name: names.CLUSTER.type | None = Field(None, description="overrides the document's name")
-    pool: names.ACCOUNT.type | None = Field(None, description="overrides the document's pool")
+    pool: names.ACCOUNT.type | None = Field(
+        None, description="the one pool to run in; overrides the document's and the site's order"
+    )
     lease_seconds: float | None = Field(
         None,
         gt=0,
@@ -159,6 +161,17 @@ class ClusterSummary(BaseModel):
     created_at: datetime
     failure: str | None = None
     pool: str = Field(description="the pool the cluster runs in")
+    cost_so_far: float | None = Field(
+        None,
+        description="what its nodes have cost so far, by its pool's prices: each node's "
+        "hourly price from its creation until it was terminated, or now; null where its "
+        "pool has no prices",
+    )
+    hourly_cost: float | None = Field(
+        None,
+        description="what its nodes that are not terminated cost per hour now; null where "
+        "its pool has no prices",
+    )
 
 
 class ClusterDetail(ClusterSummary):
@@ -180,11 +193,36 @@ class DocumentWarningView(BaseModel):
     line: int | None = None
 
 
+class SkippedPoolView(BaseModel):
+    pool: str
+    reason: str = Field(description="why the pool could not take the cluster")
+
+
+class PlacementView(BaseModel):
+    pool: str = Field(description="the pool the cluster went to")
+    skipped: list[SkippedPoolView] = Field(
+        default_factory=list,
+        description="the pools before it in the cluster's order, each with why it could not "
+        "take the cluster",
+    )
+
+
+class CostEstimateView(BaseModel):
+    per_hour: float = Field(description="what the cluster's nodes cost per hour")
+    lease: float = Field(description="what they cost over the whole lease")
+
+
 class LaunchedCluster(ClusterDetail):
     warnings: list[DocumentWarningView] = Field(
         default_factory=list,
         description="what reading the document accepted but dropped or ignored "
         "(Nimbus cluster.xml constructs), each with its line",
+    )
+    placement: PlacementView | None = Field(
+        None, description="the pool the cluster went to, and the pools passed over"
+    )
+    estimated_cost: CostEstimateView | None = Field(
+        None, description="by its pool's prices; null where its pool has no prices"
     )
 
 
