@@ -11,6 +11,7 @@ from pathlib import Path
 from corral.backends.base import Backend
 
 BACKENDS: dict[str, str] = {
+    "ec2": "corral.backends.ec2:Ec2Backend",
     "fake": "corral.backends.fake:FakeBackend",
     "nspawn": "corral.backends.nspawn:NspawnBackend",
 }
