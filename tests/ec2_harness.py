@@ -188,7 +188,9 @@ CAPACITY_MESSAGE = (
 class FaultProxy:
     """A threaded HTTP proxy on 127.0.0.1 in front of moto that counts calls by Action and
     injects faults: throttling on every `throttle_every`-th call of any kind (the first,
-    then every n-th after it), capacity errors on RunInstances while `capacity_errors`."""
+    then every n-th after it), capacity errors on RunInstances while `capacity_errors`,
+    and any error EC2 may answer an action with, from `errors` (action -> (HTTP status,
+    code, message))."""
 
     def __init__(self, target: str) -> None:
         self.target = urllib.parse.urlsplit(target).netloc
@@ -196,6 +198,7 @@ class FaultProxy:
         self.throttled = 0
         self.throttle_every = 0  # 0: none
         self.capacity_errors = False
+        self.errors: dict[str, tuple[int, str, str]] = {}
         self._lock = threading.Lock()
         self._numbers = itertools.count()
         proxy = self
@@ -251,6 +254,9 @@ class FaultProxy:
         elif action == "RunInstances" and self.capacity_errors:
             error = ec2_error("InsufficientInstanceCapacity", CAPACITY_MESSAGE)
             self._answer(handler, 500, error)
+        elif action in self.errors:
+            status, code, message = self.errors[action]
+            self._answer(handler, status, ec2_error(code, message))
         else:
             self._forward(handler, body)
 

@@ -185,7 +185,6 @@ def test_a_group_is_one_run_instances_at_10_and_at_200_nodes(make_backend, proxy
     assert len(listed) == 210 and not any(m.node_id.startswith("ec2:") for m in listed)
 
 
-@pytest.mark.slow
 def test_an_observation_costs_pages_of_groups_not_of_nodes(make_backend, proxy):
     # moto pages by reservation (one per RunInstances), so with 5 per page, 6 groups take
     # 2 pages whether each group has 2 nodes or 40
@@ -332,6 +331,20 @@ def test_a_cluster_gets_one_security_group_which_clean_up_removes(make_backend, 
         backend.terminate(machine.node_id)
     assert backend.clean_up("c-sg") == []
     assert backend.tagged_with("c-sg") == []
+
+
+def test_clean_up_says_while_ec2_still_reports_a_dependency(make_backend, proxy):
+    backend = make_backend()
+    (machine,) = booted(backend.boot_group(specs(1, cluster="c-dep"), PLACEMENT, 1))
+    backend.terminate(machine.node_id)
+    message = "resource sg-1234 has a dependent object"
+    proxy.errors["DeleteSecurityGroup"] = (400, "DependencyViolation", message)
+    (line,) = backend.clean_up("c-dep")
+    assert "EC2 still reports a dependency" in line and message in line
+    assert len(backend.tagged_with("c-dep")) == 1
+    del proxy.errors["DeleteSecurityGroup"]
+    assert backend.clean_up("c-dep") == []
+    assert backend.tagged_with("c-dep") == []
 
 
 def test_a_restarted_backend_maps_the_same_machines_and_lists_strangers_as_orphans(
