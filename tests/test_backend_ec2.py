@@ -29,6 +29,7 @@ from ec2_harness import (  # noqa: F401 - moto_endpoint is a fixture
     InstancePlayer,
     moto_client,
     moto_endpoint,
+    refuse_real_aws,
     reset_moto,
 )
 
@@ -474,6 +475,21 @@ def test_instance_types_are_the_smallest_that_fit_and_prices_follow_them(make_ba
     (huge,) = specs(1, cores=64, memory_mib=1024)
     with pytest.raises(BackendError, match="type.64x1024"):
         backend.instance_type_for(huge)
+
+
+# --- the harness -------------------------------------------------------------------------
+
+
+def test_the_harness_refuses_anything_but_loopback_and_fake_credentials(
+    moto_endpoint,  # noqa: F811
+    monkeypatch,
+):
+    refuse_real_aws(moto_endpoint)
+    with pytest.raises(pytest.fail.Exception, match="not on 127.0.0.1"):
+        refuse_real_aws(f"https://ec2.{REGION}.amazonaws.com")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    with pytest.raises(pytest.fail.Exception, match="credentials"):
+        refuse_real_aws(moto_endpoint)
 
 
 # --- the instance player --------------------------------------------------------------------

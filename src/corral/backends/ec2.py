@@ -7,7 +7,8 @@ cost one CreateTags call per node, so a group's instances are launched together 
 is mapped to its node by its AMI launch index (index i is the i-th spec); the mapping is
 kept, owner-only, in the pool's data directory before boot_group returns, so a service
 that starts again knows its instances. An instance of this service that the mapping does
-not name is listed as `ec2:<instance id>`, for the service to remove as an orphan.
+not name (also one a crash left unmapped between its launch and the mapping's write) is
+listed as `ec2:<instance id>`, for the service to remove as an orphan.
 
 Each cluster gets a security group of its own: all traffic among its nodes, SSH from the
 pool's `ssh_from` networks. It is deleted by clean_up once the cluster's instances are gone.
@@ -103,7 +104,8 @@ class Ec2Backend(Backend):
         # standard mode retries throttling (RequestLimitExceeded) and 5xx answers with
         # exponential backoff and jitter
         session = boto3.session.Session()
-        retried = Config(retries={"mode": "standard", "max_attempts": options.max_attempts})
+        attempts = {"mode": "standard", "total_max_attempts": options.max_attempts}
+        retried = Config(retries=attempts)
         self._ec2 = session.client(
             "ec2", region_name=options.region, endpoint_url=options.endpoint_url, config=retried
         )

@@ -100,7 +100,9 @@ class Ec2Options:
             raise ValueError("ec2 backend: option max_attempts must be at least 1")
         return parsed
 
-    def hourly_price(self, instance_type: str, market: str, max_price: float | None):
+    def hourly_price(
+        self, instance_type: str, market: str, max_price: float | None
+    ) -> float | None:
         """USD per hour for one instance of `instance_type` in `market`, from the price
         table; None without an entry for it."""
         on_demand = self.prices.get(instance_type)
