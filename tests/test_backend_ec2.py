@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import math
 import secrets
 import subprocess
@@ -175,6 +176,7 @@ class TestEc2BackendContract(BackendContract):
 
 def test_a_group_is_one_run_instances_at_10_and_at_200_nodes(make_backend, proxy):
     backend = make_backend()
+    booted_so_far = 0
     for size in (10, 200):
         group = specs(size, group=f"g{size}")
         proxy.reset()
@@ -185,10 +187,12 @@ def test_a_group_is_one_run_instances_at_10_and_at_200_nodes(make_backend, proxy
         assert all(m.machine_id.startswith("i-") and m.address for m in machines)
         assert all(m.state in (MachineState.STARTING, MachineState.RUNNING) for m in machines)
         assert all(m.host == PLACEMENT.host for m in machines)
-    proxy.reset()
-    listed = backend.list_machines()
-    assert proxy.count("DescribeInstances") == 1
-    assert len(listed) == 210 and not any(m.node_id.startswith("ec2:") for m in listed)
+        booted_so_far += size
+        proxy.reset()
+        listed = backend.list_machines()
+        assert proxy.count("DescribeInstances") == 1
+        assert len(listed) == booted_so_far
+        assert not any(m.node_id.startswith("ec2:") for m in listed)
 
 
 def test_an_observation_costs_pages_of_groups_not_of_nodes(make_backend, proxy):
@@ -293,6 +297,16 @@ def test_instances_are_launched_as_asked(make_backend, moto):
     for request in moto.describe_spot_instance_requests()["SpotInstanceRequests"]:
         if request.get("InstanceId") in ids:
             assert float(request["SpotPrice"]) == 0.05
+
+
+def test_no_log_line_carries_the_user_data_even_at_debug(make_backend, caplog):
+    caplog.set_level(logging.DEBUG)
+    backend = make_backend()
+    booted(backend.boot_group(specs(2), PLACEMENT, 2))
+    backend.list_machines()
+    assert "launching" in caplog.text  # the backend does log its launches
+    assert "bt_for-the-test" not in caplog.text
+    assert base64.b64encode(launcher_script(BOOTSTRAP)).decode()[:40] not in caplog.text
 
 
 def test_the_mapping_is_kept_owner_only_before_boot_returns(make_backend, tmp_path):
@@ -526,6 +540,11 @@ def test_the_player_serves_imdsv2_and_interrupts(make_backend, moto_endpoint, tm
         assert imds(url, "/latest/meta-data/ami-launch-index", token) == (200, b"0")
         assert imds(url, "/latest/meta-data/local-ipv4", token) == (200, first.address.encode())
         assert imds(url, "/latest/meta-data/spot/instance-action", token)[0] == 404
+        next_one = player.wait_for(second.machine_id).imds_url
+        _, other_token = imds(next_one, "/latest/api/token", method="PUT")
+        launch_index = imds(next_one, "/latest/meta-data/ami-launch-index", other_token.decode())
+        assert launch_index == (200, b"1")
+        assert imds(next_one, "/latest/user-data", token)[0] == 401  # tokens are per instance
         assert played.agent.poll() is None  # the agent runs
 
         player.interrupt(first.machine_id, terminate_after=0.5)

@@ -51,6 +51,11 @@ from corral.backends.ec2_options import Ec2Options
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
+# botocore logs every request's parameters at DEBUG, and RunInstances' carry the user-data
+# (a group's bootstrap token): the SDK logs at INFO at most, whatever the service's level
+for _sdk in ("botocore", "boto3"):
+    if logging.getLogger(_sdk).level < logging.INFO:
+        logging.getLogger(_sdk).setLevel(logging.INFO)
 
 MAPPING_FILE = "ec2-instances.json"
 ORPHAN_PREFIX = "ec2:"  # a node id for an instance of this service no mapping names
