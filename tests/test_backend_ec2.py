@@ -260,6 +260,17 @@ def test_nodes_beyond_what_ec2_launched_each_get_an_error(make_backend):
     assert {m.node_id for m in backend.list_machines()} == {s.node_id for s in group[:2]}
 
 
+def test_a_group_booted_again_keeps_its_instances_and_launches_none_in_part(make_backend, proxy):
+    backend = make_backend()
+    group = specs(4)
+    first = backend.boot_group(group, PLACEMENT, 2)[:2]  # moto launches MinCount
+    proxy.reset()
+    again = backend.boot_group(group, PLACEMENT, 2)
+    assert proxy.count("RunInstances") == 0
+    assert [m.machine_id for m in again[:2]] == [m.machine_id for m in first]
+    assert all("runs already" in error.message for error in again[2:])
+
+
 # --- what EC2 is asked for -----------------------------------------------------------------
 
 

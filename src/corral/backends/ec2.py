@@ -161,10 +161,20 @@ class Ec2Backend(Backend):
                 known = spec.node_id in self._launched
             if known and (machine := self.describe(spec.node_id)) is not None:
                 kept[spec.node_id] = machine
-        new = [spec for spec in specs if spec.node_id not in kept]
-        if new:
-            floor = max(1, min(min_count, len(new)))
-            kept.update(self._launch(new, placement, floor, ami, instance_type))
+        if not kept:
+            floor = max(1, min(min_count, len(specs)))
+            kept.update(self._launch(specs, placement, floor, ami, instance_type))
+        for spec in specs:
+            # launched now, the others' instances would count their launch indexes from
+            # 0 and find other nodes' entries in the group's bootstrap document
+            kept.setdefault(
+                spec.node_id,
+                BackendError(
+                    f"{spec.name}: part of its group runs already; boot it with a group "
+                    "bootstrap document of its own",
+                    node=spec.name,
+                ),
+            )
         return [kept[spec.node_id] for spec in specs]
 
     def terminate(self, node_id: str) -> None:
