@@ -357,6 +357,7 @@ class InstancePlayer:
         timer.start()
 
     def close(self) -> None:
+        """Stop every agent and metadata server and remove every root; may be called again."""
         self._stop.set()
         for timer in self._timers:
             timer.cancel()
@@ -466,6 +467,21 @@ class InstancePlayer:
             played.imds = None
         with self._lock:
             self.instances.pop(played.instance_id, None)
+
+
+@pytest.fixture
+def play_instances(moto_endpoint):
+    """`play_instances(service_tag, image)` starts an InstancePlayer; every player is
+    closed at teardown, also when the test failed."""
+    players: list[InstancePlayer] = []
+
+    def play(service_tag: str, image: Path) -> InstancePlayer:
+        players.append(InstancePlayer(moto_endpoint, service_tag, image))
+        return players[-1]
+
+    yield play
+    for player in players:
+        player.close()
 
 
 def _make_root(image: Path, root: Path, hostname: str) -> None:

@@ -27,9 +27,9 @@ from ec2_harness import (  # noqa: F401 - moto_endpoint is a fixture
     POWER_OFF_MARK,
     REGION,
     FaultProxy,
-    InstancePlayer,
     moto_client,
     moto_endpoint,
+    play_instances,
     refuse_real_aws,
     reset_moto,
 )
@@ -532,51 +532,52 @@ def imds(url: str, path: str, token: str | None = None, method: str = "GET"):
         return exc.code, b""
 
 
-def test_the_player_serves_imdsv2_and_interrupts(make_backend, moto_endpoint, tmp_path):  # noqa: F811
+def test_the_player_serves_imdsv2_and_interrupts(make_backend, play_instances, tmp_path):  # noqa: F811
     image = tmp_path / "image"
     (image / "etc" / "corral" / "roles").mkdir(parents=True)
     backend = make_backend()
     tag = backend.options.service_tag
-    with InstancePlayer(moto_endpoint, tag, image) as player:
-        first, second = booted(backend.boot_group(specs(2), PLACEMENT, 2))
-        played = player.wait_for(first.machine_id)
-        url = played.imds_url
-        assert imds(url, "/latest/user-data")[0] == 401
-        assert imds(url, "/latest/user-data", token="made-up")[0] == 401
-        status, token = imds(url, "/latest/api/token", method="PUT")
-        assert status == 200
-        token = token.decode()
-        assert imds(url, "/latest/user-data", token) == (200, launcher_script(BOOTSTRAP))
-        assert imds(url, "/latest/meta-data/instance-id", token) == (200, first.machine_id.encode())
-        assert imds(url, "/latest/meta-data/ami-launch-index", token) == (200, b"0")
-        assert imds(url, "/latest/meta-data/local-ipv4", token) == (200, first.address.encode())
-        assert imds(url, "/latest/meta-data/spot/instance-action", token)[0] == 404
-        next_one = player.wait_for(second.machine_id).imds_url
-        _, other_token = imds(next_one, "/latest/api/token", method="PUT")
-        launch_index = imds(next_one, "/latest/meta-data/ami-launch-index", other_token.decode())
-        assert launch_index == (200, b"1")
-        assert imds(next_one, "/latest/user-data", token)[0] == 401  # tokens are per instance
-        assert played.agent.poll() is None  # the agent runs
+    player = play_instances(tag, image)
+    first, second = booted(backend.boot_group(specs(2), PLACEMENT, 2))
+    played = player.wait_for(first.machine_id)
+    url = played.imds_url
+    assert imds(url, "/latest/user-data")[0] == 401
+    assert imds(url, "/latest/user-data", token="made-up")[0] == 401
+    status, token = imds(url, "/latest/api/token", method="PUT")
+    assert status == 200
+    token = token.decode()
+    assert imds(url, "/latest/user-data", token) == (200, launcher_script(BOOTSTRAP))
+    assert imds(url, "/latest/meta-data/instance-id", token) == (200, first.machine_id.encode())
+    assert imds(url, "/latest/meta-data/ami-launch-index", token) == (200, b"0")
+    assert imds(url, "/latest/meta-data/local-ipv4", token) == (200, first.address.encode())
+    assert imds(url, "/latest/meta-data/spot/instance-action", token)[0] == 404
+    next_one = player.wait_for(second.machine_id).imds_url
+    _, other_token = imds(next_one, "/latest/api/token", method="PUT")
+    launch_index = imds(next_one, "/latest/meta-data/ami-launch-index", other_token.decode())
+    assert launch_index == (200, b"1")
+    assert imds(next_one, "/latest/user-data", token)[0] == 401  # tokens are per instance
+    assert played.agent.poll() is None  # the agent runs
 
-        player.interrupt(first.machine_id, terminate_after=0.5)
-        status, notice = imds(url, "/latest/meta-data/spot/instance-action", token)
-        assert status == 200 and json.loads(notice)["action"] == "terminate"
-        agent = played.agent
-        deadline = time.monotonic() + 10
-        while first.machine_id in player.instances and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert agent.poll() is not None  # ended with its instance
-        assert backend.describe(first.node_id) is None
+    player.interrupt(first.machine_id, terminate_after=0.5)
+    status, notice = imds(url, "/latest/meta-data/spot/instance-action", token)
+    assert status == 200 and json.loads(notice)["action"] == "terminate"
+    agent = played.agent
+    deadline = time.monotonic() + 10
+    while first.machine_id in player.instances and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert agent.poll() is not None  # ended with its instance
+    assert backend.describe(first.node_id) is None
 
-        # a node that powers itself off (its lease ended) is terminated, as on EC2
-        other = player.wait_for(second.machine_id)
-        (other.root / POWER_OFF_MARK).parent.mkdir(parents=True, exist_ok=True)
-        (other.root / POWER_OFF_MARK).write_text("lease ended\n")
-        deadline = time.monotonic() + 10
-        while backend.describe(second.node_id) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert backend.describe(second.node_id) is None
-        roots = player.roots
+    # a node that powers itself off (its lease ended) is terminated, as on EC2
+    other = player.wait_for(second.machine_id)
+    (other.root / POWER_OFF_MARK).parent.mkdir(parents=True, exist_ok=True)
+    (other.root / POWER_OFF_MARK).write_text("lease ended\n")
+    deadline = time.monotonic() + 10
+    while backend.describe(second.node_id) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert backend.describe(second.node_id) is None
+    roots = player.roots
+    player.close()  # as the fixture does at teardown
     assert not roots.exists()
     assert other.agent.poll() is not None
 
