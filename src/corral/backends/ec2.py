@@ -515,19 +515,19 @@ class Ec2Backend(Backend):
 
     def _cluster_instances(self, cluster_id: str) -> list[dict]:
         live = {"Name": "instance-state-name", "Values": list(LIVE_STATES)}
-        return list(self._instances([*self._cluster_filters(cluster_id), live]))
+        return self._instances([*self._cluster_filters(cluster_id), live])
 
-    def _instances(self, filters: list[dict]) -> Iterator[dict]:
+    def _instances(self, filters: list[dict]) -> list[dict]:
         """Instances that match `filters`, through one paginated DescribeInstances."""
         paging = {"PageSize": self.options.page_size}
-        found = []
+        found: list[dict] = []
         with _translated():
             pages = self._ec2.get_paginator("describe_instances").paginate(
                 Filters=filters, PaginationConfig=paging
             )
             for page in pages:
                 found.extend(i for r in page["Reservations"] for i in r["Instances"])
-        return iter(found)
+        return found
 
     def _machine(self, instance: dict, record: _Launched | None) -> Machine:
         """The instance as a Machine: its node's, as `record` maps it, else an orphan."""

@@ -62,9 +62,8 @@ class Ec2Options:
                 if not value.startswith("ami-"):
                     raise ValueError(f"ec2 backend: option {key} must be an AMI id (ami-...)")
                 amis[rest] = value
-            elif kind == "type" and _SIZE_KEY.match(rest):
-                cores, memory = _SIZE_KEY.match(rest).groups()
-                type_table[(int(cores), int(memory))] = value
+            elif kind == "type" and (size := _SIZE_KEY.match(rest)):
+                type_table[(int(size[1]), int(size[2]))] = value
             elif kind in ("price", "spot_price") and rest:
                 table = prices if kind == "price" else spot_prices
                 table[rest] = _number(key, value, float)
