@@ -11,6 +11,7 @@ from pathlib import Path
 from corral.backends.base import Backend
 
 BACKENDS: dict[str, str] = {
+    "ec2": "corral.backends.ec2:Ec2Backend",
     "fake": "corral.backends.fake:FakeBackend",
     "nspawn": "corral.backends.nspawn:NspawnBackend",
 }
@@ -21,7 +22,8 @@ def backend_names() -> list[str]:
 
 
 def backend_class(name: str) -> type[Backend]:
-    """Import the backend `name`; raises ValueError for an unknown name."""
+    """Import the backend `name`; raises ValueError for an unknown name, or one whose
+    library is not installed (ec2 without boto3)."""
     try:
         target = BACKENDS[name]
     except KeyError:
@@ -29,7 +31,13 @@ def backend_class(name: str) -> type[Backend]:
             f"unknown backend {name!r} (known: {', '.join(backend_names())})"
         ) from None
     module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] == "corral":
+            raise
+        raise ValueError(f"backend {name} needs {exc.name}, which is not installed") from exc
+    return getattr(module, class_name)
 
 
 def load_backend(name: str, options: dict[str, str], data_dir: Path) -> Backend:
