@@ -28,6 +28,7 @@ BENCHMARKS = {
     "scheduler": "bench.scheduler",
     "status": "bench.status",
     "nspawn": "bench.nspawn_launch",
+    "ec2": "bench.ec2_scale",
 }
 
 

@@ -106,7 +106,15 @@ def moto_client(endpoint: str):
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
     """moto's EC2 on a free port of 127.0.0.1, with fake credentials only; its URL."""
-    scratch = tmp_path_factory.mktemp("moto")
+    with running_moto(tmp_path_factory.mktemp("moto")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_moto(scratch: Path) -> Iterator[str]:
+    """moto_server on a free port of 127.0.0.1, with this process's AWS settings made
+    fake (credentials, no config files, no instance metadata) while it runs; its URL.
+    For the tests' fixture and the benchmark alike."""
     environment = pytest.MonkeyPatch()
     for name in _AWS_VARIABLES:
         environment.delenv(name, raising=False)

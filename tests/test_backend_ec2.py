@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,14 +206,13 @@ def test_an_observation_costs_pages_of_groups_not_of_nodes(make_backend, proxy):
         assert proxy.count("DescribeInstances") == math.ceil(6 / 5)
 
 
-def test_terminations_from_200_threads_are_a_handful_of_calls(make_backend, proxy, moto):
+def test_terminating_200_nodes_is_one_call(make_backend, proxy, moto):
     backend = make_backend()
     group = specs(200)
     booted(backend.boot_group(group, PLACEMENT, 200))
     proxy.reset()
-    with ThreadPoolExecutor(200) as pool:
-        list(pool.map(backend.terminate, [s.node_id for s in group]))
-    assert 1 <= proxy.count("TerminateInstances") <= 5
+    backend.terminate_many([s.node_id for s in group])
+    assert proxy.count("TerminateInstances") == 1
     assert backend.list_machines() == []
     assert instances_tagged(moto, backend.options.service_tag) == []
     assert all(backend.describe(s.node_id) is None for s in group[:3])
@@ -417,13 +415,20 @@ def test_a_restarted_backend_maps_the_same_machines_and_lists_strangers_as_orpha
     assert orphan not in {m.node_id for m in again.list_machines()}
 
 
-def test_a_machine_that_shuts_down_is_stopped_then_gone(make_backend, moto):
+def test_a_machine_ec2_ends_is_stopped_with_ec2s_reason_until_corral_ends_it(make_backend, moto):
     backend = make_backend()
     (machine,) = booted(backend.boot_group(specs(1), PLACEMENT, 1))
     moto.stop_instances(InstanceIds=[machine.machine_id])
     (stopped,) = backend.list_machines()
     assert stopped.state is MachineState.STOPPED and "stopped" in stopped.detail
+    # ended by EC2 (a spot interruption, a power-off): its node learns why
     moto.terminate_instances(InstanceIds=[machine.machine_id])
+    (ended,) = backend.list_machines()
+    assert ended.state is MachineState.STOPPED
+    assert ended.detail == (
+        "the instance is terminated: Client.UserInitiatedShutdown: User initiated shutdown"
+    )
+    backend.terminate(machine.node_id)  # as the service does with a lost node
     assert backend.list_machines() == []
     assert backend.describe(machine.node_id) is None
 
@@ -566,6 +571,10 @@ def test_the_player_serves_imdsv2_and_interrupts(make_backend, play_instances, t
     while first.machine_id in player.instances and time.monotonic() < deadline:
         time.sleep(0.1)
     assert agent.poll() is not None  # ended with its instance
+    # ended by EC2, not by corral: stopped, with EC2's reason, until corral ends it too
+    ended = backend.describe(first.node_id)
+    assert ended.state is MachineState.STOPPED and "terminated" in ended.detail
+    backend.terminate(first.node_id)
     assert backend.describe(first.node_id) is None
 
     # a node that powers itself off (its lease ended) is terminated, as on EC2
@@ -573,9 +582,11 @@ def test_the_player_serves_imdsv2_and_interrupts(make_backend, play_instances, t
     (other.root / POWER_OFF_MARK).parent.mkdir(parents=True, exist_ok=True)
     (other.root / POWER_OFF_MARK).write_text("lease ended\n")
     deadline = time.monotonic() + 10
-    while backend.describe(second.node_id) is not None and time.monotonic() < deadline:
+    while backend.describe(second.node_id).state is not MachineState.STOPPED:
+        assert time.monotonic() < deadline, "the powered-off instance was not terminated"
         time.sleep(0.1)
-    assert backend.describe(second.node_id) is None
+    (instance,) = player.ec2.describe_instances(InstanceIds=[second.machine_id])["Reservations"]
+    assert instance["Instances"][0]["State"]["Name"] == "terminated"
     roots = player.roots
     player.close()  # as the fixture does at teardown
     assert not roots.exists()

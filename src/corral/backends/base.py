@@ -43,7 +43,8 @@ class Capability(StrEnum):
     SHARED_HOME = "shared-home"
     LIMITS_RESOURCES = "limits-resources"  # a node cannot use more cores or memory than its own
     # boots a group's nodes in one call (`boot_group`), all with one user-data: the
-    # group's bootstrap document, from which each node finds its own by its launch index
+    # group's bootstrap document, from which each node finds its own by its launch
+    # index; and ends many machines in one call (`terminate_many`)
     LAUNCHES_GROUPS = "launches-groups"
 
 
@@ -137,6 +138,12 @@ class Backend(abc.ABC):
     def terminate(self, node_id: str) -> None:
         """Remove a machine and everything it holds; a machine that is gone is not an error."""
 
+    def terminate_many(self, node_ids: Sequence[str]) -> None:
+        """Remove several machines (a cluster's, at its end); a backend whose calls take
+        many at once (a cloud's) makes one call of them rather than one each."""
+        for node_id in node_ids:
+            self.terminate(node_id)
+
     @abc.abstractmethod
     def describe(self, node_id: str) -> Machine | None:
         """Return the machine's state, or None when the backend has no such machine."""
@@ -162,6 +169,11 @@ class Backend(abc.ABC):
         security group), once every machine of it is gone; what is still left of the
         cluster, each as one line (empty: nothing). Called again until nothing is left."""
         return []
+
+    def missing_image(self, image: str) -> str | None:
+        """Why a backend with Capability.ANY_IMAGE cannot boot `image` after all (its
+        site named no machine image for it), in a few words; None when it can."""
+        return None
 
     def hourly_price(self, spec: NodeSpec) -> float | None:
         """What an hour of a node of this size and market costs in this pool (its site's

@@ -45,7 +45,6 @@ from corral.backends.base import (
     NodeSpec,
     Placement,
 )
-from corral.backends.batches import Batcher
 from corral.backends.cloud_init import launcher_script
 from corral.backends.ec2_options import Ec2Options
 from corral.errors import BackendError
@@ -66,8 +65,8 @@ STATES = {
     "shutting-down": MachineState.STOPPED,
     "stopping": MachineState.STOPPED,
     "stopped": MachineState.STOPPED,
+    "terminated": MachineState.STOPPED,  # by EC2: corral forgets those it terminates
 }
-TERMINATE_WINDOW = 0.2  # seconds in which terminations join one TerminateInstances
 TERMINATE_LIMIT = 1000  # instance ids per TerminateInstances, EC2's own limit
 # what RunInstances is tried again for; a lack of capacity or a limit is for the service
 RETRIED = frozenset(
@@ -130,7 +129,6 @@ class Ec2Backend(Backend):
         self._groups_lock = threading.Lock()
         self._types: list[dict] | None = None  # DescribeInstanceTypes, fetched once
         self._types_lock = threading.Lock()
-        self._terminations = Batcher(self._terminate_instances, TERMINATE_WINDOW, TERMINATE_LIMIT)
 
     @classmethod
     def from_options(cls, options: dict[str, str], data_dir: Path) -> Ec2Backend:
@@ -178,15 +176,20 @@ class Ec2Backend(Backend):
         return [kept[spec.node_id] for spec in specs]
 
     def terminate(self, node_id: str) -> None:
+        self.terminate_many([node_id])
+
+    def terminate_many(self, node_ids: Sequence[str]) -> None:
         with self._lock:
-            record = self._launched.get(node_id)
-        instance_id = _instance_of(node_id, record)
-        if instance_id is None:
-            return
-        self._terminations.submit(instance_id)
+            instances = {n: _instance_of(n, self._launched.get(n)) for n in node_ids}
+        instances = {n: i for n, i in instances.items() if i is not None}
+        ids = list(instances.values())
+        for start in range(0, len(ids), TERMINATE_LIMIT):
+            self._terminate_instances(ids[start : start + TERMINATE_LIMIT])
         with self._lock:
-            self._listing.pop(node_id, None)
-        log.info("ec2: terminated %s (%s)", node_id, instance_id)
+            for node_id in instances:
+                self._listing.pop(node_id, None)
+        if instances:
+            log.info("ec2: terminated %s", ", ".join(f"{n} ({i})" for n, i in instances.items()))
 
     def describe(self, node_id: str) -> Machine | None:
         with self._lock:
@@ -206,7 +209,7 @@ class Ec2Backend(Backend):
         except BotoCoreError as exc:
             raise _backend_error(exc) from exc
         found = [i for r in reply["Reservations"] for i in r["Instances"]]
-        if not found or found[0]["State"]["Name"] not in LIVE_STATES:
+        if not found or found[0]["State"]["Name"] not in STATES:
             return None
         machine = self._machine(found[0], record)
         with self._lock:
@@ -214,14 +217,19 @@ class Ec2Backend(Backend):
         return machine
 
     def list_machines(self) -> list[Machine]:
+        # terminated instances too: one the mapping still names was ended by EC2, not by
+        # corral (a spot interruption, a power-off at the lease's end), and its node is
+        # lost with EC2's reason until corral terminates it in turn
         filters = [
             {"Name": "tag:corral:service", "Values": [self.options.service_tag]},
-            {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+            {"Name": "instance-state-name", "Values": [*LIVE_STATES, "terminated"]},
         ]
         with self._lock:
             by_instance = {r.instance_id: r for r in self._launched.values()}
         machines = [
-            self._machine(i, by_instance.get(i["InstanceId"])) for i in self._instances(filters)
+            self._machine(i, by_instance.get(i["InstanceId"]))
+            for i in self._instances(filters)
+            if i["State"]["Name"] != "terminated" or i["InstanceId"] in by_instance
         ]
         now = time.monotonic()
         with self._lock:
@@ -269,10 +277,12 @@ class Ec2Backend(Backend):
     def default_capacity(self) -> tuple[int, int] | None:
         return self.options.max_cores, self.options.max_memory_mib
 
-    def close(self) -> None:
-        self._terminations.close()
-
     # -- what the service and the tests ask besides ----------------------------------------
+
+    def missing_image(self, image: str) -> str | None:
+        if self.ami_for(image) is None:
+            return f"has no AMI for image {image} (set its option ami.{image}=ami-...)"
+        return None
 
     def ami_for(self, image: str) -> str | None:
         """The AMI this pool boots for `image`, or None where its options name none."""

@@ -207,9 +207,9 @@ class Engine:
         pending = [n for n in nodes if n.state == NodeState.PENDING]
         if pending and cluster.state in BOOTS_PENDING:
             self._boot(session, cluster, doc, pending, agents)
-        for node in nodes:
-            if node.state == NodeState.TERMINATING:
-                self._submit([node.id], self._terminate_job, (cluster.pool_name, node.id))
+        ending = [n.id for n in nodes if n.state == NodeState.TERMINATING]
+        if ending:
+            self._terminate(cluster.pool_name, ending)
 
     def _boot(
         self,
@@ -230,12 +230,14 @@ class Engine:
         by_group: dict[str, list[tuple[NodeSpec, Placement]]] = {}
         for node, order in zip(pending, orders, strict=True):
             by_group.setdefault(node.group, []).append(order)
-        launching = cluster.state is ClusterState.LAUNCHING
-        for group in by_group.values():
-            # all-or-nothing: a launch has every node of a group or none of them
-            whole = launching and doc.policy.mode == "all-or-nothing"
+        # a group gets every node asked for or none, but for a best-effort launch, which
+        # goes on with the least its policy accepts
+        partial = cluster.state is ClusterState.LAUNCHING and doc.policy.mode == "best-effort"
+        least = {g.group: max(1, g.min_ready) for g in doc.nodes}
+        for name, group in by_group.items():
             ids = [spec.node_id for spec, _ in group]
-            self._submit(ids, self._group_boot_job, (group, len(group) if whole else 1))
+            min_count = min(least.get(name, 1), len(group)) if partial else len(group)
+            self._submit(ids, self._group_boot_job, (group, min_count))
 
     def _apply_policy(
         self,
@@ -315,13 +317,16 @@ class Engine:
         busy: set[str],
     ) -> None:
         pool = cluster.pool_name
+        ending = []
         for node in nodes:
             state = node.state
             if state is NodeState.TERMINATED:
                 continue
             if state is not NodeState.TERMINATING:
                 self._move(session, node, NodeState.TERMINATING, "cluster is terminating")
-            self._submit([node.id], self._terminate_job, (pool, node.id))
+            ending.append(node.id)
+        if ending:
+            self._terminate(pool, ending)
         ids = {n.id for n in members}
         if any(n.state != NodeState.TERMINATED for n in members) or busy & ids:
             return
@@ -329,8 +334,7 @@ class Engine:
             return  # only a fresh listing can say the backend runs nothing of it
         leftovers = ids & observation.machines.keys()
         if leftovers:  # the backend still runs something of ours: remove it again
-            for node_id in leftovers:
-                self._submit([node_id], self._terminate_job, (pool, node_id))
+            self._terminate(pool, sorted(leftovers))
             return
         leftovers_elsewhere = self.pools.get(pool).backend.clean_up(cluster.id)
         if leftovers_elsewhere:
@@ -348,9 +352,11 @@ class Engine:
     def _remove_orphans(
         self, pool: str, machines: dict[str, Machine], live_ids: set[str], busy: set[str]
     ) -> None:
-        for node_id in machines.keys() - live_ids - busy:
+        orphans = sorted(machines.keys() - live_ids - busy)
+        for node_id in orphans:
             log.warning("pool %s runs %s, which no live record owns; removing it", pool, node_id)
-            self._submit([node_id], self._terminate_job, (pool, node_id))
+        if orphans:
+            self._terminate(pool, orphans)
 
     def _record_address(self, session: Session, node: NodeRecord, address: str) -> None:
         """Keep the address a backend gave a node (it placed the machine itself); the
@@ -474,18 +480,30 @@ class Engine:
             return None
         return self.bootstrap.user_data(session, node, self.clock())
 
-    def _terminate_job(self, target: tuple[str, str]) -> None:
-        pool, node_id = target
-        self.pools.get(pool).backend.terminate(node_id)
+    def _terminate(self, pool: str, node_ids: list[str]) -> None:
+        """Remove machines: in one job where the backend ends many in one call, else one
+        job each, which run side by side."""
+        if Capability.LAUNCHES_GROUPS in self.pools.get(pool).capabilities:
+            self._submit(node_ids, self._terminate_job, (pool, node_ids))
+            return
+        for node_id in node_ids:
+            self._submit([node_id], self._terminate_job, (pool, [node_id]))
+
+    def _terminate_job(self, target: tuple[str, list[str]]) -> None:
+        """Remove machines of one pool, in one backend call, and record their nodes
+        terminated."""
+        pool, node_ids = target
+        self.pools.get(pool).backend.terminate_many(node_ids)
 
         def record(session: Session) -> None:
-            node = session.get(Node, node_id)
-            if node is None or node.state != NodeState.TERMINATING:
-                return  # gone, terminated, or an orphan's record moved on: nothing to update
-            move_node(session, node, NodeState.TERMINATED, f"removed from {node.host_name}")
-            release_address(session, node.id)
+            for node_id in node_ids:
+                node = session.get(Node, node_id)
+                if node is None or node.state != NodeState.TERMINATING:
+                    continue  # gone, terminated, or an orphan's record moved on
+                move_node(session, node, NodeState.TERMINATED, f"removed from {node.host_name}")
+                release_address(session, node.id)
 
-        self.writes.write_from_thread(record, [(Node, node_id)])
+        self.writes.write_from_thread(record, [(Node, n) for n in node_ids])
         self.poke()
 
     def _fail_boot(self, node_id: str, reason: str) -> None:

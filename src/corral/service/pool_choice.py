@@ -145,12 +145,18 @@ def check_outbound(doc: ClusterDocument, pool: Pool) -> None:
 
 
 def check_images(session: Session, doc: ClusterDocument, pool: Pool) -> None:
-    """Raises NotFoundError naming a group's image the image store does not have, unless
-    the pool's backend boots any image name."""
-    if Capability.ANY_IMAGE in pool.capabilities:
-        return
+    """Raises NotFoundError naming a group's image the image store does not have, or,
+    for a backend that boots images of its own (AMIs), one it has none for."""
     for i, group in enumerate(doc.nodes):
-        if session.get(Image, group.image) is None:
+        if Capability.ANY_IMAGE in pool.capabilities:
+            missing = pool.backend.missing_image(group.image)
+            if missing:
+                raise NotFoundError(
+                    f"nodes[{i}].image: pool {pool.name} {missing}",
+                    field=f"nodes[{i}].image",
+                    image=group.image,
+                )
+        elif session.get(Image, group.image) is None:
             raise NotFoundError(
                 f"nodes[{i}].image: no image {group.image!r} "
                 "(see `corral image list`; bake or import it first)",
