@@ -318,3 +318,83 @@ def test_a_launch_with_an_image_the_pool_has_no_ami_for_is_refused_and_creates_n
     )
     assert ec2.client.get("/v1/clusters").json() == []
     assert ec2.proxy.count("RunInstances") == 0
+
+
+OVERFLOW_CONFIG = """\
+overflow: [local, ec2]
+pools:
+  - name: local
+    backend: fake
+    options: {{boot_delay: 0.05}}
+    address_range: 10.196.0.0/16
+    hosts: [{{name: local-a, cores: 4, memory: 8GiB}}]
+  - name: ec2
+    backend: ec2
+    options:
+      region: {region}
+      endpoint_url: {endpoint}
+      ami.debian-12-slurm: {ami}
+      service_tag: {tag}
+      observe_every: 0.3
+      type.1x1024: t3.micro
+      type.2x1024: t3.small
+      price.t3.micro: 0.0104
+      price.t3.small: 0.0208
+"""
+# base-cluster with 2 cores a node and 3 workers: 8 cores, more than the local pool has
+EIGHT_CORES = (
+    document("base-cluster.yaml")
+    .replace("name: base-cluster", "name: eight-cores")
+    .replace("cores: 1", "cores: 2")
+    .replace("count: 2", "count: 3")
+)
+
+
+def test_run_overflows_a_cluster_too_big_for_the_local_pool_to_ec2_and_prices_it(
+    moto_endpoint,  # noqa: F811 - the fixture
+    tmp_path,
+):
+    from served import ServedCorral, corral
+
+    proxy = FaultProxy(moto_endpoint)
+    tag = f"corral-test-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "corral.yaml"
+    config.write_text(OVERFLOW_CONFIG.format(region=REGION, endpoint=proxy.url, ami=AMI, tag=tag))
+    (tmp_path / "eight.yaml").write_text(EIGHT_CORES)
+    (tmp_path / "base.yaml").write_text(document("base-cluster.yaml"))
+    image = make_image(tmp_path / "image")
+    try:
+        with (
+            ServedCorral(tmp_path / "svc", "--config", str(config)) as served,
+            InstancePlayer(moto_endpoint, tag, image),
+        ):
+            env = served.env()
+            big = corral("run", "--cluster", str(tmp_path / "eight.yaml"), env=env, timeout=180)
+            assert big.returncode == 0, big.stderr
+            assert (
+                "cluster eight-cores goes to pool ec2: pool local has room for 4 of the 8 "
+                "cores asked" in big.stderr
+            )
+            # 4 t3.small at 0.0208 an hour, for the document's 12h lease
+            assert "estimated cost: $0.0832/h, $1.00 for the 12h lease" in big.stderr
+            small = corral("run", "--cluster", str(tmp_path / "base.yaml"), env=env, timeout=120)
+            assert small.returncode == 0, small.stderr
+            assert "goes to pool" not in small.stderr
+
+            def clusters() -> dict[str, dict]:
+                listed = json.loads(corral("list", "--json", env=env).stdout)
+                return {c["name"]: c for c in listed}
+
+            # the cost so far grows by a ten-thousandth of a dollar every 4.3 s
+            wait_for(lambda: clusters()["eight-cores"]["cost_so_far"] > 0, timeout=30)
+            by_name = clusters()
+            assert by_name["eight-cores"]["pool"] == "ec2"
+            assert by_name["eight-cores"]["state"] == "ready"
+            assert by_name["eight-cores"]["hourly_cost"] == pytest.approx(0.0832)
+            assert by_name["base-cluster"]["pool"] == "local"
+            assert by_name["base-cluster"]["cost_so_far"] is None  # local has no prices
+            for name in ("eight-cores", "base-cluster"):
+                ended = corral("destroy", name, "--yes", env=env, timeout=120)
+                assert ended.returncode == 0, ended.stderr
+    finally:
+        proxy.close()
