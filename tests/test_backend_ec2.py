@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -204,6 +205,21 @@ def test_an_observation_costs_pages_of_groups_not_of_nodes(make_backend, proxy):
         proxy.reset()
         assert len(backend.list_machines()) == 6 * size
         assert proxy.count("DescribeInstances") == math.ceil(6 / 5)
+
+
+def test_instances_of_a_launch_under_way_are_no_orphans(make_backend, moto):
+    """EC2 lists a launch's instances before RunInstances has answered (moto takes
+    seconds for 300): an observation then must not take them for orphans, which the
+    service would remove (the ec2 benchmark lost 999 workers so)."""
+    backend = make_backend()
+    group = specs(300)
+    with ThreadPoolExecutor(1) as pool:
+        launch = pool.submit(backend.boot_group, group, PLACEMENT, 300)
+        while not launch.done():
+            listed = backend.list_machines()
+            assert not [m.node_id for m in listed if m.node_id.startswith("ec2:")]
+        booted(launch.result())
+    assert {m.node_id for m in backend.list_machines()} == {s.node_id for s in group}
 
 
 def test_terminating_200_nodes_is_one_call(make_backend, proxy, moto):

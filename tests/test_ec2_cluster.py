@@ -225,7 +225,18 @@ def test_a_launch_through_throttling_on_half_of_all_calls_succeeds(site):
 
 def test_a_capacity_error_reaches_the_nodes_in_ec2s_words_and_the_policy_decides(site):
     ec2 = site()
+    running = ec2.launch(document("base-cluster.yaml"))
+    assert ec2.wait_state(running, "ready", "failed")["state"] == "ready"
     ec2.proxy.capacity_errors = True
+    # a resize that EC2 has no room for: the new node fails, the cluster goes on
+    grown = ec2.client.post(f"/v1/clusters/{running}/resize", json={"group": "worker", "by": 1})
+    assert grown.status_code == 200, grown.text
+    wait_for(lambda: len(ec2.detail(running)["nodes"]) == 4)
+    wait_for(lambda: ec2.detail(running)["nodes"][-1]["state"] in ("failed", "terminated"))
+    added = ec2.detail(running)["nodes"][-1]
+    assert added["name"] == "worker-2"
+    assert added["failure"].startswith("InsufficientInstanceCapacity: We currently do not")
+    assert ec2.detail(running)["state"] in ("ready", "degraded")
     cluster_id = ec2.launch(document("base-cluster.yaml"))  # all-or-nothing: it fails
     detail = ec2.wait_state(cluster_id, "failed", "terminated", "terminating")
     failures = [n["failure"] for n in detail["nodes"]]
@@ -233,6 +244,8 @@ def test_a_capacity_error_reaches_the_nodes_in_ec2s_words_and_the_policy_decides
     assert "InsufficientInstanceCapacity: " in detail["failure"]
     ec2.wait_state(cluster_id, "terminated")
     assert ec2.backend.tagged_with(cluster_id) == []
+    ec2.proxy.capacity_errors = False
+    ec2.destroy(running)
 
 
 SPOT_CLUSTER = document("base-cluster.yaml").replace(

@@ -124,6 +124,7 @@ class Ec2Backend(Backend):
         self._mapping_file = data_dir / MAPPING_FILE
         self._lock = threading.Lock()
         self._launched = self._load()
+        self._in_flight: set[str] = set()  # launch ids whose instances are not mapped yet
         self._listing: dict[str, tuple[Machine, float]] = {}  # node id -> (machine, when)
         self._groups: dict[str, str] = {}  # cluster id -> security group id
         self._groups_lock = threading.Lock()
@@ -224,12 +225,18 @@ class Ec2Backend(Backend):
             {"Name": "tag:corral:service", "Values": [self.options.service_tag]},
             {"Name": "instance-state-name", "Values": [*LIVE_STATES, "terminated"]},
         ]
+        found = self._instances(filters)
+        # read after the listing: a launch maps its instances before it stops being in
+        # flight, so an instance is either mapped, or of a launch still in flight (not
+        # yet any node's: skipped, not an orphan), or truly no node's
         with self._lock:
             by_instance = {r.instance_id: r for r in self._launched.values()}
+            in_flight = set(self._in_flight)
         machines = [
             self._machine(i, by_instance.get(i["InstanceId"]))
-            for i in self._instances(filters)
-            if i["State"]["Name"] != "terminated" or i["InstanceId"] in by_instance
+            for i in found
+            if (i["InstanceId"] in by_instance or i["State"]["Name"] != "terminated")
+            and (i["InstanceId"] in by_instance or _launch_of(i) not in in_flight)
         ]
         now = time.monotonic()
         with self._lock:
@@ -374,19 +381,25 @@ class Ec2Backend(Backend):
             first.cluster_id,
             launch,
         )
-        reply = self._run_instances(request)
-        by_index = {i["AmiLaunchIndex"]: i for i in reply["Instances"]}
-        host = placement.host or self.options.region
-        records = {
-            spec.node_id: _Launched(
-                spec.node_id, by_index[i]["InstanceId"], spec.cluster_id, host, launch, i
-            )
-            for i, spec in enumerate(specs)
-            if i in by_index
-        }
         with self._lock:
-            self._launched.update(records)
-            self._save()  # before returning: a service that restarts maps them again
+            self._in_flight.add(launch)
+        try:
+            reply = self._run_instances(request)
+            by_index = {i["AmiLaunchIndex"]: i for i in reply["Instances"]}
+            host = placement.host or self.options.region
+            records = {
+                spec.node_id: _Launched(
+                    spec.node_id, by_index[i]["InstanceId"], spec.cluster_id, host, launch, i
+                )
+                for i, spec in enumerate(specs)
+                if i in by_index
+            }
+            with self._lock:
+                self._launched.update(records)
+                self._save()  # before returning: a service that restarts maps them again
+        finally:
+            with self._lock:
+                self._in_flight.discard(launch)
         results: dict[str, Machine | BackendError] = {}
         now = time.monotonic()
         for index, spec in enumerate(specs):
@@ -603,6 +616,11 @@ def _instance_of(node_id: str, record: _Launched | None) -> str | None:
     if node_id.startswith(ORPHAN_PREFIX):
         return node_id.removeprefix(ORPHAN_PREFIX)
     return None
+
+
+def _launch_of(instance: dict) -> str:
+    tags = instance.get("Tags") or []
+    return next((t["Value"] for t in tags if t["Key"] == "corral:launch"), "")
 
 
 def _code(exc: ClientError) -> str:
