@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.broker_swarm import Tally, _await_boots, _settled_state, _ssh_key, simulated_agent
+from bench.broker_swarm import Tally, _await_boots, _settled_state, _swarm
 from bench.section import Section
 from bench.service import ServiceProcess, add_capacity, slurm_like_document
 
@@ -83,23 +82,6 @@ def _boots_from_user_data(ec2, cluster_id: str, nodes: int) -> list[dict]:
     return boots
 
 
-async def _run_agents(service: ServiceProcess, boots: list[dict]) -> Tally:
-    tally = Tally()
-    tls = ssl.create_default_context(cafile=str(service.broker_cert))
-    agents = [asyncio.create_task(simulated_agent(b, tls, _ssh_key(), tally)) for b in boots]
-    try:
-        while len(tally.ready_at) < len(boots):
-            failed = [a for a in agents if a.done() and a.exception() is not None]
-            if failed:
-                raise failed[0].exception()
-            await asyncio.sleep(0.05)
-    finally:
-        for agent in agents:
-            agent.cancel()
-        await asyncio.gather(*agents, return_exceptions=True)
-    return tally
-
-
 def _wait_state(client, cluster_id: str, state: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while client.get(f"/v1/clusters/{cluster_id}").json()["state"] != state:
@@ -132,7 +114,7 @@ def measure_ec2(nodes: int) -> dict:
             created.raise_for_status()
             cluster_id = created.json()["id"]
             boots = _boots_from_user_data(ec2, cluster_id, nodes)
-            asyncio.run(_run_agents(service, boots))
+            asyncio.run(_swarm(service, boots, Tally()))
             _wait_state(client, cluster_id, "ready")
             ready = time.monotonic()
             launch_calls, launch_cpu = Counter(proxy.calls), service.cpu_seconds() - cpu
@@ -172,7 +154,7 @@ def measure_floor(nodes: int) -> dict:
         created = client.post("/v1/clusters", json={"document": slurm_like_document(nodes - 1)})
         created.raise_for_status()
         cluster_id = created.json()["id"]
-        asyncio.run(_run_agents(service, _await_boots(service, nodes)))
+        asyncio.run(_swarm(service, _await_boots(service, nodes), Tally()))
         _settled_state(client, cluster_id)
         launch_cpu = service.cpu_seconds() - cpu
         cpu = service.cpu_seconds()
