@@ -37,8 +37,8 @@ from corral.agent import parse_bootstrap  # noqa: E402
 SIZES = (10, 100, 1000)
 AMI = "ami-03cf127a"  # one of moto's own
 OBSERVE_EVERY = 2.0  # the pool's pace of DescribeInstances
-QUIET_SECONDS = 20.0  # the spell of observation counted, with the cluster ready
-READY_TIMEOUT = 900.0
+QUIET_SECONDS = 60.0  # the spell of observation counted, with the cluster ready
+READY_TIMEOUT = 300.0
 SETTINGS = {"default_max_nodes": 100_000, "cpu_overcommit": 1000}
 
 
@@ -84,9 +84,14 @@ def _boots_from_user_data(ec2, cluster_id: str, nodes: int) -> list[dict]:
 
 def _wait_state(client, cluster_id: str, state: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
-    while client.get(f"/v1/clusters/{cluster_id}").json()["state"] != state:
+    while (detail := client.get(f"/v1/clusters/{cluster_id}").json())["state"] != state:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"cluster {cluster_id} did not become {state}")
+            states = Counter(n["state"] for n in detail["nodes"])
+            failures = Counter(n["failure"] for n in detail["nodes"] if n["failure"])
+            raise RuntimeError(
+                f"cluster {cluster_id} is {detail['state']}, not {state} "
+                f"({detail['failure']}); nodes {dict(states)}; failures {failures.most_common(3)}"
+            )
         time.sleep(0.2)
 
 
