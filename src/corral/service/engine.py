@@ -126,17 +126,19 @@ class Engine:
 
     def _loop(self) -> None:
         # pokes come with every registration and report; during a launch of N nodes they
-        # would make N ticks of N nodes each, so ticks keep a gap that grows with their cost
+        # would make N ticks of N nodes each, so ticks keep a gap that grows with their cost:
+        # their CPU, not their length, since a cloud's listing is mostly a wait for its
+        # answer (8 s of 1000 instances from moto spaced ticks 40 s apart)
         spacing = Spacing(least=min(MIN_TICK_GAP_SECONDS, self.config.tick_seconds))
         while not self._stop.is_set():
-            started = time.monotonic()
+            cpu = time.thread_time()
             try:
                 self.tick()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("engine tick failed; retrying next tick")
-            took = time.monotonic() - started
+            took = time.thread_time() - cpu
             self._wake.wait(self.config.tick_seconds)
-            next_start = spacing.next_start(started + took, took)
+            next_start = spacing.next_start(time.monotonic(), took)
             self._stop.wait(max(0.0, next_start - time.monotonic()))
             self._wake.clear()
 
