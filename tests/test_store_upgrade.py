@@ -27,7 +27,7 @@ import corral
 from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
 from corral.store.database import Store, sqlite_url
-from corral.store.models import utcnow
+from corral.store.models import Cluster, utcnow
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASES = sorted(path.name for path in FIXTURES.glob("store-*") if path.is_dir())
@@ -195,7 +195,14 @@ def test_the_service_carries_on_with_an_old_store(old_store: Path, make_service)
     logs = alice.get(f"/v1/clusters/{live}/nodes/head-0/logs").json()
     assert any("configured controller on head-0" in r["log_tail"] for r in logs)
 
-    # the cluster's CA key is still there and still signs
+    # the cluster's CA key is still there and still signs. Certificates are real: they
+    # start now, by this machine's clock, not the service's shifted one, so the lease
+    # they end with must be in the future by this machine's clock too (a store written
+    # more than its lease ago has it in the past)
+    with service.store.session() as session:
+        stored = session.get(Cluster, live)
+        stored.lease_end = max(stored.lease_end, utcnow() + timedelta(hours=1))
+        session.commit()
     credentials = alice.post(f"/v1/clusters/{live}/credentials").json()
     (secret,) = [s for s in before["cluster_secrets"] if s["cluster_id"] == live]
     assert credentials["ca_cert_pem"] == secret["ca_cert_pem"]
