@@ -163,6 +163,43 @@ def test_autoscale_is_checked_against_its_group(change, field, words):
     assert words in problems[field], problems
 
 
+MARKETS = """
+image: x
+pools: [local, ec2]
+nodes:
+  - {group: head, login: true}
+  - {group: worker, count: 3, market: spot, max_price: 0.02}
+"""
+
+
+def test_pools_in_order_and_spot_groups_round_trip():
+    doc = parse_yaml(MARKETS, "test")
+    assert doc.pool_order == ["local", "ec2"]
+    assert (doc.nodes[1].market, doc.nodes[1].max_price) == ("spot", 0.02)
+    assert doc.nodes[0].market == "on-demand"
+    assert ClusterDocument.from_json(doc.to_json()) == doc
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("login: true}", "login: true, market: spot}"), "nodes[0].market", "stays on demand"),
+        (("market: spot, ", ""), "nodes[1].max_price", "for `market: spot` groups"),
+        (("max_price: 0.02", "max_price: -1"), "nodes[1].max_price", "greater than 0"),
+        (("max_price: 0.02", "max_price: 1e9"), "nodes[1].max_price", "at most 10000"),
+        (("market: spot", "market: cheap"), "nodes[1].market", "'on-demand' or 'spot'"),
+        (("[local, ec2]", "[local, local]"), "pools[1]", "listed twice"),
+        (("[local, ec2]", "[]"), "pools", "at least 1"),
+        (("[local, ec2]", "[local, ec2]\npool: local"), "pools", "not both"),
+        (("[local, ec2]", "[local, 'no pool!']"), "pools[1]", ""),
+    ],
+)
+def test_pools_and_markets_are_checked_naming_the_field(change, field, words):
+    problems = {p.field: p.message for p in problems_of(MARKETS.replace(*change))}
+    assert field in problems, problems
+    assert words in problems[field], problems
+
+
 def test_problems_come_in_line_order():
     text = "image: i\nlease: soon\nnodes:\n  - group: a\n    cores: x\n    memory: lots\n"
     assert [p.line for p in problems_of(text)] == [2, 5, 6]
