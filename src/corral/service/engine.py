@@ -223,7 +223,7 @@ class Engine:
     ) -> None:
         """Boot pending nodes: a group's together where the backend launches groups (one
         call for them all), one by one otherwise."""
-        orders = [self._boot_order(cluster, session.get(Node, n.id)) for n in pending]
+        orders = [self._boot_order(cluster, doc, session.get(Node, n.id)) for n in pending]
         pool = self.pools.get(cluster.pool_name)
         if not (agents and Capability.LAUNCHES_GROUPS in pool.capabilities):
             for order in orders:
@@ -521,12 +521,13 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _boot_order(self, cluster: Cluster, node: Node) -> tuple[NodeSpec, Placement]:
+    def _boot_order(
+        self, cluster: Cluster, doc: ClusterDocument, node: Node
+    ) -> tuple[NodeSpec, Placement]:
         """What the node is, with its image resolved through the image store, and where
         it runs."""
         digest = node.image_digest
         rootfs = self.images.path(digest) if digest and self.images.has(digest) else None
-        doc = self.documents.of(cluster)
         group = next((g for g in doc.nodes if g.group == node.group), None)
         spec = NodeSpec(
             node_id=node.id,
