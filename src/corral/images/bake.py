@@ -1,7 +1,9 @@
 """Baking: a recipe becomes a root file system in the image store.
 
 mmdebstrap installs the recipe's packages from the Debian mirror (the only network a
-bake needs) into a directory, then `customize` makes the tree a corral appliance:
+bake needs) into a directory (the recipe's `before_packages` files are put in place once
+the essential packages are in, so that the kernel's initramfs is built with corral's module
+list), then `customize` makes the tree a corral appliance:
 
 1. remove per-node state the packages made at install time (the recipe's `remove`:
    SSH host keys, munge's key; the image holds no secret);
@@ -24,6 +26,8 @@ import glob
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 IMAGE_INFO = "/etc/corral/image.json"
 GENERATORS = "/etc/systemd/system-generators"
 _OUTPUT_TAIL = 30
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/._-]+")
 
 
 def _quiet(_line: str) -> None:
@@ -59,8 +64,10 @@ def bake(recipe: Recipe, store: ImageStore, progress: Callable[[str], None] = _q
     _check_tools()
     progress(f"baking {recipe.name} ({digest}) from {recipe.mirror} {recipe.suite}")
 
+    early = _before_packages(recipe, files)
+
     def build(rootfs: Path) -> None:
-        _debootstrap(recipe, rootfs, progress)
+        _debootstrap(recipe, rootfs, progress, early)
         progress("customizing: agent, role scripts, units, no host keys")
         customize(rootfs, recipe, files, digest)
 
@@ -103,8 +110,27 @@ def _check_tools() -> None:
             raise ImageError(f"baking an image needs {tool} (apt install {package})", tool=tool)
 
 
-def _debootstrap(recipe: Recipe, rootfs: Path, progress: Callable[[str], None]) -> None:
-    """Run mmdebstrap into `rootfs` (which must not exist), streaming its output."""
+def _before_packages(recipe: Recipe, files: list[Content]) -> list[Content]:
+    by_path = {c.path: c for c in files}
+    missing = [path for path in recipe.before_packages if path not in by_path]
+    if missing:
+        raise ImageError(f"recipe {recipe.name}: before_packages names no file: {missing}")
+    unsafe = [path for path in recipe.before_packages if not _PLAIN_PATH.fullmatch(path)]
+    if unsafe:  # they go into a shell command line
+        raise ImageError(f"recipe {recipe.name}: before_packages paths must be plain: {unsafe}")
+    return [by_path[path] for path in recipe.before_packages]
+
+
+def _debootstrap(
+    recipe: Recipe, rootfs: Path, progress: Callable[[str], None], early: list[Content]
+) -> None:
+    """Run mmdebstrap into `rootfs` (which must not exist), streaming its output; the
+    `early` files are written once the essential packages are in, before the others."""
+    hooks = [
+        f'--essential-hook=mkdir -p "$1{os.path.dirname(c.path)}" && '
+        f'printf %s {shlex.quote(c.data.decode())} > "$1{c.path}"'
+        for c in early
+    ]
     command = [
         "mmdebstrap",
         "--mode=root",
@@ -114,6 +140,7 @@ def _debootstrap(recipe: Recipe, rootfs: Path, progress: Callable[[str], None]) 
         # the store is inside a root-only data directory, where apt's _apt user cannot go
         '--aptopt=APT::Sandbox::User "root"',
         "--include=" + ",".join(recipe.packages),
+        *hooks,
         recipe.suite,
         str(rootfs),
         recipe.mirror,

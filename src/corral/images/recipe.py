@@ -71,6 +71,9 @@ class Recipe:
     # runs every generator at boot and at every reload, each costing ~7 ms of CPU
     mask_generators: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()  # glob patterns of absolute paths, removed before `files`
+    # paths among `files` put in place before the packages install, for what a package's
+    # own scripts read (the initramfs's module list, which the kernel's postinst builds)
+    before_packages: tuple[str, ...] = ()
 
 
 def contents(recipe: Recipe) -> list[Content]:
@@ -115,6 +118,7 @@ def describe(recipe: Recipe, files: list[Content] | None = None) -> dict[str, ob
         "mask": list(recipe.mask),
         "mask_generators": list(recipe.mask_generators),
         "remove": list(recipe.remove),
+        "before_packages": list(recipe.before_packages),
     }
 
 
@@ -164,13 +168,29 @@ DEBIAN_12_SLURM = Recipe(
         "ca-certificates",
         "procps",  # ps and pgrep, for whoever logs in to look around
         "netbase",  # /etc/services and /etc/protocols
+        # the kernel a VM boots (backends/qemu.py): small, with virtio; containers ignore it
+        "linux-image-cloud-amd64",
     ),
     files=(
         BakedFile(AGENT, "/usr/local/lib/corral/agent.py", mode=0o755),
         BakedFile(ROLES, "/etc/corral/roles", optional=True),
         BakedFile(FILES, "/"),
     ),
-    enable=("corral-host-keys.service", "corral-agent.service", "ssh.service"),
+    enable=(
+        "corral-host-keys.service",
+        "corral-agent.service",
+        "ssh.service",
+        # in a VM only (each has ConditionVirtualization=vm): its address from the kernel
+        # command line, and the host's ACPI power-off
+        "systemd-networkd.service",
+        "systemd-network-generator.service",
+        "systemd-networkd-wait-online.service",
+        "corral-vm-power.service",
+    ),
+    before_packages=(
+        "/etc/initramfs-tools/conf.d/corral-vm",
+        "/usr/share/initramfs-tools/modules.d/corral-vm",
+    ),
     # the role scripts start munge and Slurm once the broker has configured them; the
     # apt timers would only fail, since nodes have no route off the machine
     disable=(
