@@ -1144,12 +1144,17 @@ def test_bootstrap_sources_in_order(tmp_path: Path, metadata: str) -> None:
     stored = root / "var" / "lib" / "corral" / "bootstrap.json"
     stored.parent.mkdir(parents=True)
     stored.write_text(bootstrap_doc("from-corral"))
+    credential = root / "run" / "credentials" / "@system" / "corral.bootstrap"
+    credential.parent.mkdir(parents=True)
+    credential.write_text(bootstrap_doc("from-credential"))
 
     def found(**options: Any) -> str:
         sources = {"metadata_url": metadata + "/user-data", "ec2": True, "imds_url": metadata}
         return agent.find_bootstrap(str(root), **{**sources, **options}).node
 
     assert found(bootstrap_file=str(given)) == "from-file"
+    assert found() == "from-credential"
+    credential.unlink()
     assert found() == "from-seed"
     seed.write_text("#cloud-config\npackages: [htop]\n")  # someone else's user-data
     assert found() == "from-corral"

@@ -4,8 +4,9 @@ This file is copied into images as it is, so it uses the Python 3.9+ standard li
 only and imports nothing from corral. It implements the node side of
 docs/agent-protocol.md:
 
-1. find the bootstrap document (`--bootstrap`, the NoCloud seed,
-   var/lib/corral/bootstrap.json, `--metadata-url`, EC2 IMDSv2 with `--ec2`);
+1. find the bootstrap document (`--bootstrap`, the system credential corral.bootstrap,
+   the NoCloud seed, var/lib/corral/bootstrap.json, `--metadata-url`, EC2 IMDSv2 with
+   `--ec2`);
 2. talk to the broker over HTTPS pinned to the SHA-256 of its certificate, register with
    the single-use token (or reuse the stored credential);
 3. long-poll the node's view until it is satisfied, then write the files, the /etc/hosts
@@ -90,6 +91,9 @@ MAX_DRAIN_SECONDS = 7 * 24 * 3600
 # out the drain's timeout still says so itself
 DRAIN_SCRIPT_MARGIN_SECONDS = 30
 
+# a VM's host hands it over through qemu's fw_cfg, which systemd imports at boot into
+# this root-only directory in memory: the token never touches the node's disk
+SYSTEM_CREDENTIAL = "/run/credentials/@system/corral.bootstrap"
 NOCLOUD_USER_DATA = "/var/lib/cloud/seed/nocloud/user-data"
 BOOTSTRAP_FILE = "/var/lib/corral/bootstrap.json"
 STATE_DIR = "/var/lib/corral"
@@ -351,7 +355,7 @@ def find_bootstrap(
         if found is None:
             raise BootstrapError(f"{bootstrap_file} holds no corral bootstrap document")
         return found
-    for relative in (NOCLOUD_USER_DATA, BOOTSTRAP_FILE):
+    for relative in (SYSTEM_CREDENTIAL, NOCLOUD_USER_DATA, BOOTSTRAP_FILE):
         path = under_root(root, relative)
         try:
             with open(path, "rb") as fh:
@@ -377,7 +381,8 @@ def find_bootstrap(
         log.info("EC2 user-data holds no corral bootstrap document; skipped")
     raise BootstrapError(
         "no bootstrap document: none given with --bootstrap, none in "
-        f"{under_root(root, NOCLOUD_USER_DATA)} or {under_root(root, BOOTSTRAP_FILE)}, "
+        f"{under_root(root, SYSTEM_CREDENTIAL)}, {under_root(root, NOCLOUD_USER_DATA)} or "
+        f"{under_root(root, BOOTSTRAP_FILE)}, "
         "and no --metadata-url or --ec2 that had one"
     )
 
