@@ -141,9 +141,11 @@ class ServedCorral:
     Raises RuntimeError, with the tail of its log, if the service does not answer.
     """
 
-    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str, broker_host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
         self.extra_args = extra_args
+        # nodes on a cluster's bridge reach the broker at its gateway: "0.0.0.0" for them
+        self.broker_host = broker_host
         self.port = 0
         self.broker_port = 0
         self.metadata_port = 0
@@ -178,9 +180,9 @@ class ServedCorral:
             "--listen",
             f"127.0.0.1:{self.port}",
             "--broker-listen",
-            f"127.0.0.1:{self.broker_port}",
+            f"{self.broker_host}:{self.broker_port}",
             "--metadata-listen",
-            f"127.0.0.1:{self.metadata_port}",
+            f"{self.broker_host}:{self.metadata_port}",
             "--tick",
             "0.2",
             *self.extra_args,

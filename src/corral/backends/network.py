@@ -11,6 +11,9 @@ nodes also get a default route via the gateway, and outbound.py masquerades what
 send to anything but another cluster. Forwarding between clusters, from outside to a
 node, and out of a cluster that did not ask stays dropped (outbound.py says how).
 
+A VM (backends/qemu.py) joins its cluster's bridge by a tap device instead, and sets its
+own address, given on its kernel's command line.
+
 Names are derived from ids and kept under the kernel's 15-character limit.
 """
 
@@ -55,6 +58,11 @@ def netns_name(node_id: str) -> str:
 def veth_name(node_id: str) -> str:
     """The host side of a node's veth pair (the node side is eth0 in its namespace)."""
     return f"{PREFIX}h-{_short(node_id)}"
+
+
+def tap_name(node_id: str) -> str:
+    """A VM's tap device on its cluster's bridge (the VM's network card is its other end)."""
+    return f"{PREFIX}t-{_short(node_id)}"
 
 
 def processes_in(netns: str) -> list[int]:
@@ -209,6 +217,24 @@ def attach_node(
         )
     log.info("network: %s at %s in %s on %s", node_id, address, namespace, bridge)
     return namespace
+
+
+def attach_tap(node_id: str, cluster_id: str, subnet: str) -> str:
+    """Make the node's tap device, joined to its cluster's bridge; returns its name. The VM
+    on its other end sets its own address (backends/qemu.py)."""
+    tap = tap_name(node_id)
+    bridge = ensure_bridge(cluster_id, subnet)
+    if not link_exists(tap):
+        ip_batch([f"tuntap add dev {tap} mode tap", f"link set dev {tap} master {bridge} up"])
+    log.info("network: %s on tap %s on %s", node_id, tap, bridge)
+    return tap
+
+
+def detach_tap(node_id: str) -> None:
+    """Remove the node's tap device, if it is there."""
+    tap = tap_name(node_id)
+    if link_exists(tap):
+        ip("link", "del", tap)
 
 
 def detach_node(node_id: str) -> None:

@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "ec2": "corral.backends.ec2:Ec2Backend",
     "fake": "corral.backends.fake:FakeBackend",
     "nspawn": "corral.backends.nspawn:NspawnBackend",
+    "qemu": "corral.backends.qemu:QemuBackend",
 }
 
 
