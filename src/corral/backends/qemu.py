@@ -6,7 +6,8 @@ the image's kernel and initramfs with its hostname and address on the kernel com
 line, and a virtio network card whose other end is a tap on its cluster's bridge
 (backends/network.py): the same addresses and isolation as a container's. Its bootstrap
 document reaches it as the systemd credential `corral.bootstrap` through qemu's fw_cfg,
-from a memory file: it is never written to a disk, the host's or the VM's. The serial
+from a memory file: it is never written to a disk, the host's or the VM's (so are a
+cluster's resolvers, where it has a way out: network.outbound). The serial
 console is logged to a file that `corral console` shows, kept after the VM is gone.
 
 KVM where it works, else TCG (backends/kvm_probe.py decides, once per boot of this
@@ -160,7 +161,7 @@ class QemuBackend(Backend):
             if spec.outbound:
                 outbound.open_cluster(spec.cluster_id)
             command = self._command(spec, placement, image, accelerator.name, tap, directory)
-            pid = self._start(spec, directory, command)
+            pid = self._start(directory, command, _credentials(spec))
         except (OSError, BackendError) as exc:
             self._clean(spec.node_id, spec.cluster_id, str(directory))
             raise BackendError(f"{spec.name}: could not start its VM: {exc}") from exc
@@ -295,29 +296,30 @@ class QemuBackend(Backend):
             "-pidfile", str(directory / PIDFILE),
         ]  # fmt: skip
 
-    def _start(self, spec: NodeSpec, directory: Path, command: list[str]) -> int:
-        """Start qemu in a session of its own; the bootstrap document goes in by a memory
-        file that qemu reads as it starts and that is gone once qemu has it."""
-        credential = os.memfd_create("corral-bootstrap", os.MFD_CLOEXEC)
+    def _start(self, directory: Path, command: list[str], credentials: dict[str, bytes]) -> int:
+        """Start qemu in a session of its own. Each credential goes in by a memory file
+        that qemu reads as it starts, and that is gone once qemu has it."""
+        files = {name: os.memfd_create(f"corral-{name}") for name in credentials}
         try:
-            os.write(credential, spec.user_data)
-            os.set_inheritable(credential, True)
-            command = [
-                *command,
-                "-fw_cfg",
-                f"name=opt/io.systemd.credentials/corral.bootstrap,file=/dev/fd/{credential}",
-            ]
+            for name, fd in files.items():
+                os.write(fd, credentials[name])
+                command = [
+                    *command,
+                    "-fw_cfg",
+                    f"name=opt/io.systemd.credentials/{name},file=/dev/fd/{fd}",
+                ]
             with open(directory / QEMU_LOG, "ab") as qemu_log:
                 process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=qemu_log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(credential,),
+                    pass_fds=tuple(files.values()),
                     start_new_session=True,
                 )
         finally:
-            os.close(credential)
+            for fd in files.values():
+                os.close(fd)
         return process.pid
 
     def _console_path(self, cluster_id: str, node_id: str) -> Path:
@@ -385,6 +387,16 @@ class QemuBackend(Backend):
 
     def _console_tail(self, vm: _Machine) -> str:
         return _tail(self.consoles / vm.cluster_id / f"{vm.node_id}.log")
+
+
+def _credentials(spec: NodeSpec) -> dict[str, bytes]:
+    """What the VM's systemd gets as credentials: its bootstrap document, and with a way
+    out its host's resolvers (the image's corral-vm-resolvers.service installs them)."""
+    found = {"corral.bootstrap": spec.user_data}
+    resolvers = outbound.node_resolvers() if spec.outbound else None
+    if resolvers is not None:
+        found["corral.resolv.conf"] = resolvers.resolv_conf().encode()
+    return found
 
 
 def _mac(node_id: str) -> str:
