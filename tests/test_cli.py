@@ -335,6 +335,7 @@ def test_users_cannot_see_or_touch_each_others_clusters(served: ServedCorral) ->
 
 
 def test_a_failed_boot_names_the_node_and_removes_the_cluster(tmp_path: Path) -> None:
+    """A failed launch's nodes are removed; its record stays until it is destroyed."""
     with ServedCorral(tmp_path / "service", "--backend-option", "fail=worker-1:boot") as served:
         env = served.env()
 
@@ -345,12 +346,15 @@ def test_a_failed_boot_names_the_node_and_removes_the_cluster(tmp_path: Path) ->
         assert "boot" in result.stderr
         cluster_id = json.loads(result.stdout)["id"]
         view = status(env, cluster_id)
-        assert view["state"] == "terminated"
+        assert view["state"] == "failed"
         assert view["failure"] and "worker-1" in view["failure"]
         assert {n["state"] for n in view["nodes"]} == {"terminated"}
         (worker,) = [n for n in view["nodes"] if n["name"] == "worker-1"]
         assert worker["failure_phase"] == "boot"
         assert fake_machines(served.data_dir) == []
+
+        ok(corral("destroy", cluster_id, "--yes", "--json", env=env))
+        assert status(env, cluster_id)["state"] == "terminated"
 
 
 def test_keep_on_failure_keeps_the_nodes_that_booted(tmp_path: Path) -> None:

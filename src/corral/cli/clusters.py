@@ -154,7 +154,7 @@ def run(
         pass  # destroyed or expired while we waited
     elif not keep_on_failure:
         click.echo("launch failed; removing its nodes", err=True)
-        answer = _wait(client, cluster.id, _in_state(*ENDED), None, goal="terminated")
+        answer = _wait(client, cluster.id, _nodes_removed, None, goal="terminated")
         cluster = answer.model
     _print_launched(answer, as_json, launch_only)
     click.echo(
@@ -393,6 +393,12 @@ def _settle(
 
 def _in_state(*states: str) -> Callable[[ClusterDetail], bool]:
     return lambda cluster: cluster.state in states
+
+
+def _nodes_removed(cluster: ClusterDetail) -> bool:
+    """Whether every node of the cluster is gone: a failed launch's record stays failed
+    until it is destroyed."""
+    return cluster.state in ENDED or all(n.state == "terminated" for n in cluster.nodes)
 
 
 def _settled(cluster: ClusterDetail) -> bool:
