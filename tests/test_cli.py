@@ -419,6 +419,7 @@ def test_console_shows_a_running_nodes_console_and_its_end(served: ServedCorral)
     missing = corral("console", cluster_id, "worker-9", env=env)
     assert missing.returncode != 0
     assert f"cluster {cluster_id} has no node worker-9" in missing.stderr
+    ok_text(corral("destroy", cluster_id, "--yes", env=env))  # the next tests need room
 
 
 def test_extend_moves_the_lease_end_an_hour_later(served: ServedCorral) -> None:
