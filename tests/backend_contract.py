@@ -6,7 +6,9 @@ A backend's tests subclass BackendContract and provide two fixtures:
     spec_factory   a callable `spec_factory(node)` returning a BootOrder for a new node
                    id on a host the backend can use
 
-and may set `boot_timeout` (seconds) to how long a machine may take to report running.
+and may set `boot_timeout` (seconds) to how long a machine may take to report running,
+and `console_shows` to what a booted machine's console prints, for a backend that keeps
+consoles (Capability.KEEPS_CONSOLES).
 This module's name keeps pytest from collecting the class on its own.
 """
 
@@ -17,7 +19,14 @@ from typing import NamedTuple
 
 import pytest
 
-from corral.backends.base import Backend, Machine, MachineState, NodeSpec, Placement
+from corral.backends.base import (
+    Backend,
+    Capability,
+    Machine,
+    MachineState,
+    NodeSpec,
+    Placement,
+)
 
 
 class BootOrder(NamedTuple):
@@ -34,6 +43,7 @@ class BootOrder(NamedTuple):
 class BackendContract:
     boot_timeout: float = 10.0
     poll_interval: float = 0.02
+    console_shows: str = ""
 
     @pytest.fixture
     def boot(self, backend: Backend):
@@ -130,3 +140,29 @@ class BackendContract:
         assert self.listed(backend).count(spec.node_id) == 1
         backend.terminate(spec.node_id)
         assert backend.describe(spec.node_id) is None
+
+    def test_a_kept_console_outlives_its_machine_until_its_clusters_clean_up(
+        self, backend, spec_factory, boot
+    ):
+        order = spec_factory("worker-0")
+        if Capability.KEEPS_CONSOLES not in backend.capabilities:
+            assert backend.console(order.node_id, 1024) is None
+            return
+        boot(order)
+
+        def printed() -> str:
+            return (backend.console(order.node_id, 1 << 20) or b"").decode(errors="replace")
+
+        deadline = time.monotonic() + self.boot_timeout
+        while self.console_shows not in printed():
+            if time.monotonic() > deadline:
+                tail = printed()[-2000:]
+                pytest.fail(f"console without {self.console_shows!r} after boot:\n{tail}")
+            time.sleep(self.poll_interval)
+        assert backend.console(order.node_id, 5) == printed().encode()[-5:]
+
+        backend.terminate(order.node_id)
+        assert backend.describe(order.node_id) is None
+        assert self.console_shows in printed()
+        assert backend.clean_up(order.spec.cluster_id) == []
+        assert backend.console(order.node_id, 1024) is None

@@ -65,6 +65,7 @@ def clock():
 
 class TestFakeBackendContract(BackendContract):
     boot_timeout = 2.0
+    console_shows = "fake: running"
 
     @pytest.fixture
     def backend(self):
@@ -75,6 +76,7 @@ class TestFakeBackendContract(BackendContract):
 
 class TestFakeBackendWithStateFileContract(BackendContract):
     boot_timeout = 2.0
+    console_shows = "fake: running"
 
     @pytest.fixture
     def backend(self, tmp_path):
@@ -124,6 +126,26 @@ def test_injected_crash_ends_in_error_after_the_boot_delay(spec_factory, clock):
     assert [m.state for m in backend.list_machines()] == [MachineState.ERROR]
     backend.terminate(spec.node_id)
     assert backend.list_machines() == []
+
+
+def test_a_failed_boots_console_says_why_until_its_clusters_clean_up(spec_factory, clock):
+    backend = FakeBackend(boot_delay=0, fail={"worker-1": "boot"}, clock=clock)
+    failed, other = spec_factory("worker-1"), spec_factory("worker-2")
+    with pytest.raises(BackendError):
+        backend.boot(*failed)
+    assert backend.console(failed.node_id, 1024) == (
+        b"fake: booting worker-1\nfake: boot failed: injected boot failure for worker-1\n"
+    )
+    backend.boot(*other)
+    backend.terminate(other.node_id)
+    assert backend.console(other.node_id, 1024) == (
+        b"fake: booting worker-2\nfake: running\nfake: terminated\n"
+    )
+    assert backend.clean_up("another-cluster") == []
+    assert backend.console(failed.node_id, 1024) is not None
+    assert backend.clean_up(failed.spec.cluster_id) == []
+    assert backend.console(failed.node_id, 1024) is None
+    assert backend.console(other.node_id, 1024) is None
 
 
 def test_failures_match_node_names_by_glob(spec_factory, clock):

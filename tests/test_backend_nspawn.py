@@ -29,6 +29,7 @@ def free_subnet() -> ipaddress.IPv4Network:
 
 class TestNspawnBackendContract(BackendContract):
     boot_timeout = 60.0
+    console_shows = "Reached target"  # systemd's boot, as the container printed it
     poll_interval = 0.2
 
     @pytest.fixture

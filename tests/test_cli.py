@@ -335,6 +335,8 @@ def test_users_cannot_see_or_touch_each_others_clusters(served: ServedCorral) ->
 
 
 def test_a_failed_boot_names_the_node_and_removes_the_cluster(tmp_path: Path) -> None:
+    """A failed launch's nodes are removed; its record, and what its nodes' consoles
+    printed, stay until it is destroyed."""
     with ServedCorral(tmp_path / "service", "--backend-option", "fail=worker-1:boot") as served:
         env = served.env()
 
@@ -344,13 +346,28 @@ def test_a_failed_boot_names_the_node_and_removes_the_cluster(tmp_path: Path) ->
         assert "worker-1" in result.stderr
         assert "boot" in result.stderr
         cluster_id = json.loads(result.stdout)["id"]
+        assert f"corral console {cluster_id} NODE" in result.stderr
         view = status(env, cluster_id)
-        assert view["state"] == "terminated"
+        assert view["state"] == "failed"
         assert view["failure"] and "worker-1" in view["failure"]
         assert {n["state"] for n in view["nodes"]} == {"terminated"}
         (worker,) = [n for n in view["nodes"] if n["name"] == "worker-1"]
         assert worker["failure_phase"] == "boot"
         assert fake_machines(served.data_dir) == []
+
+        shown = ok_text(corral("console", cluster_id, "worker-1", env=env))
+        assert "fake: booting worker-1\n" in shown
+        assert "fake: boot failed: injected boot failure for worker-1" in shown
+        head = ok(corral("console", cluster_id, "head-0", "--json", env=env))
+        assert head["node"] == "head-0" and head["cluster"] == cluster_id
+        assert head["console"].endswith("fake: terminated\n")
+        assert head["bytes"] == len(head["console"].encode()) and not head["truncated"]
+
+        ok(corral("destroy", cluster_id, "--yes", "--json", env=env))
+        assert status(env, cluster_id)["state"] == "terminated"
+        gone = corral("console", cluster_id, "worker-1", env=env)
+        assert gone.returncode != 0
+        assert "no console of node worker-1 is kept" in gone.stderr
 
 
 def test_keep_on_failure_keeps_the_nodes_that_booted(tmp_path: Path) -> None:
@@ -386,6 +403,23 @@ def test_keep_on_failure_keeps_the_nodes_that_booted(tmp_path: Path) -> None:
 
 
 # -- leases ------------------------------------------------------------------------------
+
+
+def test_console_shows_a_running_nodes_console_and_its_end(served: ServedCorral) -> None:
+    env = served.env(add_user(served, "console-reader"))
+    cluster_id = launch(env)["id"]
+
+    shown = ok_text(corral("console", cluster_id, "worker-0", env=env))
+    assert shown == "fake: booting worker-0\nfake: running\n"
+    cut = ok_text(corral("console", cluster_id, "worker-0", "--bytes", "14", env=env))
+    assert cut == "(last 14 bytes; earlier output cut)\nfake: running\n"
+
+    refused = corral("console", cluster_id, "worker-0", "--bytes", "0", env=env)
+    assert refused.returncode == 2 and "--bytes" in refused.stderr
+    missing = corral("console", cluster_id, "worker-9", env=env)
+    assert missing.returncode != 0
+    assert f"cluster {cluster_id} has no node worker-9" in missing.stderr
+    ok_text(corral("destroy", cluster_id, "--yes", env=env))  # the next tests need room
 
 
 def test_extend_moves_the_lease_end_an_hour_later(served: ServedCorral) -> None:

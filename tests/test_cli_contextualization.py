@@ -26,7 +26,9 @@ def test_run_names_the_node_whose_role_script_failed(tmp_path):
         assert "cannot reach the controller" in result.stderr
         listed = json.loads(corral("list", "--json", env=served.env()).stdout)
         (cluster,) = listed
-        assert cluster["state"] == "terminated"  # nothing left running
+        assert cluster["state"] == "failed"  # kept until destroyed, its nodes gone
+        view = json.loads(corral("status", cluster["id"], "--json", env=served.env()).stdout)
+        assert {n["state"] for n in view["nodes"]} == {"terminated"}  # nothing left running
         logs = corral("logs", cluster["id"], "worker-1", env=served.env())
         assert logs.returncode == 0
         assert "configure worker: failed (exit 1)" in logs.stdout

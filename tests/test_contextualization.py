@@ -536,7 +536,7 @@ def test_contextualization_that_takes_too_long_fails_the_node(make_service, tmp_
     client = api(service, admin_token(service))
     text = CLUSTER.replace("name: ctx", "name: ctx\npolicy: {context_timeout: 2s}")
     cluster_id = launch(client, text)
-    wait_for(lambda: state(client, cluster_id) == "terminated", timeout=60)
+    wait_for(lambda: state(client, cluster_id) == "failed", timeout=60)
     failure = client.get(f"/v1/clusters/{cluster_id}").json()["failure"]
     assert "contextualization timed out after 2s" in failure
 

@@ -36,18 +36,33 @@ def nodes(client, cluster_id):
     return {n["name"]: n for n in view(client, cluster_id)["nodes"]}
 
 
+def failed_and_removed(client, cluster_id):
+    """A failed launch: the cluster failed, and every node of it is terminated."""
+    detail = view(client, cluster_id)
+    gone = all(n["state"] == "terminated" for n in detail["nodes"])
+    return detail["state"] == "failed" and gone
+
+
 def test_a_failed_node_fails_all_or_nothing_and_the_launch_is_removed(make_service):
+    """A failed launch's nodes are removed; its record stays failed, saying why, until
+    it is destroyed."""
     service = make_service({"fail": "worker-1:boot"})
     client = api(service, admin_token(service))
     cluster_id = launch(client)
-    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    wait_for(lambda: failed_and_removed(client, cluster_id))
     final = view(client, cluster_id)
     assert "node worker-1 failed in phase boot" in final["failure"]
     assert "injected boot failure" in final["failure"]
     events = client.get(f"/v1/clusters/{cluster_id}/events").json()
     worker = [e["to_state"] for e in events if e["subject"] == "worker-1"]
     assert worker == ["pending", "failed", "terminating", "terminated"]
-    assert service.backend.list_machines() == []
+    wait_for(lambda: service.backend.list_machines() == [])
+
+    assert client.delete(f"/v1/clusters/{cluster_id}").status_code == 202
+    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    events = client.get(f"/v1/clusters/{cluster_id}/events").json()
+    cluster = [e["to_state"] for e in events if e["subject"] == "cluster" and e["to_state"]]
+    assert cluster[-3:] == ["failed", "terminating", "terminated"]
 
 
 def test_keep_on_failure_leaves_the_healthy_nodes_running(make_service):
@@ -79,7 +94,7 @@ def test_best_effort_fails_when_a_group_cannot_reach_its_minimum(make_service):
     service = make_service({"fail": "worker-[12]:boot"})
     client = api(service, admin_token(service))
     cluster_id = launch(client, BEST_EFFORT)
-    wait_for(lambda: view(client, cluster_id)["state"] == "terminated")
+    wait_for(lambda: failed_and_removed(client, cluster_id))
     failure = view(client, cluster_id)["failure"]
     assert "group worker cannot reach its minimum of 2" in failure
     assert "worker-1" in failure and "worker-2" in failure
@@ -90,7 +105,7 @@ def test_a_node_that_does_not_boot_in_time_fails_with_the_timeout(make_service):
     client = api(service, admin_token(service))
     text = "image: x\npolicy: {boot_timeout: 1s}\nnodes:\n  - group: solo\n"
     cluster_id = launch(client, text)
-    wait_for(lambda: view(client, cluster_id)["state"] == "terminated", timeout=15)
+    wait_for(lambda: failed_and_removed(client, cluster_id), timeout=15)
     assert view(client, cluster_id)["failure"] == (
         "node solo-0 failed in phase boot: boot timed out after 1s waiting for the machine to run"
     )

@@ -68,7 +68,8 @@ def test_a_launch_is_never_given_a_subnet_routed_here(make_service, tmp_path, ro
     assert created.status_code == 201, created.text
     given = ipaddress.ip_network(created.json()["subnet"])
     assert given == list(subnet.supernet(new_prefix=23).subnets(new_prefix=24))[1]
-    # (its image has no files: the node fails to boot, and the cluster goes)
+    # (its image has no files: the node fails to boot, and the cluster's nodes go)
+    client.delete(f"/v1/clusters/{created.json()['id']}")
     wait_for(
         lambda: client.get(f"/v1/clusters/{created.json()['id']}").json()["state"] == "terminated",
         timeout=30,

@@ -46,6 +46,9 @@ MAX_DURATION_SECONDS = 10 * 365 * 86400
 MAX_API_BODY_BYTES = 2 * MIB
 MAX_BROKER_BODY_BYTES = 128 * KIB
 MAX_LOG_TAIL_CHARS = 16 * KIB  # what one report may carry of a script's output
+# what one answer may carry of a node's console (`corral console --bytes`)
+MAX_CONSOLE_BYTES = MIB
+DEFAULT_CONSOLE_BYTES = 64 * KIB
 
 # an event id a client may ask to read after (the store's largest integer)
 MAX_EVENT_ID = 2**63 - 1

@@ -46,6 +46,9 @@ class Capability(StrEnum):
     # group's bootstrap document, from which each node finds its own by its launch
     # index; and ends many machines in one call (`terminate_many`)
     LAUNCHES_GROUPS = "launches-groups"
+    # keeps what each machine's console printed (`console`), also after the machine is
+    # gone, until its cluster's clean_up
+    KEEPS_CONSOLES = "keeps-consoles"
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,13 @@ class Backend(abc.ABC):
         security group), once every machine of it is gone; what is still left of the
         cluster, each as one line (empty: nothing). Called again until nothing is left."""
         return []
+
+    def console(self, node_id: str, max_bytes: int) -> bytes | None:
+        """The last `max_bytes` of what the node's console printed (its serial console,
+        its container's output), kept after the machine is gone until its cluster's
+        `clean_up`; None where the backend keeps no console (the default: a backend that
+        keeps them has Capability.KEEPS_CONSOLES) or has none for this node."""
+        return None
 
     def missing_image(self, image: str) -> str | None:
         """Why a backend with Capability.ANY_IMAGE cannot boot `image` after all (its

@@ -4,7 +4,9 @@ Machines are records, not processes: one is `starting` until its boot delay has 
 then `running`. Failures are injected per node name: `boot` makes boot() raise, `crash`
 makes the machine end in `error` once its boot delay has passed. With a state file the
 machines outlive the service process, as real containers would, so restart and
-lease-enforcement tests mean something.
+lease-enforcement tests mean something. Each node has a console of a few lines (its boot,
+its state, why its boot failed), kept in memory after the machine is gone until its
+cluster's clean_up, as a real backend keeps a console.
 
 Given an image directory (`agent_image`), each machine also gets a root directory copied
 from it, an SSH host key and its bootstrap document, and runs the real context agent
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -71,6 +73,21 @@ class _FakeMachine:
     agent_pid: int = 0  # 0 until its agent has started (a crash may come in between)
 
 
+@dataclass
+class _Console:
+    """What a fake machine's console printed, but for its current state."""
+
+    cluster_id: str
+    lines: list[str] = field(default_factory=list)
+
+
+def _state_line(machine: Machine) -> str:
+    """The console line a machine in this state prints."""
+    if machine.state is MachineState.RUNNING:
+        return "fake: running"
+    return f"fake: {machine.state}" + (f": {machine.detail}" if machine.detail else "")
+
+
 class FakeBackend(Backend):
     """In-process machines with a boot delay and failure injection.
 
@@ -80,7 +97,7 @@ class FakeBackend(Backend):
     """
 
     name = "fake"
-    capabilities = frozenset({Capability.ANY_IMAGE})
+    capabilities = frozenset({Capability.ANY_IMAGE, Capability.KEEPS_CONSOLES})
 
     def __init__(
         self,
@@ -127,6 +144,7 @@ class FakeBackend(Backend):
         self._clock = clock
         self._lock = threading.Lock()
         self._machines: dict[str, _FakeMachine] = self._load()
+        self._consoles: dict[str, _Console] = {}
         self.boots = 0
         self.terminations = 0
 
@@ -185,6 +203,11 @@ class FakeBackend(Backend):
 
     def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
         mode = self._failure_for(spec.name)
+        with self._lock:
+            console = self._consoles.setdefault(spec.node_id, _Console(spec.cluster_id))
+            console.lines.append(f"fake: booting {spec.name}")
+            if mode == "boot":
+                console.lines.append(f"fake: boot failed: injected boot failure for {spec.name}")
         if mode == "boot":
             raise BackendError(
                 f"fake backend: injected boot failure for {spec.name}", node=spec.name
@@ -236,6 +259,8 @@ class FakeBackend(Backend):
             if forgotten is not None:
                 self.terminations += 1
                 self._save()
+                if (console := self._consoles.get(node_id)) is not None:
+                    console.lines += [_state_line(self._view(forgotten)), "fake: terminated"]
         if machine is not None:
             log.info("fake: terminated %s", node_id)
 
@@ -248,6 +273,25 @@ class FakeBackend(Backend):
         with self._lock:
             machines = list(self._machines.values())
         return [self._view(m) for m in machines]
+
+    def console(self, node_id: str, max_bytes: int) -> bytes | None:
+        with self._lock:
+            console = self._consoles.get(node_id)
+            machine = self._machines.get(node_id)
+            if console is None:
+                return None
+            lines = list(console.lines)
+        if machine is not None:
+            lines.append(_state_line(self._view(machine)))
+        text = "".join(line + "\n" for line in lines).encode()
+        return text[-max_bytes:] if max_bytes > 0 else b""
+
+    def clean_up(self, cluster_id: str) -> list[str]:
+        """Forget the cluster's consoles, all that is left of it once its machines are gone."""
+        with self._lock:
+            for node_id in [n for n, c in self._consoles.items() if c.cluster_id == cluster_id]:
+                del self._consoles[node_id]
+        return []
 
     def _start_agent(self, spec: NodeSpec) -> int:
         """Make the machine's root from the image and start its agent; the agent's pid."""

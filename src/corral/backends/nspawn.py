@@ -7,7 +7,9 @@ its cores and memory (backends/cgroups.py), and its cluster's /home: one directo
 this machine, `homes/<cluster id>` under the backend's root, bind-mounted into every node
 of the cluster and removed with the cluster's last node. `systemd-nspawn --boot` runs as
 a process of its own session, so containers outlive the service; the machine records
-are kept in a state file to find them again after a restart.
+are kept in a state file to find them again after a restart. What a container prints
+(systemd's boot, its console) is kept apart from it (backends/consoles.py), so it can be
+read after the container failed or was removed, until its cluster's clean_up.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from corral.backends.base import (
     NodeSpec,
     Placement,
 )
+from corral.backends.consoles import Consoles, read_tail
 from corral.backends.machine_records import load_records, save_records
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 20.0
+TAIL_BYTES = 4096  # of a console, for the last lines of a container that exited
 
 
 @dataclass
@@ -62,6 +66,7 @@ class NspawnBackend(Backend):
             Capability.GATEWAY_SERVICES,
             Capability.SHARED_HOME,
             Capability.LIMITS_RESOURCES,
+            Capability.KEEPS_CONSOLES,
         }
     )
 
@@ -70,6 +75,7 @@ class NspawnBackend(Backend):
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file = root / "machines.json"
         self.homes = root / "homes"
+        self.consoles = Consoles(root)
         self._lock = threading.Lock()
         self._machines = self._load()
 
@@ -165,6 +171,20 @@ class NspawnBackend(Backend):
             containers = list(self._machines.values())
         return [self._view(c) for c in containers]
 
+    def console(self, node_id: str, max_bytes: int) -> bytes | None:
+        with self._lock:
+            container = self._machines.get(node_id)
+        if container is not None:
+            path = self.consoles.path(container.cluster_id, node_id)
+        else:
+            path = self.consoles.find(node_id)
+        return None if path is None else read_tail(path, max_bytes)
+
+    def clean_up(self, cluster_id: str) -> list[str]:
+        """Remove the cluster's consoles, the last of it once its containers are gone."""
+        self.consoles.remove_cluster(cluster_id)
+        return []
+
     def service_address(self, placement: Placement) -> str:
         """Nodes reach the service at their cluster bridge's address."""
         return network.gateway_of(placement.subnet)
@@ -220,7 +240,8 @@ class NspawnBackend(Backend):
             "--timezone=off",
             "--console=read-only",
         ]
-        with open(directory / "console.log", "ab") as console:
+        console = self.consoles.open(spec.cluster_id, spec.node_id)
+        try:
             process = subprocess.Popen(
                 cgroups.entering(machine, command, cgroups.Limits(spec.cores, spec.memory_mib)),
                 stdin=subprocess.DEVNULL,
@@ -228,6 +249,8 @@ class NspawnBackend(Backend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        finally:
+            os.close(console)
         return process.pid
 
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
@@ -265,7 +288,7 @@ class NspawnBackend(Backend):
             return Machine(
                 container.node_id, MachineState.RUNNING, container.host, container.address
             )
-        tail = _tail(Path(container.directory) / "console.log")
+        tail = _tail(self.consoles.path(container.cluster_id, container.node_id))
         return Machine(
             container.node_id,
             MachineState.STOPPED,
@@ -332,8 +355,10 @@ def _kill_namespace(netns: str) -> None:
 
 
 def _tail(path: Path, lines: int = 3) -> str:
+    """The last few lines of a console, on one line."""
     try:
-        text = path.read_text(errors="replace")
+        data = read_tail(path, TAIL_BYTES)
     except OSError:
         return ""
+    text = (data or b"").decode(errors="replace")
     return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

@@ -23,6 +23,7 @@ from corral.http_status import error_from_body
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
+    ConsoleView,
     CredentialsView,
     EventView,
     HealthView,
@@ -44,6 +45,7 @@ _LAUNCHED = TypeAdapter(LaunchedCluster)
 _CLUSTERS = TypeAdapter(list[ClusterSummary])
 _EVENTS = TypeAdapter(list[EventView])
 _REPORTS = TypeAdapter(list[ReportView])
+_CONSOLE = TypeAdapter(ConsoleView)
 _CREDENTIALS = TypeAdapter(CredentialsView)
 _USERS = TypeAdapter(list[UserView])
 _NEW_USER = TypeAdapter(NewUserView)
@@ -160,6 +162,10 @@ class Client:
 
     def logs(self, ref: str, node: str) -> Answer[list[ReportView]]:
         return self._ask(_REPORTS, "GET", f"/clusters/{ref}/nodes/{node}/logs")
+
+    def console(self, ref: str, node: str, max_bytes: int) -> Answer[ConsoleView]:
+        path = f"/clusters/{ref}/nodes/{node}/console"
+        return self._ask(_CONSOLE, "GET", path, params={"bytes": max_bytes})
 
     def credentials(self, ref: str) -> Answer[CredentialsView]:
         return self._ask(_CREDENTIALS, "POST", f"/clusters/{ref}/credentials")

@@ -1,4 +1,5 @@
-"""The cluster commands: validate, run, list, status, extend, destroy, logs, credentials, ssh."""
+"""The cluster commands: validate, run, list, status, extend, destroy, logs, console,
+credentials, ssh."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from corral import limits
 from corral.cli import exit_codes, render
 from corral.cli.client import Answer, Client
 from corral.cli.connection import connect
@@ -154,7 +156,7 @@ def run(
         pass  # destroyed or expired while we waited
     elif not keep_on_failure:
         click.echo("launch failed; removing its nodes", err=True)
-        answer = _wait(client, cluster.id, _in_state(*ENDED), None, goal="terminated")
+        answer = _wait(client, cluster.id, _nodes_removed, None, goal="terminated")
         cluster = answer.model
     _print_launched(answer, as_json, launch_only)
     click.echo(
@@ -164,6 +166,12 @@ def run(
     )
     for line in render.failing_nodes(cluster):
         click.echo(f"  {line}", err=True)
+    if cluster.state == "failed":
+        click.echo(
+            f"its record stays until `corral destroy {cluster.id}`; "
+            f"`corral console {cluster.id} NODE` shows what a node's console printed",
+            err=True,
+        )
     sys.exit(exit_codes.CLUSTER_FAILED)
 
 
@@ -395,6 +403,12 @@ def _in_state(*states: str) -> Callable[[ClusterDetail], bool]:
     return lambda cluster: cluster.state in states
 
 
+def _nodes_removed(cluster: ClusterDetail) -> bool:
+    """Whether every node of the cluster is gone: a failed launch's record stays failed
+    until it is destroyed."""
+    return cluster.state in ENDED or all(n.state == "terminated" for n in cluster.nodes)
+
+
 def _settled(cluster: ClusterDetail) -> bool:
     """Whether none of the cluster's nodes is on its way to ready, or out, any more."""
     return not any(n.state in IN_PROGRESS or n.state in LEAVING for n in cluster.nodes)
@@ -418,6 +432,31 @@ def logs(cluster: str, node: str, as_json: bool) -> None:
         click.echo(f"== {render.when(report.at)} {what}: {report.state}{code}")
         if report.log_tail:
             click.echo(report.log_tail.rstrip("\n"))
+
+
+@click.command()
+@click.argument("cluster")
+@click.argument("node")
+@click.option(
+    "--bytes",
+    "max_bytes",
+    type=click.IntRange(1, limits.MAX_CONSOLE_BYTES),
+    default=limits.DEFAULT_CONSOLE_BYTES,
+    show_default=True,
+    help="How many of its last bytes to show.",
+)
+@json_option
+def console(cluster: str, node: str, max_bytes: int, as_json: bool) -> None:
+    """Show what a node's console printed: its boot, also after a failed one (kept until
+    the cluster is destroyed, where its backend keeps consoles)."""
+    answer = connect().console(cluster, node, max_bytes)
+    if as_json:
+        render.emit_json(answer.body)
+        return
+    shown = answer.model
+    if shown.truncated:
+        click.echo(f"(last {shown.bytes} bytes; earlier output cut)")
+    click.echo(render.readable_console(shown.console), nl=not shown.console.endswith("\n"))
 
 
 @click.command()

@@ -50,6 +50,7 @@ for command in (
     clusters.resize,
     clusters.destroy,
     clusters.logs,
+    clusters.console,
     clusters.credentials,
     clusters.ssh,
     copy.cp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,9 @@ from corral.service.schemas import (
 from corral.units import describe_size_mib, format_duration
 
 _MOMENT = TypeAdapter(datetime)
+# an ANSI control sequence (CSI), as a serial console colours its lines: `\x1b[0;32m`
+_ANSI_CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_LINE = re.compile(r"([^\n\t]*)([\n\t]?)")
 
 
 def emit_json(value: JSON, **added: JSON) -> None:
@@ -31,6 +35,14 @@ def emit_json(value: JSON, **added: JSON) -> None:
             raise TypeError(f"cannot add fields to {type(value).__name__}")
         value = {**value, **added}
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def readable_console(text: str) -> str:
+    """A console's text to print: its colours (ANSI CSI sequences) dropped, line ends as
+    newlines, and every other control character escaped, so it cannot move the cursor or
+    rewrite lines of the terminal that shows it."""
+    text = _ANSI_CSI.sub("", text).replace("\r\n", "\n")
+    return "".join(escape_controls(part) + end for part, end in _LINE.findall(text))
 
 
 def when(moment: datetime) -> str:

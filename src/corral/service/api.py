@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from corral import __version__, limits, names
-from corral.backends.base import Backend
+from corral.backends.base import Backend, Capability
 from corral.broker.issuance import issue_user_credentials
 from corral.broker.known_nodes import KnownNodes
 from corral.broker.peers import peer_of
@@ -45,9 +45,11 @@ from corral.service.config import ServiceConfig
 from corral.service.documents import DocumentCache
 from corral.service.engine import Engine
 from corral.service.http_errors import bad_request
+from corral.service.pools import Pools
 from corral.service.schemas import (
     ClusterDetail,
     ClusterSummary,
+    ConsoleView,
     CostEstimateView,
     CredentialsView,
     DocumentWarningView,
@@ -93,6 +95,7 @@ class Service(Protocol):
     config: ServiceConfig
     store: Store
     backend: Backend
+    pools: Pools
     decisions: Lock  # held by every write, as by the engine's decisions
     clusters: Clusters
     documents: DocumentCache
@@ -270,6 +273,59 @@ def node_logs(
         .order_by(Report.id)
     )
     return [ReportView.model_validate(r, from_attributes=True) for r in reports]
+
+
+@router.get("/clusters/{ref}/nodes/{node}/console")
+def node_console(
+    ref: ClusterRef,
+    node: NodeName,
+    service: Svc,
+    db: DB,
+    user: Caller,
+    max_bytes: Annotated[
+        int,
+        Query(
+            alias="bytes",
+            ge=1,
+            le=limits.MAX_CONSOLE_BYTES,
+            description="how many of the console's last bytes to answer",
+        ),
+    ] = limits.DEFAULT_CONSOLE_BYTES,
+) -> ConsoleView:
+    """The end of what the node's console printed (its serial console, its container's
+    output), kept after the node is gone until its cluster is destroyed, where its pool's
+    backend keeps consoles."""
+    cluster = service.clusters.find(db, user, ref)
+    node_id = db.scalars(
+        select(Node.id).where(Node.cluster_id == cluster.id, Node.name == node)
+    ).first()
+    if node_id is None:
+        raise NotFoundError(f"cluster {cluster.id} has no node {node}", node=node)
+    cluster_id, pool = cluster.id, service.pools.get(cluster.pool_name)
+    db.close()  # the backend reads a file or asks a cloud: no connection held meanwhile
+    backend = pool.backend
+    if Capability.KEEPS_CONSOLES not in pool.capabilities:
+        raise NotFoundError(
+            f"backend {backend.name} keeps no console of its machines; see `corral logs`",
+            backend=backend.name,
+            node=node,
+        )
+    tail = backend.console(node_id, max_bytes + 1)  # one more tells whether there was more
+    if tail is None:
+        raise NotFoundError(
+            f"no console of node {node} is kept (its machine never started, or its "
+            "cluster was destroyed)",
+            node=node,
+        )
+    truncated = len(tail) > max_bytes
+    tail = tail[-max_bytes:]
+    return ConsoleView(
+        cluster=cluster_id,
+        node=node,
+        console=tail.decode(errors="replace"),
+        truncated=truncated,
+        bytes=len(tail),
+    )
 
 
 @router.post("/clusters/{ref}/credentials")

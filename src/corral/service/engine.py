@@ -251,7 +251,7 @@ class Engine:
     ) -> None:
         outcome = apply_policy(cluster.state, members, doc)
         if outcome.failure is not None:
-            self._fail(session, cluster, outcome.failure)
+            self._fail(session, cluster, members, outcome.failure)
             return
         dropped = set(outcome.drop)
         why = (
@@ -277,16 +277,24 @@ class Engine:
         if outcome.ready is not None:
             move_cluster(session, cluster, ClusterState.READY, outcome.ready)
 
-    def _fail(self, session: Session, cluster: Cluster, cause: str) -> None:
+    def _fail(
+        self, session: Session, cluster: Cluster, members: list[NodeRecord], cause: str
+    ) -> None:
+        """Fail the cluster; a failed launch's nodes are removed (but with
+        --keep-on-failure), its record stays `failed` until `corral destroy` or its lease
+        end, so that what its nodes left (their consoles above all) can be read until then:
+        only that teardown ends in the backend's clean_up."""
         launching = cluster.state == ClusterState.LAUNCHING
         move_cluster(session, cluster, ClusterState.FAILED, cause)
-        if launching and not cluster.keep_on_failure:
-            move_cluster(
-                session,
-                cluster,
-                ClusterState.TERMINATING,
-                "launch failed; removing its nodes (launch with --keep-on-failure to keep them)",
-            )
+        if not launching or cluster.keep_on_failure:
+            return
+        why = "launch failed; removing its nodes (launch with --keep-on-failure to keep them)"
+        record(session, cluster, "removing-nodes", why)
+        for node in members:
+            # a node with a boot job under way too: the job writes nothing for a node that
+            # is no longer pending, and the tick after it removes the machine it booted
+            if node.state not in (NodeState.TERMINATING, NodeState.TERMINATED):
+                self._move(session, node, NodeState.TERMINATING, why)
 
     def _enforce_lease(self, session: Session, cluster: Cluster, now: datetime) -> None:
         if now >= cluster.lease_end:

@@ -247,6 +247,16 @@ class ReportView(BaseModel):
     version: int
 
 
+class ConsoleView(BaseModel):
+    """The end of what a node's console printed (`corral console`)."""
+
+    cluster: str
+    node: str
+    console: str = Field(description="its last bytes as UTF-8, undecodable bytes replaced")
+    truncated: bool = Field(description="true when the console printed more before these bytes")
+    bytes: int = Field(description="how many bytes of the console `console` holds")
+
+
 class CredentialsView(BaseModel):
     """What a user needs to trust a cluster's nodes and be trusted by them (secret: 0600)."""
 
