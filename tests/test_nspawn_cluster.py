@@ -24,7 +24,8 @@ from test_cli_copy import tree
 
 from corral.backends import cgroups, network
 from corral.backends.base import ImageRef, NodeSpec, Placement
-from corral.backends.nspawn import NspawnBackend, _alive
+from corral.backends.nspawn import NspawnBackend
+from corral.backends.processes import alive
 from corral.cli.client import Client
 from corral.cli.credentials import ssh_command
 from corral.images.store import ImageStore
@@ -532,11 +533,11 @@ def test_a_started_container_is_alive_before_its_shell_has_become_nspawn(tmp_pat
     # tick in that moment once took the node for exited
     shell = subprocess.Popen(["sh", "-c", "sleep 30"])
     try:
-        assert _alive(shell.pid, str(tmp_path))
+        assert alive(shell.pid, str(tmp_path))
     finally:
         shell.kill()
         shell.wait()
-    assert not _alive(shell.pid, str(tmp_path))
+    assert not alive(shell.pid, str(tmp_path))
 
 
 def test_a_cluster_whose_service_is_gone_powers_itself_off_at_its_lease_end(

@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+TAIL_BYTES = 4096  # read for the last lines of a machine that exited
+
 
 class Consoles:
     """The consoles of one backend's machines, under `root`/consoles."""
@@ -66,3 +68,13 @@ def read_tail(path: Path, max_bytes: int) -> bytes | None:
             return console.read(max_bytes)
     except FileNotFoundError:
         return None
+
+
+def last_lines(path: Path, lines: int = 3) -> str:
+    """The last few lines of a console (or log), on one line: why a machine exited."""
+    try:
+        data = read_tail(path, TAIL_BYTES)
+    except OSError:
+        return ""
+    text = (data or b"").decode(errors="replace")
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

@@ -35,14 +35,14 @@ from corral.backends.base import (
     NodeSpec,
     Placement,
 )
-from corral.backends.consoles import Consoles, read_tail
+from corral.backends.consoles import Consoles, last_lines, read_tail
 from corral.backends.machine_records import load_records, save_records
+from corral.backends.processes import alive
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 20.0
-TAIL_BYTES = 4096  # of a console, for the last lines of a container that exited
 
 
 @dataclass
@@ -284,11 +284,11 @@ class NspawnBackend(Backend):
         return home
 
     def _view(self, container: _Machine) -> Machine:
-        if _alive(container.pid, container.directory):
+        if alive(container.pid, container.directory):
             return Machine(
                 container.node_id, MachineState.RUNNING, container.host, container.address
             )
-        tail = _tail(self.consoles.path(container.cluster_id, container.node_id))
+        tail = last_lines(self.consoles.path(container.cluster_id, container.node_id))
         return Machine(
             container.node_id,
             MachineState.STOPPED,
@@ -310,36 +310,20 @@ def _run(*command: str) -> None:
         raise BackendError(f"{' '.join(command[:2])}: {result.stderr.strip()}")
 
 
-def _alive(pid: int, directory: str) -> bool:
-    """True while `pid` is the nspawn of this container (pids are recycled)."""
-    try:
-        # our own child keeps its pid until we reap it; its command line is no test, since
-        # it is the shell's until that execs nspawn, and empty for a moment while it does
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        pass  # started by an earlier run of the service, or reaped: ask /proc
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return directory.encode() in command and "\nState:\tZ" not in status
-
-
 def _stop(pid: int, directory: str) -> None:
     """Ask the container to power off (SIGTERM to nspawn), then kill it if it lingers."""
-    if not _alive(pid, directory):
+    if not alive(pid, directory):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
-    while _alive(pid, directory) and time.monotonic() < deadline:
+    while alive(pid, directory) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid, directory):
+    if alive(pid, directory):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         time.sleep(0.2)
-        _alive(pid, directory)  # reaps it when it is our child
+        alive(pid, directory)  # reaps it when it is our child
 
 
 def _kill_namespace(netns: str) -> None:
@@ -352,13 +336,3 @@ def _kill_namespace(netns: str) -> None:
         log.warning("nspawn: killing pid %s, left in %s by a container", pid, netns)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    """The last few lines of a console, on one line."""
-    try:
-        data = read_tail(path, TAIL_BYTES)
-    except OSError:
-        return ""
-    text = (data or b"").decode(errors="replace")
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

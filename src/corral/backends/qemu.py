@@ -42,7 +42,9 @@ from corral.backends.base import (
     NodeSpec,
     Placement,
 )
+from corral.backends.consoles import Consoles, last_lines, read_tail
 from corral.backends.machine_records import load_records, save_records
+from corral.backends.processes import alive
 from corral.errors import BackendError, ImageError
 from corral.images.disk import vm_image
 
@@ -74,7 +76,12 @@ class QemuBackend(Backend):
 
     name = "qemu"
     capabilities = frozenset(
-        {Capability.RUNS_AGENT, Capability.GATEWAY_SERVICES, Capability.LIMITS_RESOURCES}
+        {
+            Capability.RUNS_AGENT,
+            Capability.GATEWAY_SERVICES,
+            Capability.LIMITS_RESOURCES,
+            Capability.KEEPS_CONSOLES,
+        }
     )
 
     def __init__(
@@ -86,7 +93,7 @@ class QemuBackend(Backend):
     ) -> None:
         self.root = root
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.consoles = root / "consoles"
+        self.consoles = Consoles(root)
         self.state_file = root / "machines.json"
         self.accel = accel
         self.append = append
@@ -222,19 +229,12 @@ class QemuBackend(Backend):
     def console(self, node_id: str, max_bytes: int) -> bytes | None:
         with self._lock:
             vm = self._machines.get(node_id)
-        found = list(self.consoles.glob(f"*/{node_id}.log")) if vm is None else []
-        path = self._console_path(vm.cluster_id, node_id) if vm else (found or [None])[0]
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as log_file:
-                log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - max_bytes))
-                return log_file.read(max_bytes)
-        except FileNotFoundError:
-            return None
+        path = self.consoles.path(vm.cluster_id, node_id) if vm else self.consoles.find(node_id)
+        return read_tail(path, max_bytes) if path is not None else None
 
     def clean_up(self, cluster_id: str) -> list[str]:
-        shutil.rmtree(self.consoles / cluster_id, ignore_errors=True)
+        """Remove the cluster's consoles, the last of it once its VMs are gone."""
+        self.consoles.remove_cluster(cluster_id)
         return []
 
     # -- steps ---------------------------------------------------------------------------
@@ -323,14 +323,13 @@ class QemuBackend(Backend):
         return process.pid
 
     def _console_path(self, cluster_id: str, node_id: str) -> Path:
-        directory = self.consoles / cluster_id
-        self.consoles.mkdir(mode=0o700, exist_ok=True)
-        directory.mkdir(mode=0o700, exist_ok=True)
-        return directory / f"{node_id}.log"
+        """The node's console, made 0600 before qemu opens it (and truncates it)."""
+        os.close(self.consoles.open(cluster_id, node_id))
+        return self.consoles.path(cluster_id, node_id)
 
     def _stop(self, vm: _Machine) -> None:
         """Press the VM's power button; kill it if it has not powered off in time."""
-        if not _alive(vm.pid, vm.directory):
+        if not alive(vm.pid, vm.directory):
             return
         deadline = time.monotonic() + self.stop_seconds
         try:
@@ -338,26 +337,26 @@ class QemuBackend(Backend):
         except (OSError, ValueError) as exc:
             log.info("qemu: %s did not take the power-off (%s); killing it", vm.node, exc)
             deadline = 0.0
-        while _alive(vm.pid, vm.directory) and time.monotonic() < deadline:
+        while alive(vm.pid, vm.directory) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(vm.pid, vm.directory):
+        if alive(vm.pid, vm.directory):
             if deadline:
                 log.warning("qemu: %s did not power off in %g s; killing it", vm.node,
                             self.stop_seconds)  # fmt: skip
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(vm.pid, signal.SIGKILL)
             for _ in range(50):
-                if not _alive(vm.pid, vm.directory):
+                if not alive(vm.pid, vm.directory):
                     break
                 time.sleep(0.1)
 
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
         pid = _read_pid(Path(directory) / PIDFILE)
-        if pid and _alive(pid, directory):  # a VM no record owns: a boot cut short
+        if pid and alive(pid, directory):  # a VM no record owns: a boot cut short
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             for _ in range(50):
-                if not _alive(pid, directory):
+                if not alive(pid, directory):
                     break
                 time.sleep(0.1)
         network.detach_tap(node_id)
@@ -374,9 +373,9 @@ class QemuBackend(Backend):
                 network.remove_bridge(cluster_id)
 
     def _view(self, vm: _Machine) -> Machine:
-        if _alive(vm.pid, vm.directory):
+        if alive(vm.pid, vm.directory):
             return Machine(vm.node_id, MachineState.RUNNING, vm.host, vm.address)
-        said = self._console_tail(vm) or _tail(Path(vm.directory) / QEMU_LOG)
+        said = self._console_tail(vm) or last_lines(Path(vm.directory) / QEMU_LOG)
         return Machine(
             vm.node_id,
             MachineState.STOPPED,
@@ -386,7 +385,7 @@ class QemuBackend(Backend):
         )
 
     def _console_tail(self, vm: _Machine) -> str:
-        return _tail(self.consoles / vm.cluster_id / f"{vm.node_id}.log")
+        return last_lines(self.consoles.path(vm.cluster_id, vm.node_id))
 
 
 def _credentials(spec: NodeSpec) -> dict[str, bytes]:
@@ -437,29 +436,3 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int, directory: str) -> bool:
-    """True while `pid` is the qemu of the VM in `directory` (pids are recycled)."""
-    try:
-        # our own child keeps its pid until we reap it; its command line is no test, since
-        # it is Python's until it execs qemu
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        pass  # started by an earlier run of the service, or reaped: ask /proc
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return directory.encode() in command and "\nState:\tZ" not in status
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        with open(path, "rb") as log_file:
-            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 4096))
-            text = log_file.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
