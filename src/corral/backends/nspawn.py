@@ -1,7 +1,7 @@
 """Real system containers: systemd-nspawn booting systemd from an appliance image.
 
 Each node gets a copy-on-write root (overlayfs over the image's read-only rootfs),
-its hostname, its bootstrap document written root-only into that root, a network
+its hostname, its bootstrap document as the system credential corral.bootstrap, a network
 namespace on its cluster's bridge (backends/network.py), control groups that hold it to
 its cores and memory (backends/cgroups.py), and its cluster's /home: one directory on
 this machine, `homes/<cluster id>` under the backend's root, bind-mounted into every node
@@ -213,12 +213,6 @@ class NspawnBackend(Backend):
 
     def _personalize(self, merged: Path, spec: NodeSpec) -> None:
         (merged / "etc" / "hostname").write_text(spec.name + "\n")
-        state = merged / "var" / "lib" / "corral"
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = state / "bootstrap.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(spec.user_data)
         if spec.outbound:
             outbound.write_resolv_conf(merged, outbound.node_resolvers())
 
@@ -240,17 +234,24 @@ class NspawnBackend(Backend):
             "--timezone=off",
             "--console=read-only",
         ]
+        # the bootstrap document goes in as a system credential, from a memory file that
+        # nspawn reads as it starts: the token is never on a disk, this machine's or the node's
+        credential = os.memfd_create("corral-bootstrap")
         console = self.consoles.open(spec.cluster_id, spec.node_id)
         try:
+            os.write(credential, spec.user_data)
+            command.append(f"--load-credential=corral.bootstrap:/dev/fd/{credential}")
             process = subprocess.Popen(
                 cgroups.entering(machine, command, cgroups.Limits(spec.cores, spec.memory_mib)),
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
+                pass_fds=(credential,),
                 start_new_session=True,
             )
         finally:
             os.close(console)
+            os.close(credential)
         return process.pid
 
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:

@@ -46,7 +46,7 @@ from corral.backends.consoles import Consoles, last_lines, read_tail
 from corral.backends.machine_records import load_records, save_records
 from corral.backends.processes import alive
 from corral.errors import BackendError, ImageError
-from corral.images.disk import vm_image
+from corral.images.disk import VmImage, vm_image
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class QemuBackend(Backend):
         self.append = append
         self.stop_seconds = stop_seconds
         self._lock = threading.Lock()
+        self._probe = threading.Lock()  # apart: a probe takes seconds, listings must not wait
         self._accelerator: kvm_probe.Accelerator | None = None
         self._machines = load_records(self.state_file, _Machine)
 
@@ -240,7 +241,7 @@ class QemuBackend(Backend):
     # -- steps ---------------------------------------------------------------------------
 
     def _choose_accelerator(self, kernel: Path) -> kvm_probe.Accelerator:
-        with self._lock:
+        with self._probe:
             if self._accelerator is None:
                 if self.accel == "auto":
                     found = kvm_probe.choose(kernel, self.root / "accelerator.json")
@@ -254,7 +255,7 @@ class QemuBackend(Backend):
         self,
         spec: NodeSpec,
         placement: Placement,
-        image,
+        image: VmImage,
         accel: str,
         tap: str,
         directory: Path,
