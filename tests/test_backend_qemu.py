@@ -16,6 +16,7 @@ from test_backend_nspawn import free_subnet
 from corral.backends import kvm_probe, network
 from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.qemu import QemuBackend
+from corral.images.disk import VmImage
 from corral.images.store import ImageStore
 
 
@@ -126,3 +127,54 @@ def test_the_backends_directory_is_root_only(tmp_path):
     backend = QemuBackend(tmp_path / "qemu")
     assert stat.S_IMODE((tmp_path / "qemu").stat().st_mode) == 0o700
     assert backend.list_machines() == []
+
+
+def qemu_spec(cluster: str, node: str, image: ImageRef, outbound: bool = False) -> NodeSpec:
+    return NodeSpec(f"n-{cluster}-{node}", cluster, node, image, 2, 768, outbound=outbound)
+
+
+def test_a_vms_address_and_size_are_on_its_command_line_and_a_gateway_only_with_a_way_out(
+    tmp_path,
+):
+    backend = QemuBackend(tmp_path / "qemu")
+    image = VmImage(tmp_path / "disk.qcow2", tmp_path / "vmlinuz", tmp_path / "initrd.img")
+    placement = Placement("local", "local", "10.9.8.7", "10.9.8.0/24")
+
+    def command(outbound: bool) -> list[str]:
+        spec = qemu_spec("c-cmdline", "worker-3", ImageRef("x"), outbound)
+        return backend._command(spec, placement, image, "tcg", "crlt-x", tmp_path / "n")
+
+    closed = command(outbound=False)
+    kernel_line = closed[closed.index("-append") + 1].split()
+    assert "ip=10.9.8.7:::255.255.255.0::eth0:off" in kernel_line
+    assert "systemd.hostname=worker-3" in kernel_line
+    assert closed[closed.index("-smp") + 1] == "2"
+    assert closed[closed.index("-m") + 1] == "768"
+    assert "tcg,thread=multi" in closed
+    way_out = command(outbound=True)
+    assert "ip=10.9.8.7::10.9.8.1:255.255.255.0::eth0:off" in way_out[way_out.index("-append") + 1]
+
+
+@pytest.mark.slow
+def test_each_vms_tap_is_on_its_own_clusters_bridge_only(tmp_path, baked):
+    cache, digest = baked
+    image = ImageRef("debian-12-slurm", digest, ImageStore(cache).path(digest))
+    backend = QemuBackend(tmp_path / "qemu", stop_seconds=0)
+    clusters = [f"c-qtap{os.getpid()}-{i}" for i in range(2)]
+    subnets = []
+    try:
+        for cluster in clusters:
+            subnet = free_subnet()
+            subnets.append(subnet)
+            for index, node in enumerate(("head-0", "worker-0")):
+                address = str(list(subnet.hosts())[index + 1])
+                backend.boot(qemu_spec(cluster, node, image),
+                             Placement("local", "local", address, str(subnet)))  # fmt: skip
+        for cluster in clusters:
+            own = {network.tap_name(f"n-{cluster}-{node}") for node in ("head-0", "worker-0")}
+            assert set(network.bridge_ports(cluster)) == own
+    finally:
+        for machine in backend.list_machines():
+            backend.terminate(machine.node_id)
+    for cluster in clusters:
+        assert not network.link_exists(network.bridge_name(cluster))

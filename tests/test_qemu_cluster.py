@@ -118,6 +118,9 @@ def test_the_example_runs_a_slurm_job_on_both_workers_with_strict_ssh(example_cl
         "ssh", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "worker-0", "hostname",
     )  # fmt: skip
     assert hop.stdout.strip() == "worker-0"
+    # KVM or TCG, as the probe found, said once
+    said = [line for line in served.log_path.read_text().splitlines() if "VMs run under" in line]
+    assert len(said) == 1 and ("TCG" in said[0] or "KVM" in said[0]), said
     kernel = run(served, "ssh", cluster["id"], "worker-1", "--", "uname", "-r").stdout
     assert kernel.strip() != os.uname().release  # a kernel of its own: the image's
     assert kernel.strip().endswith("-cloud-amd64")
