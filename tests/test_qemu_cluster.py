@@ -155,6 +155,8 @@ def test_the_cluster_outlives_a_killed_service_and_is_destroyed_leaving_nothing(
     run(served, "destroy", cluster["id"], "--yes", timeout=300)
     assert status(served, cluster["id"])["state"] == "terminated"
     assert leftovers(served, cluster) == []
+    # every VM took its power button (ACPI) and powered off; none had to be killed
+    assert "killing it" not in served.log_path.read_text()
 
 
 def _is_vm(proc: Path, served: ServedCorral) -> bool:
