@@ -332,34 +332,29 @@ class QemuBackend(Backend):
         """Press the VM's power button; kill it if it has not powered off in time."""
         if not alive(vm.pid, vm.directory):
             return
-        deadline = time.monotonic() + self.stop_seconds
+        if self.stop_seconds <= 0 or not self._powered_off(vm):
+            _kill(vm.pid, vm.directory)
+
+    def _powered_off(self, vm: _Machine) -> bool:
         try:
             _qmp(Path(vm.directory) / QMP_SOCKET, "system_powerdown")
         except (OSError, ValueError) as exc:
             log.info("qemu: %s did not take the power-off (%s); killing it", vm.node, exc)
-            deadline = 0.0
+            return False
+        deadline = time.monotonic() + self.stop_seconds
         while alive(vm.pid, vm.directory) and time.monotonic() < deadline:
             time.sleep(0.2)
         if alive(vm.pid, vm.directory):
-            if deadline:
-                log.warning("qemu: %s did not power off in %g s; killing it", vm.node,
-                            self.stop_seconds)  # fmt: skip
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(vm.pid, signal.SIGKILL)
-            for _ in range(50):
-                if not alive(vm.pid, vm.directory):
-                    break
-                time.sleep(0.1)
+            log.warning(
+                "qemu: %s did not power off in %g s; killing it", vm.node, self.stop_seconds
+            )
+            return False
+        return True
 
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
         pid = _read_pid(Path(directory) / PIDFILE)
-        if pid and alive(pid, directory):  # a VM no record owns: a boot cut short
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            for _ in range(50):
-                if not alive(pid, directory):
-                    break
-                time.sleep(0.1)
+        if pid:  # a VM no record owns, if it still runs: a boot cut short
+            _kill(pid, directory)
         network.detach_tap(node_id)
         shutil.rmtree(directory, ignore_errors=True)
         if cluster_id is not None:
@@ -430,6 +425,18 @@ def _run(*command: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise BackendError(f"{command[0]}: {(result.stderr or result.stdout).strip()}")
+
+
+def _kill(pid: int, directory: str) -> None:
+    """SIGKILL the VM's qemu, if `pid` is still it, and wait until it is gone."""
+    if not alive(pid, directory):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not alive(pid, directory):
+            return
+        time.sleep(0.1)
 
 
 def _read_pid(path: Path) -> int | None:
