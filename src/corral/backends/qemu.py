@@ -30,20 +30,12 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from corral.backends import kvm_probe, network, outbound
-from corral.backends.base import (
-    Backend,
-    Capability,
-    Machine,
-    MachineState,
-    NodeSpec,
-    Placement,
-)
-from corral.backends.consoles import Consoles, last_lines, read_tail
-from corral.backends.machine_records import load_records, save_records
+from corral.backends.base import Capability, NodeSpec, Placement
+from corral.backends.consoles import last_lines
+from corral.backends.local_machines import LocalMachine, LocalMachines
 from corral.backends.processes import alive
 from corral.errors import BackendError, ImageError
 from corral.images.disk import VmImage, vm_image
@@ -60,21 +52,11 @@ QEMU_LOG = "qemu.log"  # what qemu itself says (a bad option, a missing tap)
 ACCELERATORS = ("auto", "kvm", "tcg")
 
 
-@dataclass
-class _Machine:
-    node_id: str
-    cluster_id: str
-    node: str
-    host: str
-    address: str
-    pid: int
-    directory: str
-
-
-class QemuBackend(Backend):
+class QemuBackend(LocalMachines):
     """qemu VMs on this machine, one bridge per cluster, a tap per VM."""
 
     name = "qemu"
+    kind = "VM"
     capabilities = frozenset(
         {
             Capability.RUNS_AGENT,
@@ -91,17 +73,12 @@ class QemuBackend(Backend):
         append: str = "",
         stop_seconds: float = STOP_SECONDS,
     ) -> None:
-        self.root = root
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.consoles = Consoles(root)
-        self.state_file = root / "machines.json"
+        super().__init__(root)
         self.accel = accel
         self.append = append
         self.stop_seconds = stop_seconds
-        self._lock = threading.Lock()
         self._probe = threading.Lock()  # apart: a probe takes seconds, listings must not wait
         self._accelerator: kvm_probe.Accelerator | None = None
-        self._machines = load_records(self.state_file, _Machine)
 
     @classmethod
     def detect(cls) -> str | None:
@@ -138,107 +115,23 @@ class QemuBackend(Backend):
             raise ValueError(reason)
         return cls(data_dir / "qemu", accel, append, stop_seconds)
 
-    # -- the interface -------------------------------------------------------------------
-
-    def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
-        with self._lock:
-            existing = self._machines.get(spec.node_id)
-        if existing is not None:
-            return self._view(existing)
-        rootfs = spec.image.rootfs
-        if rootfs is None or not rootfs.is_dir():
-            raise BackendError(
-                f"{spec.name}: image {spec.image.name} ({spec.image.digest or 'no digest'}) "
-                "is not in the image store",
-                node=spec.name,
-            )
-        try:
-            image = vm_image(rootfs)
-        except ImageError as exc:
-            raise BackendError(f"{spec.name}: {exc}", node=spec.name) from exc
-        accelerator = self._choose_accelerator(image.kernel)
-        directory = self.root / spec.node_id
-        if directory.exists():
-            # a boot that a crash cut short before it was recorded: its VM may run
-            self._clean(spec.node_id, None, str(directory))
-        try:
-            directory.mkdir(mode=0o700)
-            _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                 "-b", str(image.disk), str(directory / OVERLAY))  # fmt: skip
-            tap = network.attach_tap(spec.node_id, spec.cluster_id, placement.subnet)
-            if spec.outbound:
-                outbound.open_cluster(spec.cluster_id)
-            command = self._command(spec, placement, image, accelerator.name, tap, directory)
-            pid = self._start(directory, command, _credentials(spec))
-        except (OSError, BackendError) as exc:
-            self._clean(spec.node_id, spec.cluster_id, str(directory))
-            raise BackendError(f"{spec.name}: could not start its VM: {exc}") from exc
-        machine = _Machine(
-            spec.node_id,
-            spec.cluster_id,
-            spec.name,
-            placement.host,
-            placement.address,
-            pid,
-            str(directory),
-        )
-        with self._lock:
-            self._machines[spec.node_id] = machine
-            save_records(self.state_file, self._machines)
-        log.info(
-            "qemu: booting %s (%s) at %s under %s, pid %d",
-            spec.name,
-            spec.node_id,
-            placement.address,
-            accelerator.name,
-            pid,
-        )
-        return self._view(machine)
-
-    def terminate(self, node_id: str) -> None:
-        with self._lock:
-            vm = self._machines.get(node_id)
-        if vm is None:
-            # nothing recorded; still remove what a crash between steps may have left
-            self._clean(node_id, None, str(self.root / node_id))
-            return
-        self._stop(vm)
-        self._clean(node_id, vm.cluster_id, vm.directory)
-        with self._lock:
-            self._machines.pop(node_id, None)
-            save_records(self.state_file, self._machines)
-        log.info("qemu: terminated %s (%s)", vm.node, node_id)
-
-    def describe(self, node_id: str) -> Machine | None:
-        with self._lock:
-            vm = self._machines.get(node_id)
-        return self._view(vm) if vm else None
-
-    def list_machines(self) -> list[Machine]:
-        with self._lock:
-            vms = list(self._machines.values())
-        return [self._view(vm) for vm in vms]
-
-    def service_address(self, placement: Placement) -> str:
-        """Nodes reach the service at their cluster bridge's address."""
-        return network.gateway_of(placement.subnet)
-
-    def networks_in_use(self) -> list[ipaddress.IPv4Network]:
-        """Whatever this machine routes: clusters' bridges live beside its other networks."""
-        return [routed for routed, _ in network.routes()]
-
-    def console(self, node_id: str, max_bytes: int) -> bytes | None:
-        with self._lock:
-            vm = self._machines.get(node_id)
-        path = self.consoles.path(vm.cluster_id, node_id) if vm else self.consoles.find(node_id)
-        return read_tail(path, max_bytes) if path is not None else None
-
-    def clean_up(self, cluster_id: str) -> list[str]:
-        """Remove the cluster's consoles, the last of it once its VMs are gone."""
-        self.consoles.remove_cluster(cluster_id)
-        return []
-
     # -- steps ---------------------------------------------------------------------------
+
+    def _start_machine(self, spec: NodeSpec, placement: Placement, directory: Path) -> int:
+        assert spec.image.rootfs is not None  # LocalMachines.boot checked it
+        try:
+            image = vm_image(spec.image.rootfs)
+        except ImageError as exc:
+            raise BackendError(str(exc)) from exc
+        accelerator = self._choose_accelerator(image.kernel)
+        directory.mkdir(mode=0o700)
+        _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+             "-b", str(image.disk), str(directory / OVERLAY))  # fmt: skip
+        tap = network.attach_tap(spec.node_id, spec.cluster_id, placement.subnet)
+        if spec.outbound:
+            outbound.open_cluster(spec.cluster_id)
+        command = self._command(spec, placement, image, accelerator.name, tap, directory)
+        return self._start(directory, command, _credentials(spec))
 
     def _choose_accelerator(self, kernel: Path) -> kvm_probe.Accelerator:
         with self._probe:
@@ -328,14 +221,14 @@ class QemuBackend(Backend):
         os.close(self.consoles.open(cluster_id, node_id))
         return self.consoles.path(cluster_id, node_id)
 
-    def _stop(self, vm: _Machine) -> None:
+    def _stop(self, vm: LocalMachine) -> None:
         """Press the VM's power button; kill it if it has not powered off in time."""
         if not alive(vm.pid, vm.directory):
             return
         if self.stop_seconds <= 0 or not self._powered_off(vm):
             _kill(vm.pid, vm.directory)
 
-    def _powered_off(self, vm: _Machine) -> bool:
+    def _powered_off(self, vm: LocalMachine) -> bool:
         try:
             _qmp(Path(vm.directory) / QMP_SOCKET, "system_powerdown")
         except (OSError, ValueError) as exc:
@@ -358,30 +251,11 @@ class QemuBackend(Backend):
         network.detach_tap(node_id)
         shutil.rmtree(directory, ignore_errors=True)
         if cluster_id is not None:
-            with self._lock:
-                others = [
-                    vm
-                    for vm in self._machines.values()
-                    if vm.cluster_id == cluster_id and vm.node_id != node_id
-                ]
-            if not others and not network.bridge_ports(cluster_id):
-                outbound.close_cluster(cluster_id)
-                network.remove_bridge(cluster_id)
+            self._release_network(node_id, cluster_id)
 
-    def _view(self, vm: _Machine) -> Machine:
-        if alive(vm.pid, vm.directory):
-            return Machine(vm.node_id, MachineState.RUNNING, vm.host, vm.address)
-        said = self._console_tail(vm) or last_lines(Path(vm.directory) / QEMU_LOG)
-        return Machine(
-            vm.node_id,
-            MachineState.STOPPED,
-            vm.host,
-            vm.address,
-            f"its VM exited: {said}" if said else "its VM exited",
-        )
-
-    def _console_tail(self, vm: _Machine) -> str:
-        return last_lines(self.consoles.path(vm.cluster_id, vm.node_id))
+    def _last_words(self, vm: LocalMachine) -> str:
+        """Its console's last lines, else what qemu itself said (a bad option, say)."""
+        return super()._last_words(vm) or last_lines(Path(vm.directory) / QEMU_LOG)
 
 
 def _credentials(spec: NodeSpec) -> dict[str, bytes]:
