@@ -3,8 +3,9 @@
 /dev/kvm can be there and open, and a guest still hang: on a machine that is itself a
 VM without working nested virtualization, a Linux guest under KVM stops before its first
 line. So the probe boots the image's kernel under KVM, its console on a pipe, and waits a
-few seconds for the kernel's banner. The verdict is kept in a file for as long as this
-machine stays up (its boot id), so a restarted service does not probe again.
+few seconds for the kernel's banner. The verdict is a property of this machine, kept in
+a file (in /run, which a reboot empties, and checked against the boot id) for every pool
+and service here: a restarted service does not probe again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 KVM_DEVICE = Path("/dev/kvm")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+VERDICT_FILE = Path("/run/corral/qemu-accelerator.json")
 PROBE_SECONDS = 5.0
 BANNER = b"Linux version"
 
@@ -32,7 +34,7 @@ class Accelerator:
 
 def choose(
     kernel: Path,
-    verdict_file: Path,
+    verdict_file: Path = VERDICT_FILE,
     qemu: str = "qemu-system-x86_64",
     device: Path = KVM_DEVICE,
     seconds: float = PROBE_SECONDS,
@@ -48,6 +50,7 @@ def choose(
     except (OSError, ValueError, KeyError, TypeError):
         pass
     found = _probe(kernel, qemu, device, seconds)
+    verdict_file.parent.mkdir(parents=True, exist_ok=True)
     verdict_file.write_text(json.dumps({"boot_id": boot_id, **found.__dict__}) + "\n")
     return found
 

@@ -11,9 +11,10 @@ cluster's resolvers, where it has a way out: network.outbound). The serial
 console is logged to a file that `corral console` shows, kept after the VM is gone.
 
 KVM where it works, else TCG (backends/kvm_probe.py decides, once per boot of this
-machine). qemu runs in a session of its own, so VMs outlive the service; each one's pid
-is recorded, and its QMP socket lives in its directory. Terminate asks the VM to power
-off (ACPI), and kills it when it has not within `stop_seconds`.
+machine for every service on it). qemu runs in a session of its own, so VMs outlive the
+service; each one's pid is recorded, and its QMP socket and pidfile live in its
+directory (backends/local_machines.py). Terminate asks the VM to power off (ACPI), and
+kills it when it has not within `stop_seconds`.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class QemuBackend(LocalMachines):
         with self._probe:
             if self._accelerator is None:
                 if self.accel == "auto":
-                    found = kvm_probe.choose(kernel, self.root / "accelerator.json")
+                    found = kvm_probe.choose(kernel)
                 else:
                     found = kvm_probe.Accelerator(self.accel, "the pool's option accel")
                 log.info("qemu: VMs run under %s: %s", found.name.upper(), found.reason)
