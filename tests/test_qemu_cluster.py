@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from served import ServedCorral, corral
 
 from corral.backends import network
-from corral.backends.qemu import QemuBackend
+from corral.backends.qemu import VIRTIOFSD, QemuBackend
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,9 @@ def status(served: ServedCorral, cluster: str) -> dict:
 
 
 def leftovers(served: ServedCorral, cluster: dict) -> list[str]:
-    """What of the cluster is still on this machine: qemu processes, taps, its bridge,
-    and the VMs' files (overlays, QMP sockets, pidfiles)."""
+    """What of the cluster is still on this machine: qemu and virtiofsd processes, taps,
+    its bridge, the VMs' files (overlays, QMP and virtiofs sockets, pidfiles), its
+    consoles and its /home."""
     marker = str(served.data_dir)
     found = []
     for proc in Path("/proc").iterdir():
@@ -72,7 +74,7 @@ def leftovers(served: ServedCorral, cluster: dict) -> list[str]:
                 command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if command.startswith("qemu-system") and marker in command:
+            if command.startswith(("qemu-system", VIRTIOFSD)) and marker in command:
                 found.append(f"process {proc.name}: {command[:80]}")
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     if network.bridge_name(cluster["id"]) in links:
@@ -83,9 +85,9 @@ def leftovers(served: ServedCorral, cluster: dict) -> list[str]:
         directory = served.data_dir / "qemu" / node["id"]
         if directory.exists():
             found += [f"file {path}" for path in directory.iterdir()] or [f"dir {directory}"]
-    consoles = served.data_dir / "qemu" / "consoles" / cluster["id"]
-    if consoles.exists():
-        found.append(f"consoles {consoles}")
+    for kept in ("consoles", "homes"):
+        if (served.data_dir / "qemu" / kept / cluster["id"]).exists():
+            found.append(f"{kept} {served.data_dir / 'qemu' / kept / cluster['id']}")
     return found
 
 
@@ -111,10 +113,9 @@ def test_the_example_runs_a_slurm_job_on_both_workers_with_strict_ssh(example_cl
     served, cluster = example_cluster
     jobs = run(served, "ssh", cluster["id"], "head-0", "--", "srun", "-N2", "hostname")
     assert sorted(jobs.stdout.split()) == ["worker-0", "worker-1"]
-    # as root: without a shared /home, a user's key pair is each node's own
     hop = run(
         served,
-        "ssh", cluster["id"], "root@head-0", "--",
+        "ssh", cluster["id"], "head-0", "--",
         "ssh", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "worker-0", "hostname",
     )  # fmt: skip
     assert hop.stdout.strip() == "worker-0"
@@ -124,6 +125,21 @@ def test_the_example_runs_a_slurm_job_on_both_workers_with_strict_ssh(example_cl
     kernel = run(served, "ssh", cluster["id"], "worker-1", "--", "uname", "-r").stdout
     assert kernel.strip() != os.uname().release  # a kernel of its own: the image's
     assert kernel.strip().endswith("-cloud-amd64")
+
+
+def test_home_is_one_file_system_for_every_vm(example_cluster):
+    """A file written on one VM is read on another at once, both ways, and is the user's."""
+    served, cluster = example_cluster
+    for writer, reader in (("worker-1", "head-0"), ("head-0", "worker-1")):
+        marker = f"written on {writer}"
+        path = f"shared-{writer}.txt"
+        run(served, "ssh", cluster["id"], writer, "--", "echo", shlex.quote(marker), ">", path)
+        seen = run(served, "ssh", cluster["id"], reader, "--", "cat", path).stdout
+        assert seen.strip() == marker
+    owner = run(served, "ssh", cluster["id"], "worker-0", "--", "stat", "-c", "%U", path)
+    assert owner.stdout.strip() == cluster["users"][0]
+    home = served.data_dir / "qemu" / "homes" / cluster["id"] / cluster["users"][0]
+    assert (home / "shared-head-0.txt").read_text().strip() == "written on head-0"
 
 
 def test_each_node_has_the_documents_cores_and_memory(example_cluster):

@@ -2,7 +2,9 @@
 VMs): each machine is a process of its own session, so it outlives the service; it is
 recorded (pid and directory) in a state file, so a restarted service finds it again;
 it lives on its cluster's bridge (backends/network.py), where it reaches the service at
-the gateway; and what its console prints is kept apart (backends/consoles.py) until its
+the gateway; the cluster's /home is one directory here, `homes/<cluster id>` under the
+backend's root, which every machine of the cluster mounts and which goes with its last
+machine; and what its console prints is kept apart (backends/consoles.py) until its
 cluster's clean_up.
 
 A backend says how a machine starts (`_start_machine`), stops (`_stop`) and is removed
@@ -14,6 +16,7 @@ from __future__ import annotations
 import abc
 import ipaddress
 import logging
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ class LocalMachines(Backend):
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_file = root / "machines.json"
         self.consoles = Consoles(root)
+        self.homes = root / "homes"
         self._lock = threading.Lock()
         self._machines = load_records(self.state_file, LocalMachine)
 
@@ -66,7 +70,7 @@ class LocalMachines(Backend):
     @abc.abstractmethod
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
         """Remove what is left of a machine (also one a crash left half-made), and with
-        the last of its cluster the cluster's bridge (`_release_network`)."""
+        the last of its cluster the cluster's bridge and /home (`_release_cluster`)."""
 
     # -- the interface -------------------------------------------------------------------
 
@@ -160,17 +164,25 @@ class LocalMachines(Backend):
 
     # -- shared steps --------------------------------------------------------------------
 
-    def _release_network(self, node_id: str, cluster_id: str) -> bool:
-        """Remove the cluster's bridge (and its way out) when `node_id` was its last
-        machine here; returns whether it was."""
+    def _home(self, cluster_id: str) -> Path:
+        """The cluster's /home, made on its first node's boot (0755 root, as /home is)."""
+        home = self.homes / cluster_id
+        self.homes.mkdir(mode=0o700, exist_ok=True)  # no other user walks into any cluster's
+        home.mkdir(mode=0o755, exist_ok=True)
+        return home
+
+    def _release_cluster(self, node_id: str, cluster_id: str) -> None:
+        """When `node_id` was the cluster's last machine here, remove the cluster's
+        bridge (and its way out) and its /home."""
         with self._lock:
-            last = not any(
+            if any(
                 m.cluster_id == cluster_id and m.node_id != node_id for m in self._machines.values()
-            )
-        if last and not network.bridge_ports(cluster_id):
+            ):
+                return
+        if not network.bridge_ports(cluster_id):
             outbound.close_cluster(cluster_id)
             network.remove_bridge(cluster_id)
-        return last
+        shutil.rmtree(self.homes / cluster_id, ignore_errors=True)
 
     def _last_words(self, machine: LocalMachine) -> str:
         """Why a machine that exited did, as its console's last lines say."""

@@ -47,10 +47,6 @@ class NspawnBackend(LocalMachines):
         }
     )
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.homes = root / "homes"
-
     @classmethod
     def detect(cls) -> str | None:
         if os.geteuid() != 0:
@@ -152,15 +148,8 @@ class NspawnBackend(LocalMachines):
             subprocess.run(["umount", "--lazy", str(merged)], capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
         network.detach_node(node_id)
-        if cluster_id is not None and self._release_network(node_id, cluster_id):
-            shutil.rmtree(self.homes / cluster_id, ignore_errors=True)
-
-    def _home(self, cluster_id: str) -> Path:
-        """The cluster's /home, made on its first node's boot (0755 root, as /home is)."""
-        home = self.homes / cluster_id
-        self.homes.mkdir(mode=0o700, exist_ok=True)  # no other user walks into any cluster's
-        home.mkdir(mode=0o755, exist_ok=True)
-        return home
+        if cluster_id is not None:
+            self._release_cluster(node_id, cluster_id)
 
 
 def _run(*command: str) -> None:

@@ -44,6 +44,9 @@ from corral.images.disk import VmImage, vm_image
 log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's, with qemu-system-common
+HOME_SOCKET = "home.sock"  # virtiofsd's, serving the cluster's /home to this VM
+VIRTIOFSD_PIDFILE = "virtiofsd.pid"
 STOP_SECONDS = 30.0
 QMP_SECONDS = 5.0
 OVERLAY = "overlay.qcow2"
@@ -64,6 +67,7 @@ class QemuBackend(LocalMachines):
             Capability.GATEWAY_SERVICES,
             Capability.LIMITS_RESOURCES,
             Capability.KEEPS_CONSOLES,
+            Capability.SHARED_HOME,
         }
     )
 
@@ -90,6 +94,8 @@ class QemuBackend(LocalMachines):
                 return f"backend qemu needs {tool} (apt install {package})"
         if shutil.which("mkfs.ext4") is None:
             return "backend qemu needs mkfs.ext4 (apt install e2fsprogs)"
+        if not os.access(VIRTIOFSD, os.X_OK):
+            return f"backend qemu needs {VIRTIOFSD} (apt install qemu-system-common)"
         return None
 
     @classmethod
@@ -131,6 +137,7 @@ class QemuBackend(LocalMachines):
         tap = network.attach_tap(spec.node_id, spec.cluster_id, placement.subnet)
         if spec.outbound:
             outbound.open_cluster(spec.cluster_id)
+        _serve_home(self._home(spec.cluster_id), directory)
         command = self._command(spec, placement, image, accelerator.name, tap, directory)
         return self._start(directory, command, _credentials(spec))
 
@@ -175,6 +182,11 @@ class QemuBackend(LocalMachines):
             "-machine", "q35",
             "-smp", str(spec.cores),
             "-m", str(spec.memory_mib),
+            # the cluster's /home by virtiofs, which needs the VM's memory shared with it
+            "-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
+            "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=home,path={directory / HOME_SOCKET}",
+            "-device", "vhost-user-fs-pci,chardev=home,tag=home",
             "-nodefaults",
             "-no-user-config",
             "-display", "none",
@@ -246,17 +258,40 @@ class QemuBackend(LocalMachines):
         return True
 
     def _clean(self, node_id: str, cluster_id: str | None, directory: str) -> None:
-        pid = _read_pid(Path(directory) / PIDFILE)
-        if pid:  # a VM no record owns, if it still runs: a boot cut short
-            _kill(pid, directory)
+        # a VM no record owns, if it still runs (a boot cut short); virtiofsd ends with its
+        # VM, unless the VM never started
+        for pidfile in (PIDFILE, VIRTIOFSD_PIDFILE):
+            if pid := _read_pid(Path(directory) / pidfile):
+                _kill(pid, directory)
         network.detach_tap(node_id)
         shutil.rmtree(directory, ignore_errors=True)
         if cluster_id is not None:
-            self._release_network(node_id, cluster_id)
+            self._release_cluster(node_id, cluster_id)
 
     def _last_words(self, vm: LocalMachine) -> str:
         """Its console's last lines, else what qemu itself said (a bad option, say)."""
         return super()._last_words(vm) or last_lines(Path(vm.directory) / QEMU_LOG)
+
+
+def _serve_home(home: Path, directory: Path) -> None:
+    """Start virtiofsd serving the cluster's /home on the VM's socket, and wait for it."""
+    socket_path = directory / HOME_SOCKET
+    with open(directory / "virtiofsd.log", "ab") as output:
+        process = subprocess.Popen(
+            [VIRTIOFSD, f"--socket-path={socket_path}", "-o", f"source={home}",
+             "-o", "sandbox=chroot", "-o", "cache=none", "-o", "log_level=warn"],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    (directory / VIRTIOFSD_PIDFILE).write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + QMP_SECONDS
+    while not socket_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            said = last_lines(directory / "virtiofsd.log")
+            raise BackendError(f"virtiofsd did not serve /home: {said or 'no socket'}")
+        time.sleep(0.02)
 
 
 def _credentials(spec: NodeSpec) -> dict[str, bytes]:

@@ -181,11 +181,13 @@ DEBIAN_12_SLURM = Recipe(
         "corral-agent.service",
         "ssh.service",
         # in a VM only (each has ConditionVirtualization=vm): its address from the kernel
-        # command line, its resolvers from a credential, and the host's ACPI power-off
+        # command line, its resolvers from a credential, its cluster's /home from the host,
+        # and the host's ACPI power-off
         "systemd-networkd.service",
         "systemd-network-generator.service",
         "systemd-networkd-wait-online.service",
         "corral-vm-resolvers.service",
+        "corral-vm-home.service",
         "corral-vm-power.service",
     ),
     before_packages=(
