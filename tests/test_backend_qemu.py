@@ -115,6 +115,7 @@ def test_the_verdict_is_kept_until_this_machine_boots_again(tmp_path):
         ({"stop_seconds": "-1"}, "stop_seconds"),
         ({"append": "a\nb"}, "append"),
         ({"append": "x" * 1025}, "append"),
+        ({"append": 'init="/bin/sh'}, "append: No closing quotation"),
         ({"colour": "blue"}, "colour"),
     ],
 )

@@ -111,6 +111,10 @@ class QemuBackend(LocalMachines):
         if len(append) > 1024 or "\n" in append:
             raise ValueError("backend qemu: append must be one line of at most 1024 characters")
         try:
+            shlex.split(append)
+        except ValueError as exc:
+            raise ValueError(f"backend qemu: append: {exc}") from None
+        try:
             stop_seconds = float(options.pop("stop_seconds", STOP_SECONDS))
         except ValueError:
             raise ValueError("backend qemu: stop_seconds must be a number") from None
