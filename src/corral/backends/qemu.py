@@ -129,6 +129,11 @@ class QemuBackend(Backend):
             raise ValueError(reason)
         return cls(data_dir / "qemu", accel, append, stop_seconds)
 
+    @property
+    def accelerator(self) -> kvm_probe.Accelerator | None:
+        """What this backend's VMs run under, and why; None until its first boot chose."""
+        return self._accelerator
+
     # -- the interface -------------------------------------------------------------------
 
     def boot(self, spec: NodeSpec, placement: Placement) -> Machine:
