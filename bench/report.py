@@ -1,8 +1,9 @@
 """Run every benchmark and rewrite BENCHMARKS.md: `python3 -m bench.report [NAME ...]`.
 
-With names (scheduler, status, broker, join, nspawn), only those run; the other sections are
-kept from bench/results/, where every run leaves its raw figures as JSON. `--render`
-runs nothing and rewrites BENCHMARKS.md from those results (after editing FINDINGS).
+With names (scheduler, status, broker, join, nspawn, qemu, ec2), only those run; the
+other sections are kept from bench/results/, where every run leaves its raw figures as
+JSON. `--render` runs nothing and rewrites BENCHMARKS.md from those results (after
+editing FINDINGS).
 Paired runs of two commits (`python3 -m bench.paired`) appear as a section of their own.
 """
 
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "scheduler": "bench.scheduler",
     "status": "bench.status",
     "nspawn": "bench.nspawn_launch",
+    "qemu": "bench.qemu_launch",
     "ec2": "bench.ec2_scale",
 }
 
