@@ -20,6 +20,7 @@ import secrets
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,26 +112,29 @@ def run() -> Section:
     digest = ensure_image()
     tag = f"bench-{secrets.token_hex(3)}"
     accelerator = choose_accelerator(digest)
-    others = other_vms()
     busy_before = cpu_busy_fraction()
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-qemu-"))
     created: list[tuple[str, list[str]]] = []  # (cluster id, node ids), for the last sweep
     bare = QemuBackend(workdir / "bare", accelerator.name, stop_seconds=STOP_SECONDS)
+    others = OtherVms(workdir)
+    others.start()
     try:
         alone, together = measure_bare_boots(bare, digest, tag)
         clusters = measure_clusters(workdir / "service", digest, tag, accelerator, created)
     finally:
+        others.stop()
         sweep(bare, workdir, tag, created)
     section = build_section(accelerator, alone, together, clusters)
     section.raw["ran_under"] = bare.accelerator.name if bare.accelerator else None
     section.raw["cpu_busy_before"] = busy_before
     section.raw["load_average_after"] = os.getloadavg()
-    section.raw["other_vms_before"] = others
-    if others:
+    section.raw["other_vms"] = {"seen": sorted(others.seen), "share_of_run": others.share()}
+    if others.seen:
         section.notes.append(
-            f"the machine was busy: {len(others)} other qemu VM(s) (not this benchmark's) "
-            f"were running when it started, and {busy_before:.0%} of its CPU was busy in "
-            "the second before"
+            f"the machine was busy: other qemu VMs (not this benchmark's: "
+            f"{', '.join(sorted(others.seen))}) ran during {others.share():.0%} of the run, "
+            f"sharing its {os.cpu_count()} cores; {busy_before:.0%} of the CPU was busy in "
+            "the second before it"
         )
     elif busy_before > 0.2:
         section.notes.append(
@@ -140,17 +144,52 @@ def run() -> Section:
     return section
 
 
-def other_vms() -> list[str]:
-    """The qemu processes on this machine before the run: someone else's VMs."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if argv[0].startswith(b"qemu-system"):
-                    name = argv[argv.index(b"-name") + 1] if b"-name" in argv else b"?"
-                    found.append(f"{proc.name} {name.decode(errors='replace')}")
-    return found
+class OtherVms:
+    """Looks every few seconds, while the run lasts, for qemu VMs on this machine that are
+    not the run's (another engineer's tests): they share its cores and slow every boot."""
+
+    def __init__(self, ours: Path, every: float = 2.0) -> None:
+        self.ours = str(ours).encode()
+        self.every = every
+        self.seen: set[str] = set()  # "pid name"
+        self.samples = 0
+        self.busy_samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="other-vms", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share(self) -> float:
+        """The share of samples that found another VM."""
+        return self.busy_samples / self.samples if self.samples else 0.0
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            found = self._look()
+            self.samples += 1
+            self.busy_samples += bool(found)
+            self.seen.update(found)
+            self._stop.wait(self.every)
+
+    def _look(self) -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = (proc / "cmdline").read_bytes().split(b"\0")
+                    if argv[0].startswith(b"qemu-system") and self.ours not in b" ".join(argv):
+                        name = (
+                            argv[argv.index(b"-name") + 1].split(b",")[0]
+                            if b"-name" in argv
+                            else b"?"
+                        )
+                        found.append(f"{proc.name} {name.decode(errors='replace')}")
+        return found
 
 
 def choose_accelerator(digest: str) -> kvm_probe.Accelerator:
