@@ -120,6 +120,7 @@ def run() -> Section:
     others.start()
     try:
         alone, together = measure_bare_boots(bare, digest, tag)
+        others.during = "the clusters"
         clusters = measure_clusters(workdir / "service", digest, tag, accelerator, created)
     finally:
         others.stop()
@@ -128,13 +129,14 @@ def run() -> Section:
     section.raw["ran_under"] = bare.accelerator.name if bare.accelerator else None
     section.raw["cpu_busy_before"] = busy_before
     section.raw["load_average_after"] = os.getloadavg()
-    section.raw["other_vms"] = {"seen": sorted(others.seen), "share_of_run": others.share()}
-    if others.seen:
+    seen = {step: sorted(names) for step, names in others.seen.items()}
+    section.raw["other_vms"] = {"seen": seen, "share_of_run": others.share()}
+    if seen:
         section.notes.append(
-            f"the machine was busy: other qemu VMs (not this benchmark's: "
-            f"{', '.join(sorted(others.seen))}) ran during {others.share():.0%} of the run, "
-            f"sharing its {os.cpu_count()} cores; {busy_before:.0%} of the CPU was busy in "
-            "the second before it"
+            f"the machine was busy: other qemu VMs than this benchmark's ran during "
+            f"{others.share():.0%} of the run, sharing its {os.cpu_count()} cores ("
+            + "; ".join(f"during {step}: {', '.join(names)}" for step, names in seen.items())
+            + f"); {busy_before:.0%} of the CPU was busy in the second before it"
         )
     elif busy_before > 0.2:
         section.notes.append(
@@ -151,7 +153,8 @@ class OtherVms:
     def __init__(self, ours: Path, every: float = 2.0) -> None:
         self.ours = str(ours).encode()
         self.every = every
-        self.seen: set[str] = set()  # "pid name"
+        self.during = "the bare boots"  # the step under way, set by the run
+        self.seen: dict[str, set[str]] = {}  # step -> "pid name"
         self.samples = 0
         self.busy_samples = 0
         self._stop = threading.Event()
@@ -173,7 +176,8 @@ class OtherVms:
             found = self._look()
             self.samples += 1
             self.busy_samples += bool(found)
-            self.seen.update(found)
+            if found:
+                self.seen.setdefault(self.during, set()).update(found)
             self._stop.wait(self.every)
 
     def _look(self) -> list[str]:
@@ -186,9 +190,9 @@ class OtherVms:
                         name = (
                             argv[argv.index(b"-name") + 1].split(b",")[0]
                             if b"-name" in argv
-                            else b"?"
+                            else b"qemu without a name"
                         )
-                        found.append(f"{proc.name} {name.decode(errors='replace')}")
+                        found.append(f"{name.decode(errors='replace')} (pid {proc.name})")
         return found
 
 
