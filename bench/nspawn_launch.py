@@ -33,7 +33,7 @@ import yaml
 
 from bench.section import Section
 from corral.backends import network
-from corral.backends.base import ImageRef, NodeSpec, Placement
+from corral.backends.base import Backend, ImageRef, NodeSpec, Placement
 from corral.backends.nspawn import NspawnBackend
 from corral.images.bake import bake
 from corral.images.recipe import RECIPES
@@ -221,7 +221,15 @@ def bare_spec(
     # the backend mounts its overlay over an existing upper directory, so a unit masked
     # here is masked in the container from its first instant
     mask_unit(backend.root / node_id / "upper", "corral-agent.service")
-    prefix, first = BARE_ADDRESS.rsplit(".", 1)
+    return bare_node(digest, node_id, tag, index, BARE_ADDRESS, BARE_SUBNET)
+
+
+def bare_node(
+    digest: str, node_id: str, tag: str, index: int, first_address: str, subnet: str
+) -> tuple[NodeSpec, Placement]:
+    """A node of the example's size with no bootstrap document, and its placement at the
+    `index`th address from `first_address`, for any backend that boots on a bridge."""
+    prefix, first = first_address.rsplit(".", 1)
     spec = NodeSpec(
         node_id=node_id,
         cluster_id=f"{tag}-bare",
@@ -230,7 +238,7 @@ def bare_spec(
         cores=1,
         memory_mib=1024,
     )
-    return spec, Placement("local", "local", f"{prefix}.{int(first) + index}", BARE_SUBNET)
+    return spec, Placement("local", "local", f"{prefix}.{int(first) + index}", subnet)
 
 
 def boot_bare(backend: NspawnBackend, digest: str, node_id: str, tag: str) -> BareBoot:
@@ -253,22 +261,30 @@ def boot_bare(backend: NspawnBackend, digest: str, node_id: str, tag: str) -> Ba
 
 def boot_bare_together(backend: NspawnBackend, digest: str, node_ids: list[str], tag: str) -> float:
     """Seconds from booting all of `node_ids` at once until the last accepts ssh."""
-    specs = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(node_ids)]
+    nodes = [bare_spec(backend, digest, w, tag, i) for i, w in enumerate(node_ids)]
+    return boot_together(backend, nodes, BOOT_TIMEOUT)
 
-    def boot(order: tuple[NodeSpec, Placement]) -> None:
-        backend.boot(*order)
-        wait_for_tcp(order[1].address, 22, BOOT_TIMEOUT)
+
+def boot_together(
+    backend: Backend, nodes: list[tuple[NodeSpec, Placement]], timeout: float
+) -> float:
+    """Seconds from booting all of `nodes` at once, one thread each, until the last accepts
+    TCP on port 22; then all are terminated, together too."""
+
+    def boot(node: tuple[NodeSpec, Placement]) -> None:
+        backend.boot(*node)
+        wait_for_tcp(node[1].address, 22, timeout)
 
     started = time.monotonic()
     try:
-        with ThreadPoolExecutor(len(specs)) as pool:
-            for booted in [pool.submit(boot, spec) for spec in specs]:
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            for booted in [pool.submit(boot, node) for node in nodes]:
                 booted.result()
         slowest = time.monotonic() - started
     finally:
-        for spec, _ in specs:
-            backend.terminate(spec.node_id)
-    log.info("%d bare boots together: the last sshd after %.2f s", len(specs), slowest)
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(backend.terminate, [spec.node_id for spec, _ in nodes]))
+    log.info("%d bare boots together: the last sshd after %.2f s", len(nodes), slowest)
     return slowest
 
 
@@ -336,17 +352,23 @@ def measure_clusters(
 
 
 @contextlib.contextmanager
-def served_service(data_dir: Path) -> Iterator[httpx.Client]:
-    """A nspawn service listening on free ports; stopped, with its machines, on exit."""
+def served_service(
+    data_dir: Path,
+    backend: str = "nspawn",
+    address_range: str = SERVICE_RANGE,
+    backend_options: dict[str, str] | None = None,
+) -> Iterator[httpx.Client]:
+    """A service of `backend` listening on free ports; stopped, with its machines, on exit."""
     data_dir.mkdir(parents=True)
     (data_dir / "images").symlink_to(IMAGE_CACHE)
     config = ServiceConfig(
         data_dir=data_dir,
-        backend="nspawn",
+        backend=backend,
+        backend_options=dict(backend_options or {}),
         listen=f"127.0.0.1:{free_port('127.0.0.1')}",
         # nodes reach the broker at their bridge's address
         broker_listen=f"0.0.0.0:{free_port('0.0.0.0')}",
-        address_range=SERVICE_RANGE,
+        address_range=address_range,
         cpu_overcommit=CPU_OVERCOMMIT,
     )
     service = Service(config)
@@ -494,7 +516,7 @@ def sweep(workdir: Path, tag: str, created: list[tuple[str, list[str]]]) -> None
 
     The backends remove their own on the normal path; this is for the others.
     """
-    stop_containers_under(workdir)
+    stop_processes_under(workdir, b"systemd-nspawn")
     unmount_under(workdir)
     for cluster_id, node_ids in created:
         for node_id in node_ids:
@@ -506,15 +528,17 @@ def sweep(workdir: Path, tag: str, created: list[tuple[str, list[str]]]) -> None
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def stop_containers_under(workdir: Path) -> None:
+def stop_processes_under(workdir: Path, program: bytes) -> None:
+    """Kill the session of every `program` whose command line names `workdir`: containers
+    or VMs a failed step left behind (both run in sessions of their own)."""
     marker = str(workdir).encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             argv = (proc / "cmdline").read_bytes()
-            if argv.startswith(b"systemd-nspawn") and marker in argv:
-                log.warning("killing a container left behind: pid %s", proc.name)
+            if argv.startswith(program) and marker in argv:
+                log.warning("killing a %s left behind: pid %s", program.decode(), proc.name)
                 os.killpg(int(proc.name), signal.SIGKILL)
 
 
@@ -577,6 +601,11 @@ def add_cluster_figures(
         section.add(f"1+2 ready / {TOGETHER} bare boots together", ready / together_floor, "x")
     else:
         section.add(f"{size} cluster ready", ready, "s")
+    add_phase_figures(section, runs, size)
+
+
+def add_phase_figures(section: Section, runs: list[ClusterRun], size: str) -> None:
+    """Each phase's slowest node, the destroy, and every run's ready time as a note."""
     for phase, label in PHASE_LABELS.items():
         slowest = [max(n.get(phase, 0.0) for n in r.nodes.values()) for r in runs]
         section.add(f"{size}: {label}, slowest node", statistics.median(slowest), "s")

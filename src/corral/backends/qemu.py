@@ -126,6 +126,11 @@ class QemuBackend(LocalMachines):
             raise ValueError(reason)
         return cls(data_dir / "qemu", accel, append, stop_seconds)
 
+    @property
+    def accelerator(self) -> kvm_probe.Accelerator | None:
+        """What this backend's VMs run under, and why; None until its first boot chose."""
+        return self._accelerator
+
     # -- steps ---------------------------------------------------------------------------
 
     def _start_machine(self, spec: NodeSpec, placement: Placement, directory: Path) -> int:
