@@ -13,13 +13,15 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from inprocess import api, wait_for
 from test_store_schema import schema_differences
 
@@ -27,7 +29,7 @@ import corral
 from corral.backends.base import ImageRef, NodeSpec, Placement
 from corral.backends.fake import FakeBackend
 from corral.store.database import Store, sqlite_url
-from corral.store.models import Cluster, utcnow
+from corral.store.models import Cluster, ClusterSecret, utcnow
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASES = sorted(path.name for path in FIXTURES.glob("store-*") if path.is_dir())
@@ -195,21 +197,29 @@ def test_the_service_carries_on_with_an_old_store(old_store: Path, make_service)
     logs = alice.get(f"/v1/clusters/{live}/nodes/head-0/logs").json()
     assert any("configured controller on head-0" in r["log_tail"] for r in logs)
 
-    # the cluster's CA key is still there and still signs. Certificates are real: they
-    # start now, by this machine's clock, not the service's shifted one, so the lease
-    # they end with must be in the future by this machine's clock too (a store written
-    # more than its lease ago has it in the past)
+    # the cluster's CA key is still there, in the upgraded store, and still signs what its
+    # certificate vouches for
     with service.store.session() as session:
-        stored = session.get(Cluster, live)
-        stored.lease_end = max(stored.lease_end, utcnow() + timedelta(hours=1))
-        session.commit()
-    credentials = alice.post(f"/v1/clusters/{live}/credentials").json()
+        kept = session.get(ClusterSecret, live)
+        ca_cert_pem, ca_key_pem = kept.ca_cert_pem, kept.ca_key_pem
     (secret,) = [s for s in before["cluster_secrets"] if s["cluster_id"] == live]
-    assert credentials["ca_cert_pem"] == secret["ca_cert_pem"]
-    ca = x509.load_pem_x509_certificate(secret["ca_cert_pem"].encode())
-    x509.load_pem_x509_certificate(credentials["user_cert_pem"].encode()).verify_directly_issued_by(
-        ca
-    )
+    assert ca_cert_pem == secret["ca_cert_pem"]
+    ca = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    signature = ca_key.sign(b"still signs", ec.ECDSA(hashes.SHA256()))
+    ca.public_key().verify(signature, b"still signs", ec.ECDSA(hashes.SHA256()))
+    # and while its certificate is valid, the service issues users' credentials with it.
+    # Certificates start by this machine's clock, not the service's shifted one: a store
+    # written more than its lease ago has a CA that has ended, and issues nothing
+    if ca.not_valid_after_utc > datetime.now(UTC) + timedelta(minutes=5):
+        with service.store.session() as session:
+            stored = session.get(Cluster, live)
+            stored.lease_end = max(stored.lease_end, utcnow() + timedelta(minutes=5))
+            session.commit()
+        credentials = alice.post(f"/v1/clusters/{live}/credentials").json()
+        assert credentials["ca_cert_pem"] == ca_cert_pem
+        user_cert = x509.load_pem_x509_certificate(credentials["user_cert_pem"].encode())
+        user_cert.verify_directly_issued_by(ca)
 
     # its nodes still run: ticks of the engine find their machines and leave them be
     time.sleep(0.5)
