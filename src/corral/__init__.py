@@ -1,3 +1,3 @@
 """corral: one-click virtual clusters with leases and secure contextualization."""
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
