@@ -336,23 +336,18 @@ FINDINGS = """## What the numbers show, and what was done about them
     configuration after 60 s); the logs were gone with the cluster, and 60 launches
     kept for inspection were all ready. The probe is back at 50 ms, as in the 45
     clean launches of the last report, and all six launches of this report were ready.
-- **qemu under TCG: a 1+2 cluster is ready about as late as its three VMs' bare boots,
-  and nearly all of it is the emulated boot** ("End to end on qemu", `bench/qemu_launch.py`;
-  KVM hangs in this VM, so the probe chose TCG). In the four launches read closely (the
-  recorded run and the first) the last node registered 81-86% of the way to ready (69-82 s
-  of 83-96 s), and the last registration to ready took 12-17 s: the head's and workers'
-  role scripts, munged, slurmctld and slurmd, emulated. A bare VM reached sshd in 29 s
-  when no other VM was seen beside it, its kernel starting the initramfs at 2.3 s and
-  systemd on the root at 6.4 s (guest clock): three quarters of an emulated boot is
-  systemd's userspace, not the kernel. Three VMs on two cores reach sshd 1.9-2.1 times as
-  late as one. The ratio to the 1.5x target cannot be read from one run here: another
-  engineer's qemu tests booted VMs on the same two cores during all three runs of this
-  round, in different steps. Recorded: 0.95x (other VMs during both the bare boots and the
-  clusters); earlier runs of the same code gave 1.11x (another VM during parts of both)
-  and 2.43x (bare boots alone, 29 s floor and 61 s together, but a second 1+2 cluster
-  beside each of ours: ready in 122 and 175 s). The benchmark notes which steps shared
-  the machine; a quiet machine is needed for a verdict. A VM powers off (ACPI) in 6-7 s
-  when the machine is quiet, 15 s when it is not.
+- **qemu under TCG: a 1+2 cluster is ready 1.44 times as late as its three VMs' bare
+  boots together (target at most 1.5x), and most of that is the emulated boot** ("End to
+  end on qemu", `bench/qemu_launch.py`; KVM hangs in this VM, so the probe chose TCG).
+  On a quiet machine: one bare VM reached sshd in 27 s, three together in 48 s (1.76
+  times one, on two cores), the 1+2 cluster was ready in 69 s (70.2 and 67.9 s). Of those,
+  the slowest node's boot to its registration took 59 s, then 5 s waiting for the
+  others and 12 s of role scripts (munged, slurmctld and slurmd, emulated). In a bare
+  boot the kernel starts the initramfs at 2.2 s and systemd on the root at 6.0 s (guest
+  clock): three quarters of an emulated boot is systemd's userspace, not the kernel. A
+  VM powers off by its power button (ACPI) in 6 s. Runs while another engineer's qemu
+  tests shared the two cores gave 0.95x, 1.11x and 2.43x: on this machine, figures are
+  only comparable within a quiet run, which the benchmark's notes say it was.
 """
 
 
