@@ -23,7 +23,8 @@ from inprocess import admin_token, api, document, wait_for
 from served import ServedCorral, corral
 
 from corral.errors import ConflictError, ImageError, NotFoundError
-from corral.images.bake import bake
+from corral.images.bake import _before_packages, bake
+from corral.images.disk import vm_image
 from corral.images.recipe import (
     AGENT,
     DEBIAN_12_SLURM,
@@ -31,6 +32,7 @@ from corral.images.recipe import (
     RECIPES,
     ROLES,
     BakedFile,
+    Recipe,
     contents,
     recipe_digest,
 )
@@ -135,6 +137,35 @@ def make_tarball(path: Path, marker: str = "one") -> Path:
         link.type, link.linkname = tarfile.SYMTYPE, "etc/os-release"
         tar.addfile(link)
     return path
+
+
+def test_a_file_needed_before_the_packages_must_be_a_plain_path_the_recipe_bakes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "modules").write_text("virtio_blk\n")
+    baked = BakedFile(tmp_path / "modules", "/etc/initramfs-tools/modules")
+    for before, named in (
+        (("/etc/elsewhere",), "names no file"),
+        (("/etc/initramfs-tools/modules",), None),
+    ):
+        recipe = Recipe("r", ("systemd",), files=(baked,), before_packages=before)
+        if named is None:
+            assert [c.path for c in _before_packages(recipe, contents(recipe))] == list(before)
+        else:
+            with pytest.raises(ImageError, match=named):
+                _before_packages(recipe, contents(recipe))
+    odd = BakedFile(tmp_path / "modules", "/etc/with space")
+    recipe = Recipe("r", ("systemd",), files=(odd,), before_packages=("/etc/with space",))
+    with pytest.raises(ImageError, match="must be plain"):
+        _before_packages(recipe, contents(recipe))
+
+
+def test_an_image_without_a_kernel_cannot_be_a_vm(tmp_path: Path) -> None:
+    rootfs = tmp_path / "abc123" / "rootfs"
+    (rootfs / "boot").mkdir(parents=True)
+    with pytest.raises(ImageError, match="has no kernel in /boot"):
+        vm_image(rootfs)
+    assert not (rootfs.parent / "vm").exists()
 
 
 def test_import_list_path_and_delete(tmp_path: Path) -> None:
@@ -433,6 +464,22 @@ def test_baking_debian_12_slurm_makes_an_appliance_and_a_second_bake_is_a_cache_
         assert not (rootfs / "root/.ssh/authorized_keys").exists()
         info = json.loads((rootfs / "etc/corral/image.json").read_text())
         assert info == {"name": "debian-12-slurm", "digest": digest}
+        # a VM's kernel, whose initramfs loads what finds the disk and the credentials
+        kernel = next((rootfs / "boot").glob("vmlinuz-*-cloud-amd64"))
+        initrd = rootfs / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")
+        listed = subprocess.run(
+            ["chroot", str(rootfs), "lsinitramfs", f"/boot/{initrd.name}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for module in ("virtio_blk.ko", "qemu_fw_cfg.ko"):
+            assert module in listed, module
+        vm = vm_image(rootfs)
+        assert vm.disk.read_bytes()[:4] == b"QFI\xfb"  # qcow2
+        assert vm.kernel.read_bytes() == kernel.read_bytes()
+        assert vm.initrd.read_bytes() == initrd.read_bytes()
+        assert vm_image(rootfs) == vm  # made once
         assert store.get(digest).recipe["packages"] == sorted(recipe.packages)
 
         lines.clear()
