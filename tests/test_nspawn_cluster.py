@@ -202,8 +202,10 @@ def test_two_clusters_cannot_reach_each_other_and_destroy_leaves_nothing(nspawn_
             interval=1,
         )
     assert leftovers(service, [first, second]) == []
-    assert set(os.listdir(service.config.data_dir / "nspawn")) <= {"machines.json", "homes"}
-    assert os.listdir(service.config.data_dir / "nspawn" / "homes") == []
+    kept = service.config.data_dir / "nspawn"
+    assert set(os.listdir(kept)) <= {"machines.json", "homes", "consoles"}
+    assert os.listdir(kept / "homes") == []
+    assert os.listdir(kept / "consoles") == []  # each cluster's went with it
 
 
 HEAD_ALONE = """\
