@@ -362,11 +362,4 @@ def build_section(
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    result = run()
-    print(f"## {result.title}\n")
-    for figure in result.figures:
-        verdict = "" if figure.met is None else (" met" if figure.met else " NOT met")
-        target = f"  (target {figure.target}:{verdict})" if figure.target else ""
-        print(f"- {figure.measure}: {figure.shown()}{target}")
-    for note in result.notes:
-        print(f"- note: {note}")
+    run().show()

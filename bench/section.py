@@ -37,3 +37,13 @@ class Section:
         figure = Figure(measure, value, unit, target, met)
         self.figures.append(figure)
         return figure
+
+    def show(self) -> None:
+        """The figures and notes as a short list, for a benchmark run on its own."""
+        print(f"## {self.title}\n")
+        for figure in self.figures:
+            verdict = "" if figure.met is None else (" met" if figure.met else " NOT met")
+            target = f"  (target {figure.target}:{verdict})" if figure.target else ""
+            print(f"- {figure.measure}: {figure.shown()}{target}")
+        for note in self.notes:
+            print(f"- note: {note}")
