@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from served import ServedCorral, corral
+from served import ServedCorral, corral, processes_running
 
 from corral.backends import network
 from corral.backends.qemu import VIRTIOFSD, QemuBackend
@@ -66,16 +66,12 @@ def leftovers(served: ServedCorral, cluster: dict) -> list[str]:
     """What of the cluster is still on this machine: qemu and virtiofsd processes, taps,
     its bridge, the VMs' files (overlays, QMP and virtiofs sockets, pidfiles), its
     consoles and its /home."""
-    marker = str(served.data_dir)
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if command.startswith(("qemu-system", VIRTIOFSD)) and marker in command:
-                found.append(f"process {proc.name}: {command[:80]}")
+    marker = os.fsencode(served.data_dir)
+    found = [
+        f"process {pid}: {program.decode()}"
+        for program in (b"qemu-system-x86_64", os.fsencode(VIRTIOFSD))
+        for pid in processes_running(program, marker)
+    ]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     if network.bridge_name(cluster["id"]) in links:
         found.append(f"bridge {network.bridge_name(cluster['id'])}")
@@ -159,8 +155,7 @@ def test_the_cluster_outlives_a_killed_service_and_is_destroyed_leaving_nothing(
     example_cluster,
 ):
     served, cluster = example_cluster
-    qemu_pids = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_vm(p, served)]
-    assert len(qemu_pids) == 3
+    assert len(processes_running(b"qemu-system-x86_64", os.fsencode(served.data_dir))) == 3
     served.kill()  # SIGKILL
     served.start()
     view = status(served, cluster["id"])
@@ -173,14 +168,6 @@ def test_the_cluster_outlives_a_killed_service_and_is_destroyed_leaving_nothing(
     assert leftovers(served, cluster) == []
     # every VM took its power button (ACPI) and powered off; none had to be killed
     assert "killing it" not in served.log_path.read_text()
-
-
-def _is_vm(proc: Path, served: ServedCorral) -> bool:
-    try:
-        command = (proc / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return command.startswith(b"qemu-system") and str(served.data_dir).encode() in command
 
 
 def test_the_console_of_a_boot_that_failed_shows_why(baked, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from pathlib import Path
 from corral.backends import cgroups, network, outbound
 from corral.backends.base import Capability, NodeSpec, Placement
 from corral.backends.local_machines import LocalMachine, LocalMachines
-from corral.backends.processes import alive
+from corral.backends.processes import alive, kill
 from corral.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,7 @@ def _stop(pid: int, directory: str) -> None:
     deadline = time.monotonic() + STOP_SECONDS
     while alive(pid, directory) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if alive(pid, directory):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        time.sleep(0.2)
-        alive(pid, directory)  # reaps it when it is our child
+    kill(pid, directory)
 
 
 def _kill_namespace(netns: str) -> None:

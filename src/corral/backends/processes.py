@@ -6,7 +6,10 @@ only while its command line names the machine's own directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 
@@ -24,3 +27,15 @@ def alive(pid: int, directory: str) -> bool:
     except OSError:
         return False
     return directory.encode() in command and "\nState:\tZ" not in status
+
+
+def kill(pid: int, directory: str, wait: float = 5.0) -> None:
+    """SIGKILL the machine's process group, if `pid` is still its process, and wait up to
+    `wait` seconds until it is gone (which reaps it when it is our child)."""
+    if not alive(pid, directory):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while alive(pid, directory) and time.monotonic() < deadline:
+        time.sleep(0.1)

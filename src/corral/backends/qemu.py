@@ -19,14 +19,12 @@ kills it when it has not within `stop_seconds`.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -37,7 +35,7 @@ from corral.backends import kvm_probe, network, outbound
 from corral.backends.base import Capability, NodeSpec, Placement
 from corral.backends.consoles import last_lines
 from corral.backends.local_machines import LocalMachine, LocalMachines
-from corral.backends.processes import alive
+from corral.backends.processes import alive, kill
 from corral.errors import BackendError, ImageError
 from corral.images.disk import VmImage, vm_image
 
@@ -248,7 +246,7 @@ class QemuBackend(LocalMachines):
         if not alive(vm.pid, vm.directory):
             return
         if self.stop_seconds <= 0 or not self._powered_off(vm):
-            _kill(vm.pid, vm.directory)
+            kill(vm.pid, vm.directory)
 
     def _powered_off(self, vm: LocalMachine) -> bool:
         try:
@@ -271,7 +269,7 @@ class QemuBackend(LocalMachines):
         # VM, unless the VM never started
         for pidfile in (PIDFILE, VIRTIOFSD_PIDFILE):
             if pid := _read_pid(Path(directory) / pidfile):
-                _kill(pid, directory)
+                kill(pid, directory)
         network.detach_tap(node_id)
         shutil.rmtree(directory, ignore_errors=True)
         if cluster_id is not None:
@@ -344,18 +342,6 @@ def _run(*command: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise BackendError(f"{command[0]}: {(result.stderr or result.stdout).strip()}")
-
-
-def _kill(pid: int, directory: str) -> None:
-    """SIGKILL the VM's qemu, if `pid` is still it, and wait until it is gone."""
-    if not alive(pid, directory):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    for _ in range(50):
-        if not alive(pid, directory):
-            return
-        time.sleep(0.1)
 
 
 def _read_pid(path: Path) -> int | None:
