@@ -279,10 +279,14 @@ def test_a_spot_worker_ec2_takes_back_is_lost_leaves_the_controller_and_is_repla
     wait_for(
         lambda: ec2.controller_list(cluster_id) == ["worker-0", "worker-2"], timeout=READY_TIMEOUT
     )
-    detail = ec2.detail(cluster_id)
-    successor = next(n for n in detail["nodes"] if n["name"] == "worker-2")
-    assert successor["state"] == "ready"
-    assert ec2.instance(successor["machine_id"])["InstanceLifecycle"] == "spot"
+
+    # the controller lists the successor once it registered; it is ready when its own
+    # role scripts are done, which may be a moment later
+    def successor() -> dict:
+        return next(n for n in ec2.detail(cluster_id)["nodes"] if n["name"] == "worker-2")
+
+    wait_for(lambda: successor()["state"] == "ready", timeout=READY_TIMEOUT)
+    assert ec2.instance(successor()["machine_id"])["InstanceLifecycle"] == "spot"
     ec2.destroy(cluster_id)
 
 
